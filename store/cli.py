@@ -1,0 +1,130 @@
+"""`feature-cache`: list, inspect, verify, export/import and remove caches."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from store.errors import CacheError
+from store.hdf5 import export_hdf5, import_hdf5
+from store.reader import Cache, default_cache_dir, open_cache
+from store.registry import describe, list_caches, remove_cache
+from store.verify import verify_cache
+
+
+def one_line_errors(fn):
+    """User errors print as one line on stderr and exit 2; bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CacheError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False), default=None,
+    help="cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]",
+)
+
+
+@click.group()
+def main() -> None:
+    """Inspect and manage distilcache feature caches."""
+
+
+@main.command("ls")
+@cache_dir_option
+@one_line_errors
+def ls(cache_dir: str | None) -> None:
+    """List the caches under the cache root."""
+    caches = list_caches(cache_dir)
+    if not caches:
+        click.echo(f"no caches under {cache_dir or default_cache_dir()}", err=True)
+    for c in caches:
+        teacher = c.provenance.get("teacher", "?")
+        layers = ",".join(map(str, c.layers))
+        click.echo(f"{c.fingerprint}  {teacher}  layers={layers}  {c.spec['storage_dtype']}  utterances={len(c)}  {c.path}")
+
+
+@main.command()
+@click.argument("path")
+@cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@one_line_errors
+def info(path: str, cache_dir: str | None, as_json: bool) -> None:
+    """Spec, size, compression and progress of one cache (PATH or fingerprint)."""
+    d = describe(open_cache(path, cache_dir))
+    if as_json:
+        click.echo(json.dumps(d, indent=1))
+        return
+    spec = d.pop("spec")
+    skipped = d.pop("skipped")
+    for key, value in d.items():
+        click.echo(f"{key:18} {value}")
+    click.echo(f"{'layers':18} {spec['layers']}  dim={spec['dim']}  compute={spec['compute_dtype']}  storage={spec['storage_dtype']}")
+    click.echo(f"{'preprocessing':18} {json.dumps(spec['preprocessing'])}")
+    click.echo(f"{'teacher digest':18} {spec['teacher'].get('digest')}")
+    click.echo(f"{'skipped files':18} {len(skipped)}")
+    for s in skipped:
+        click.echo(f"  {s['path']}: {s['reason']}")
+
+
+@main.command()
+@click.argument("path")
+@cache_dir_option
+@one_line_errors
+def verify(path: str, cache_dir: str | None) -> None:
+    """Check every chunk's crc32c and the index; non-zero exit names the damage."""
+    cache = open_cache(path, cache_dir)
+    with click.progressbar(length=len(cache.parts), label="verifying", file=sys.stderr) as bar:
+        problems = verify_cache(cache.path, progress=lambda _part: bar.update(1))
+    for p in problems:
+        click.echo(f"damaged: {p}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok: {len(cache.parts)} parts, {len(cache)} utterances, {cache.total_frames} frames")
+
+
+@main.command()
+@click.argument("path")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["hdf5"]), default="hdf5", show_default=True)
+@cache_dir_option
+@one_line_errors
+def export(path: str, out: str, fmt: str, cache_dir: str | None) -> None:
+    """Write a cache to OUT (HDF5: layer_K/<uid>, audio/<uid>, spec as attributes)."""
+    n = export_hdf5(open_cache(path, cache_dir).path, out)
+    click.echo(f"exported {n} utterances to {out}")
+
+
+@main.command("import")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["hdf5"]), default="hdf5", show_default=True)
+@cache_dir_option
+@one_line_errors
+def import_(src: str, fmt: str, cache_dir: str | None) -> None:
+    """Create (or extend) the cache described by an exported file."""
+    cache = import_hdf5(src, cache_dir)
+    click.echo(cache.path)
+
+
+@main.command()
+@click.argument("path")
+@cache_dir_option
+@click.option("--yes", is_flag=True, help="do not ask")
+@one_line_errors
+def rm(path: str, cache_dir: str | None, yes: bool) -> None:
+    """Delete a cache (PATH or fingerprint)."""
+    cache: Cache = open_cache(path, cache_dir)
+    if not yes:
+        click.confirm(f"delete {cache.path} ({len(cache)} utterances)?", abort=True)
+    remove_cache(cache.path)
+    click.echo(f"removed {cache.path}")

@@ -1,0 +1,101 @@
+"""Where things live inside a cache directory and how arrays are encoded.
+
+    <root>/<fingerprint>/zarr.json            group; attrs["distilcache"] = format, spec, layout
+    <root>/<fingerprint>/plan.json            extraction plan (which utterance goes to which part)
+    <root>/<fingerprint>/parts/pNNNNNN/       one zarr group per part, written by one writer
+        layer_<K>/  [frames, dim]   sharded, crc32c per inner chunk and per shard index
+        audio/      [samples]       float32, exactly what went into the teacher
+    <root>/<fingerprint>/commits/pNNNNNN.json commit marker + index of the part, written LAST
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+#: Codec choices; the default was chosen by measurement (docs/benchmarks.md).
+CODECS = ("blosc-zstd", "zstd", "none")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Chunking of a cache; stored in its attributes so readers never guess."""
+
+    chunk_frames: int = 64  # a 780-frame crop touches <= 14 chunks: reads ~10% more than it needs
+    shard_frames: int = 4096  # ~6 MB per layer-shard in fp16: one file per 82 s of audio per layer
+    hop: int = 320  # samples per frame (teacher's conv strides product), audio chunks align with frames
+    codec: str = "blosc-zstd"  # byte-shuffle + zstd with whole-chunk blocks; "zstd" or "none"
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.shard_frames % self.chunk_frames:
+            raise ValueError(f"shard_frames {self.shard_frames} is not a multiple of chunk_frames {self.chunk_frames}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def part_name(index: int) -> str:
+    return f"p{index:06d}"
+
+
+def part_path(cache: str, part: str) -> str:
+    return os.path.join(cache, "parts", part)
+
+
+def commit_path(cache: str, part: str) -> str:
+    return os.path.join(cache, "commits", part + ".json")
+
+
+def layer_key(layer: int) -> str:
+    return f"layer_{layer}"
+
+
+def compressors(codec: str, itemsize: int, chunk_bytes: int) -> list:
+    """Bytes-to-bytes codecs; crc32c last so `verify` and readers catch damaged chunks."""
+    if codec == "blosc-zstd":
+        # blosc's default blocksize splits a chunk into small blocks and hides the shuffle's gain.
+        return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=itemsize, blocksize=chunk_bytes), Crc32cCodec()]
+    if codec == "zstd":
+        return [ZstdCodec(level=3), Crc32cCodec()]
+    return [Crc32cCodec()]
+
+
+def storage_numpy_dtype(storage_dtype: str) -> np.dtype:
+    """numpy has no bfloat16: it is stored as its raw uint16 bits (attrs say so)."""
+    return np.dtype({"float16": "float16", "bfloat16": "uint16", "float32": "float32"}[storage_dtype])
+
+
+def to_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
+    if storage_dtype != "bfloat16":
+        return np.ascontiguousarray(x, dtype=storage_numpy_dtype(storage_dtype))
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))  # round to nearest even
+    return (rounded >> 16).astype(np.uint16)
+
+
+def from_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
+    if storage_dtype != "bfloat16":
+        return x
+    return (x.astype(np.uint32) << 16).view(np.float32)
+
+
+def write_json_atomic(path: str, obj: object) -> None:
+    """Write-then-rename: a reader sees the old file or the new one, never half of one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)

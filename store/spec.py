@@ -1,0 +1,98 @@
+"""Cache identity: the spec says what produced a cache, the fingerprint names it.
+
+Modelled on datasets' fingerprint.py, minus its random fallback: a value that cannot be
+hashed raises, because a silent cache miss costs hours of teacher time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from store.errors import SpecMismatchError
+
+#: Bump whenever the bytes a cache holds for the same spec would change.
+FORMAT_VERSION = 1
+DTYPES = ("float16", "bfloat16", "float32")
+#: Spec keys that describe where a cache came from but not what it holds; not hashed.
+UNHASHED = ("provenance",)
+
+
+def _canonical(value: Any, where: str = "spec") -> Any:
+    """Reduce a spec to JSON types with sorted keys; refuse anything ambiguous."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v, f"{where}.{k}") for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return repr(value)
+        return value
+    raise TypeError(f"{where}: cannot hash a {type(value).__name__} into a cache fingerprint")
+
+
+def identity(spec: dict) -> dict:
+    """The part of a spec that decides the cache's contents."""
+    return _canonical({k: v for k, v in spec.items() if k not in UNHASHED})
+
+
+def fingerprint(spec: dict) -> str:
+    """20 hex chars of sha256 over the canonical identity (safe as a directory name)."""
+    text = json.dumps(identity(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def validate_spec(spec: dict) -> dict:
+    """Check the fields every cache needs; return the spec in canonical form."""
+    for key in ("format_version", "teacher", "layers", "dim", "compute_dtype", "storage_dtype", "preprocessing"):
+        if key not in spec:
+            raise SpecMismatchError(f"cache spec is missing '{key}'")
+    layers = spec["layers"]
+    if not layers or any(not isinstance(k, int) or k < 0 for k in layers) or len(set(layers)) != len(layers):
+        raise SpecMismatchError(f"layers must be distinct non-negative integers, got {layers}")
+    for key in ("compute_dtype", "storage_dtype"):
+        if spec[key] not in DTYPES:
+            raise SpecMismatchError(f"{key} must be one of {', '.join(DTYPES)}, got {spec[key]!r}")
+    out = _canonical(spec)
+    out["layers"] = sorted(layers)
+    return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def differences(cached: dict, wanted: dict, layer_subset: bool = True) -> list[str]:
+    """Human-readable reasons why a cache with spec `cached` cannot serve `wanted`."""
+    a, b = _flatten(identity(cached)), _flatten(identity(wanted))
+    reasons = []
+    if layer_subset:
+        missing = sorted(set(b.pop("layers")) - set(a.pop("layers")))
+        if missing:
+            reasons.append(f"layers {','.join(map(str, missing))} are not cached")
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            reasons.append(f"{key}: cache has {_short(a.get(key, '<absent>'))}, asked {_short(b.get(key, '<absent>'))}")
+    return reasons
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_compatible(cached: dict, wanted: dict, where: str = "cache") -> None:
+    """Raise one line saying what differs unless `cached` can serve `wanted` (layers ⊆ cached)."""
+    reasons = differences(cached, wanted)
+    if reasons:
+        shown = "; ".join(reasons[:4]) + (f"; and {len(reasons) - 4} more" if len(reasons) > 4 else "")
+        raise SpecMismatchError(f"{where} was made by a different spec: {shown}")

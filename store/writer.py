@@ -1,0 +1,148 @@
+"""Creating caches and writing parts.
+
+A part is the unit of commit: its arrays are written first, its marker (commits/<part>.json,
+holding the part's index) last, by write-then-rename. Readers list only committed parts, so a
+killed or failed writer leaves nothing visible, and the next attempt starts the part afresh.
+Each part owns its arrays, so parallel writers never share a shard; within a part every shard
+is written exactly once (rows are buffered to shard size), so no shard is ever rewritten
+(zarr-python #3682).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import zarr
+
+from store.errors import SpecMismatchError, WriteError
+from store.layout import (
+    Layout,
+    commit_path,
+    compressors,
+    layer_key,
+    part_path,
+    storage_numpy_dtype,
+    to_storage,
+    write_json_atomic,
+)
+from store.spec import FORMAT_VERSION, fingerprint, validate_spec
+
+
+def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: Layout | None = None) -> str:
+    """Return the cache directory for `spec` under `root`, creating it if needed (race-safe)."""
+    spec = validate_spec(spec)
+    fp = fingerprint(spec)
+    path = os.path.join(root, fp)
+    if os.path.exists(os.path.join(path, "zarr.json")):
+        found = zarr.open_group(path, mode="r").attrs.get("distilcache", {}).get("fingerprint")
+        if found != fp:
+            raise SpecMismatchError(f"{path}: holds cache {found}, not {fp}; remove it with feature-cache rm")
+        return path
+    layout = layout or Layout()
+    tmp = os.path.join(root, f".tmp-{fp}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(tmp, mode="w")
+    group.attrs["distilcache"] = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fp,
+        "spec": spec,
+        "provenance": provenance or {},
+        "layout": layout.to_dict(),
+    }
+    group.create_group("parts")
+    os.makedirs(os.path.join(tmp, "commits"))
+    try:
+        os.rename(tmp, path)  # atomic; loses to a concurrent creator of the same spec, which is fine
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(os.path.join(path, "zarr.json")):
+            raise
+    return path
+
+
+def audio_digest(audio: np.ndarray) -> str:
+    """64-bit content hash of the waveform the teacher saw; recorded per utterance."""
+    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+class PartWriter:
+    """Streams utterances into one part; memory stays at one shard per array."""
+
+    def __init__(self, cache: str, part: str, layers: list[int], dim: int, storage_dtype: str, layout: Layout):
+        self.cache, self.part, self.layers, self.dim = cache, part, list(layers), dim
+        self.storage_dtype, self.layout = storage_dtype, layout
+        self.index: dict[str, list] = {"ids": [], "frames": [], "samples": [], "sha256": []}
+        self._path = part_path(cache, part)
+        self._guard(self._create)
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            self.abort()
+            hint = "free some space" if e.errno == errno.ENOSPC else "check the path and its permissions"
+            raise WriteError(f"{self._path}: {e.strerror or e}; {hint} and re-run (only this part is redone)") from None
+
+    def _create(self) -> None:
+        shutil.rmtree(self._path, ignore_errors=True)  # leftovers of an attempt that never committed
+        group = zarr.open_group(self._path, mode="w")
+        lay, dtype = self.layout, storage_numpy_dtype(self.storage_dtype)
+        self._arrays, self._buffers, self._rows = {}, {}, {}
+        for layer in self.layers:
+            self._make(group, layer_key(layer), (self.dim,), dtype, lay.chunk_frames, lay.shard_frames)
+        self._make(group, "audio", (), np.dtype("float32"), lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
+
+    def _make(self, group, key: str, tail: tuple, dtype: np.dtype, chunk: int, shard: int) -> None:
+        chunk_bytes = chunk * int(np.prod(tail or (1,))) * dtype.itemsize
+        attrs = {"storage_dtype": self.storage_dtype} if key != "audio" else {"storage_dtype": "float32"}
+        self._arrays[key] = group.create_array(
+            key, shape=(0, *tail), dtype=dtype, chunks=(chunk, *tail), shards=(shard, *tail),
+            compressors=compressors(self.layout.codec, dtype.itemsize, chunk_bytes), fill_value=0, attributes=attrs,
+        )
+        self._buffers[key], self._rows[key] = [], 0
+
+    def add(self, uid: str, feats: dict[int, np.ndarray], audio: np.ndarray) -> None:
+        """Append one utterance: feats[layer] is [frames, dim] float32, audio the teacher's input."""
+        frames = {f.shape[0] for f in feats.values()}
+        if len(frames) != 1 or set(feats) != set(self.layers):
+            raise ValueError(f"{uid}: expected layers {self.layers} with equal frame counts, got {sorted(feats)} {frames}")
+        for layer, f in feats.items():
+            self._buffers[layer_key(layer)].append(to_storage(f, self.storage_dtype))
+        self._buffers["audio"].append(np.ascontiguousarray(audio, dtype=np.float32))
+        for col, val in zip(self.index, (uid, frames.pop(), len(audio), audio_digest(audio)), strict=True):
+            self.index[col].append(val)
+        self._guard(self._flush, False)
+
+    def _flush(self, final: bool) -> None:
+        for key, buf in self._buffers.items():
+            shard = self._arrays[key].shards[0]
+            pending = sum(len(b) for b in buf)
+            if pending < shard and not final or pending == 0:
+                continue
+            data = np.concatenate(buf)
+            n = len(data) if final else (len(data) // shard) * shard
+            array, start = self._arrays[key], self._rows[key]
+            array.resize((start + n, *array.shape[1:]))
+            array[start : start + n] = data[:n]
+            self._rows[key] = start + n
+            self._buffers[key] = [data[n:]] if n < len(data) else []
+
+    def commit(self, skipped: list[dict] | None = None) -> dict:
+        """Write the tail, then the marker; returns the marker (the part's index)."""
+        self._guard(self._flush, True)
+        marker = {"part": self.part, **self.index, "skipped": skipped or [],
+                  "total_frames": self._rows[layer_key(self.layers[0])], "total_samples": self._rows["audio"]}
+        self._guard(self._write_marker, marker)
+        return marker
+
+    def _write_marker(self, marker: dict) -> None:
+        group = zarr.open_group(self._path, mode="r+")
+        group.attrs["index"] = {k: marker[k] for k in ("ids", "frames", "samples")}
+        write_json_atomic(commit_path(self.cache, self.part), marker)
+
+    def abort(self) -> None:
+        shutil.rmtree(self._path, ignore_errors=True)

@@ -1,0 +1,94 @@
+import multiprocessing as mp
+import os
+
+import numpy as np
+import pytest
+
+from store import Layout, PartWriter, WriteError, create_cache, open_cache
+from tests.conftest import DIM, fake_utterance, make_spec, write_parts
+
+LAYOUT = Layout(chunk_frames=8, shard_frames=32)
+
+
+def _write(path, part, utts):
+    write_parts(path, {part: utts}, layout=LAYOUT)
+
+
+def test_parallel_writers_in_processes_do_not_tear(tmp_path):
+    path = create_cache(str(tmp_path), make_spec(), layout=LAYOUT)
+    jobs = {f"p{i:06d}": [(f"s{i}/u{j}", 5 + 13 * j + i) for j in range(6)] for i in range(4)}
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write, args=(path, p, u)) for p, u in jobs.items()]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cache = open_cache(path)
+    assert len(cache) == 24 and cache.parts == sorted(jobs)
+    for utts in jobs.values():
+        for uid, n in utts:
+            np.testing.assert_array_equal(cache.read(uid, 1), fake_utterance(uid, n)[0][1].astype(np.float16))
+
+
+def _die_mid_part(path):
+    w = PartWriter(path, "p000001", [1, 2, 3], DIM, "float16", LAYOUT)
+    for j in range(5):
+        w.add(f"dead/{j}", *fake_utterance(f"dead/{j}", 40))
+    os._exit(9)  # like kill -9: no cleanup, no commit
+
+
+def test_killed_writer_leaves_no_visible_part_and_rerun_completes(tmp_path):
+    path = create_cache(str(tmp_path), make_spec(), layout=LAYOUT)
+    write_parts(path, {"p000000": [("alive", 10)]}, layout=LAYOUT)
+    p = mp.get_context("fork").Process(target=_die_mid_part, args=(path,))
+    p.start()
+    p.join(60)
+    assert os.path.isdir(os.path.join(path, "parts", "p000001", "layer_1"))  # it did write data
+    cache = open_cache(path)
+    assert cache.utterance_ids == ["alive"]
+    write_parts(path, {"p000001": [(f"dead/{j}", 40) for j in range(5)]}, layout=LAYOUT)
+    cache.refresh()
+    assert len(cache) == 6
+    np.testing.assert_array_equal(cache.read("dead/4", 3), fake_utterance("dead/4", 40)[0][3].astype(np.float16))
+
+
+def _write_with_small_disk(path, q):
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))  # every file past 30 kB fails: a full disk
+    try:
+        write_parts(path, {"p000001": [("big", 2000)]}, layout=Layout(chunk_frames=8, shard_frames=1024, codec="none"))
+        q.put("no error")
+    except WriteError as e:
+        q.put(str(e))
+
+
+def test_failed_write_leaves_cache_as_before(tmp_path):
+    path = create_cache(str(tmp_path), make_spec(), layout=LAYOUT)
+    write_parts(path, {"p000000": [("kept", 10)]}, layout=LAYOUT)
+    q = mp.get_context("fork").Queue()
+    p = mp.get_context("fork").Process(target=_write_with_small_disk, args=(path, q))
+    p.start()
+    p.join(60)
+    msg = q.get(timeout=5)
+    assert "p000001" in msg and "re-run" in msg
+    assert not os.path.exists(os.path.join(path, "parts", "p000001"))
+    assert open_cache(path).utterance_ids == ["kept"]
+
+
+def test_writer_refuses_mismatched_layers(tmp_path):
+    path = create_cache(str(tmp_path), make_spec(), layout=LAYOUT)
+    w = PartWriter(path, "p000000", [1, 2, 3], DIM, "float16", LAYOUT)
+    feats, audio = fake_utterance("x", 3, layers=(1, 2))
+    with pytest.raises(ValueError, match="expected layers"):
+        w.add("x", feats, audio)
+
+
+def test_same_spec_same_cache(tmp_path):
+    a = create_cache(str(tmp_path), make_spec())
+    b = create_cache(str(tmp_path), make_spec(layers=[3, 1, 2]))
+    assert a == b
+    assert create_cache(str(tmp_path), make_spec(storage_dtype="float32")) != a
