@@ -65,6 +65,9 @@ class Cache:
             for uid, nf, ns in zip(marker["ids"], marker["frames"], marker["samples"], strict=True):
                 self._where[uid] = (part, f0, nf, s0, ns)
                 f0, s0 = f0 + nf, s0 + ns
+        plan = os.path.join(self.path, "plan.json")
+        if os.path.exists(plan):  # files refused before any teacher work (bad headers) are recorded there
+            self.skipped = read_json(plan).get("skipped", []) + self.skipped
         self.utterance_ids: list[str] = sorted(self._where)
         self._handles: dict = {}
         self._pid = os.getpid()

@@ -54,3 +54,46 @@ def small_cache(tmp_path):
     path = create_cache(str(tmp_path / "root"), make_spec(), {"teacher": "tiny"}, layout)
     truth = write_parts(path, {"p000000": [("a/one", 1), ("a/long", 100), ("b/x", 7)], "p000001": [("c/y", 33)]}, layout=layout)
     return open_cache(path), truth
+
+
+# ---- tiny teachers and corpora for extract/train tests ------------------------------------
+
+
+def build_tiny_teacher(directory: str, norm: str = "group", layers: int = 3, hidden: int = 32, seed: int = 0) -> str:
+    """A HuBERT-shaped teacher saved like a hub checkpoint (safetensors + configs)."""
+    import torch
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    cfg = HubertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
+                       conv_dim=(hidden,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                       feat_extract_norm=norm, do_stable_layer_norm=norm == "layer", conv_bias=norm == "layer")
+    torch.manual_seed(seed)
+    HubertModel(cfg).save_pretrained(directory)
+    Wav2Vec2FeatureExtractor(do_normalize=norm == "layer", sampling_rate=16000).save_pretrained(directory)
+    return directory
+
+
+def write_wav(path: str, seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> None:
+    import os
+
+    import soundfile as sf
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    tone = 0.3 * np.sin(2 * np.pi * (150 + 50 * seed) * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+    data = (tone + 0.02 * rng.standard_normal(n)).astype(np.float32)
+    sf.write(path, np.stack([data, 0.5 * data], 1) if channels == 2 else data, rate, subtype="PCM_16")
+
+
+def build_corpus(root: str, n: int = 6, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        write_wav(f"{root}/spk{i % 2}/utt{i:02d}.wav", float(rng.uniform(0.3, 2.5)), seed=seed * 100 + i)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory):
+    return build_tiny_teacher(str(tmp_path_factory.mktemp("teacher")))

@@ -1,0 +1,58 @@
+"""`extract-features`: run the teacher once over a corpus into a cache. Thin layer over extract_features()."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from extract.run import ExtractConfig, extract_features
+from store.cli import one_line_errors
+from store.layout import CODECS
+
+
+def parse_layers(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated layer numbers, e.g. 4,8,12") from None
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--teacher", required=True, help="hub name (e.g. facebook/hubert-base-ls960) or local model directory")
+@click.option("--corpus", required=True, type=click.Path(exists=True), help="audio directory (recursive) or fairseq TSV")
+@click.option("--layers", default="4,8,12", help="teacher layers to cache (0 = input to layer 1)")
+@click.option("--cache-dir", default=None, help="cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]")
+@click.option("--revision", default=None, help="hub revision of the teacher")
+@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help="teacher compute dtype")
+@click.option("--storage-dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16")
+@click.option("--codec", type=click.Choice(CODECS), default="blosc-zstd")
+@click.option("--batch-seconds", type=float, default=100.0, help="padded audio seconds per teacher batch")
+@click.option("--part-seconds", type=float, default=600.0, help="audio per part (unit of commit and resume)")
+@click.option("--max-seconds", type=float, default=60.0, help="longer files are bad input (0: no limit)")
+@click.option("--workers", type=int, default=0, help="start a dask LocalCluster with N worker processes")
+@click.option("--scheduler", default=None, help="address of an existing dask scheduler (tcp://host:8786)")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", help="bad input files")
+@click.option("--allow-pickle", is_flag=True, help="allow non-safetensors teacher weights (trusted teachers only)")
+@click.option("--json", "as_json", is_flag=True, help="last stdout line: one JSON summary")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@one_line_errors
+def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, codec, batch_seconds, part_seconds,
+         max_seconds, workers, scheduler, on_error, allow_pickle, as_json, quiet) -> None:
+    """Run TEACHER once over CORPUS and cache its LAYERS; prints the cache path last."""
+    cfg = ExtractConfig(teacher=teacher, corpus=corpus, layers=parse_layers(layers), cache_dir=cache_dir, revision=revision,
+                        device=device, dtype=dtype, storage_dtype=storage_dtype, codec=codec, batch_seconds=batch_seconds,
+                        part_seconds=part_seconds, max_seconds=max_seconds, on_error=on_error, workers=workers,
+                        scheduler=scheduler, allow_pickle=allow_pickle, progress=not quiet)
+    s = extract_features(cfg)
+    if not s.teacher_work:
+        click.echo(f"cache complete, no teacher work: {s.utterances} utterances, {s.frames} frames", err=True)
+    else:
+        click.echo(f"extracted {s.parts_done_now} part(s) in {s.seconds:.1f} s: cache holds {s.utterances} utterances, "
+                   f"{s.audio_hours:.3f} h, {s.frames} frames", err=True)
+    for item in s.skipped:
+        click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+    click.echo(json.dumps(s.to_dict()) if as_json else s.path)
+    sys.stdout.flush()

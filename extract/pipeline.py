@@ -1,0 +1,81 @@
+"""One part, end to end: decode (threads) → exact batched teacher forward → write (a thread).
+
+The three stages overlap: decoding runs ahead by a few batches and writing trails by one, so
+the teacher waits on neither.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from extract.audio import load_audio
+from extract.batching import plan_batches
+from extract.errors import ExtractError
+from extract.teacher import Teacher
+from store import Layout, PartWriter
+
+LOOKAHEAD = 3  # batches decoded ahead of the teacher
+
+
+def _decode(teacher: Teacher, path: str) -> np.ndarray | str:
+    """The wave, or the reason it cannot be used."""
+    try:
+        wave = load_audio(path, teacher.sample_rate)
+    except Exception as e:  # noqa: BLE001 - corrupt files raise many types; they become a reason
+        return f"cannot decode ({str(e).splitlines()[0][:120]})"
+    if len(wave) < teacher.window:
+        return f"too short: {len(wave)} samples at {teacher.sample_rate} Hz, the teacher needs at least {teacher.window}"
+    if not np.isfinite(wave).all():
+        return "contains NaN or infinite samples"
+    return wave
+
+
+def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: Layout, batch_seconds: float,
+                 on_error: str = "fail", on_batch: Callable[[int, int], None] | None = None,
+                 decode_threads: int = 4) -> dict:
+    """Write and commit one planned part; returns its commit marker."""
+    items = part["items"]
+    layers = spec["layers"]
+    writer = PartWriter(cache, part["name"], layers, spec["dim"], spec["storage_dtype"], layout)
+    batches = plan_batches([it[2] for it in items], int(batch_seconds * teacher.sample_rate))
+    skipped: list[dict] = []
+    with ThreadPoolExecutor(decode_threads) as decoders, ThreadPoolExecutor(1) as write_thread:
+        ahead: deque[list[Future]] = deque()
+        writes: deque[Future] = deque()
+        try:
+            for b in range(len(batches)):
+                while len(ahead) < LOOKAHEAD and b + len(ahead) < len(batches):
+                    ahead.append([decoders.submit(_decode, teacher, items[i][1]) for i in batches[b + len(ahead)]])
+                decoded = [f.result() for f in ahead.popleft()]
+                good = []
+                for i, res in zip(batches[b], decoded, strict=True):
+                    if isinstance(res, str):
+                        if on_error != "skip":
+                            raise ExtractError(f"{items[i][1]}: {res} (use --on-error skip to cache the rest)")
+                        skipped.append({"path": items[i][1], "reason": res})
+                    else:
+                        good.append((items[i][0], res))
+                feats = teacher.forward([w for _, w in good], layers) if good else []
+                writes.append(write_thread.submit(_write_batch, writer, good, feats))
+                while len(writes) > 1:
+                    writes.popleft().result()  # surfaces a write error (disk full) promptly
+                if on_batch:
+                    on_batch(len(batches[b]), sum(items[i][2] for i in batches[b]))
+            while writes:
+                writes.popleft().result()
+        except BaseException:
+            for f in writes:
+                f.cancel()
+            write_thread.shutdown(wait=True)
+            writer.abort()
+            raise
+    return writer.commit(skipped)
+
+
+def _write_batch(writer: PartWriter, good: list[tuple[str, np.ndarray]], feats: list[dict]) -> None:
+    for (uid, wave), f in zip(good, feats, strict=True):
+        writer.add(uid, f, wave)

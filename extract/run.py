@@ -1,0 +1,134 @@
+"""extract_features(): corpus + teacher → a complete cache, locally or on a dask cluster.
+
+The library function behind `extract-features`; notebooks call it directly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from extract.corpus import scan
+from extract.errors import ExtractError
+from extract.pipeline import extract_part
+from extract.plan import exclusive, update_plan
+from extract.teacher import load_teacher
+from store import Cache, Layout, create_cache, default_cache_dir
+from store.layout import CODECS
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    teacher: str  # hub name or local directory
+    corpus: str  # directory or fairseq TSV manifest
+    layers: tuple[int, ...] = (4, 8, 12)  # DistilHuBERT's targets
+    cache_dir: str | None = None  # default: $DISTILCACHE_HOME or ~/.cache/distilcache
+    revision: str | None = None  # hub revision of the teacher
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    dtype: str = "float32"  # teacher compute dtype (bfloat16/float16 are faster on GPU, part of the spec)
+    storage_dtype: str = "float16"  # float16 | bfloat16 | float32
+    codec: str = "blosc-zstd"  # see docs/benchmarks.md
+    batch_seconds: float = 100.0  # padded audio seconds per teacher batch
+    part_seconds: float = 600.0  # audio per part: the unit of commit, resume and dask task
+    max_seconds: float = 60.0  # longer files are bad input (attention is quadratic in length)
+    on_error: str = "fail"  # fail: stop before teacher work | skip: cache the rest, record the skipped
+    workers: int = 0  # >0: a dask LocalCluster with that many worker processes
+    scheduler: str | None = None  # address of an existing dask scheduler
+    allow_pickle: bool = False  # load .bin (pickle) teacher weights; only for teachers you trust
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("fail", "skip"):
+            raise ExtractError(f"--on-error {self.on_error}: choose fail or skip")
+        if self.codec not in CODECS:
+            raise ExtractError(f"--codec {self.codec}: choose one of {', '.join(CODECS)}")
+        if self.batch_seconds <= 0 or self.part_seconds <= 0:
+            raise ExtractError("--batch-seconds and --part-seconds must be positive")
+        if self.workers and self.scheduler:
+            raise ExtractError("--workers and --scheduler are exclusive: --workers starts a local cluster")
+
+
+@dataclass
+class Summary:
+    path: str
+    fingerprint: str
+    utterances: int
+    frames: int
+    audio_hours: float
+    skipped: list[dict] = field(default_factory=list)
+    parts_done_now: int = 0
+    parts_total: int = 0
+    seconds: float = 0.0
+    teacher_work: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def extract_features(cfg: ExtractConfig) -> Summary:
+    t0 = time.time()
+    teacher = load_teacher(cfg.teacher, cfg.revision, "cpu" if (cfg.workers or cfg.scheduler) else cfg.device,
+                           cfg.dtype, cfg.allow_pickle)
+    spec = teacher.spec(list(cfg.layers), cfg.storage_dtype)
+    root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, cfg.max_seconds)
+    if bad and cfg.on_error == "fail":
+        lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
+        raise ExtractError(f"{len(bad)} bad file(s) in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
+    cache_root = cfg.cache_dir or default_cache_dir()
+    os.makedirs(cache_root, exist_ok=True)
+    layout = Layout(hop=teacher.hop, codec=cfg.codec)
+    provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root}
+    path = create_cache(cache_root, spec, provenance, layout)
+    with exclusive(path):
+        cache = Cache(path)
+        plan = update_plan(path, utts, bad, teacher.sample_rate, cfg.part_seconds)
+        pending = [p for p in plan["parts"] if p["name"] not in set(cache.parts)]
+        if pending:
+            run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local
+            run(cfg, path, pending, teacher, spec, cache.layout)
+        cache.refresh()
+    return Summary(path, cache.fingerprint, len(cache), cache.total_frames,
+                   round(cache.total_samples / teacher.sample_rate / 3600, 4), cache.skipped,
+                   len(pending), len(plan["parts"]), round(time.time() - t0, 2), bool(pending))
+
+
+class _Progress:
+    """Utterances, audio hours, real-time factor and ETA on stderr (tqdm)."""
+
+    def __init__(self, pending: list[dict], rate: int, enabled: bool):
+        from tqdm import tqdm
+
+        total = sum(it[2] for p in pending for it in p["items"]) / rate
+        self.rate, self.t0, self.utts = rate, time.time(), 0
+        self.bar = tqdm(total=total, unit="s", desc="extracting", file=sys.stderr, disable=not enabled,
+                        bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]")
+
+    def __call__(self, n_utts: int, n_samples: int) -> None:
+        self.utts += n_utts
+        self.bar.update(n_samples / self.rate)
+        rtf = self.bar.n / max(time.time() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{self.utts} utts, {self.bar.n / 3600:.2f} h, {rtf:.1f}x real time", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_local(cfg: ExtractConfig, path: str, pending: list[dict], teacher, spec: dict, layout: Layout) -> None:
+    progress = _Progress(pending, teacher.sample_rate, cfg.progress)
+    try:
+        for part in pending:
+            extract_part(path, part, teacher, spec, layout, cfg.batch_seconds, cfg.on_error, progress)
+    finally:
+        progress.close()
+
+
+def _run_dask(cfg: ExtractConfig, path: str, pending: list[dict], teacher, spec: dict, layout: Layout) -> None:
+    from extract.cluster import run_parts
+
+    progress = _Progress(pending, teacher.sample_rate, cfg.progress)
+    try:
+        run_parts(cfg, path, pending, spec, layout, progress)
+    finally:
+        progress.close()
