@@ -56,3 +56,7 @@ def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dt
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
     click.echo(json.dumps(s.to_dict()) if as_json else s.path)
     sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
