@@ -39,7 +39,8 @@ def run_parts(cfg, path: str, pending: list[dict], spec: dict, layout: Layout, p
         client = Client(cluster)
     print(f"dask: {len(client.scheduler_info()['workers'])} workers, dashboard {client.dashboard_link}", file=sys.stderr)
     try:
-        futures = [client.submit(_worker_part, path, part, cfg, spec, layout, key=f"extract-{path.rstrip('/').split('/')[-1]}-{part['name']}",
+        name = path.rstrip("/").split("/")[-1]
+        futures = [client.submit(_worker_part, path, part, cfg, spec, layout, key=f"extract-{name}-{part['name']}",
                                  pure=False, retries=1) for part in pending]
         for fut in as_completed(futures):
             progress(*fut.result())  # raises the task's error (bad file with --on-error fail) in the client

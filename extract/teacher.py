@@ -1,9 +1,6 @@
 """The teacher: loading (safely), its identity for the cache spec, and exact batched forwards.
 
-Exact batching (DESIGN invariant 1): group-norm conv stacks (HuBERT/wav2vec2 Base) normalise
-the first conv's output over time, so zero padding changes every frame. We swap that GroupNorm
-for one whose statistics cover each utterance's valid frames only, and pass the attention mask
-so the encoder ignores padded frames; each utterance then gets its unpadded features.
+Batched forwards are exact (DESIGN invariant 1): see extract/exact.py.
 """
 
 from __future__ import annotations
@@ -18,39 +15,13 @@ from torch import nn
 
 from extract.audio import MONO, RESAMPLER, normalize
 from extract.errors import ExtractError
+from extract.exact import conv_lengths, install_masked_groupnorm, set_valid_lengths
 from store import FORMAT_VERSION
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Config keys that say nothing about the forward pass; dropped so hub and local copies match.
 _VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "return_dict",
              "output_hidden_states", "output_attentions", "_attn_implementation_autoset", "_commit_hash"}
-
-
-class MaskedGroupNorm(nn.GroupNorm):
-    """GroupNorm whose statistics cover only each item's first `valid[i]` time steps."""
-
-    valid: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.valid is None:
-            return super().forward(x)
-        b, c, t = x.shape
-        g = self.num_groups
-        xf = x.float().view(b, g, c // g, t)
-        mask = (torch.arange(t, device=x.device)[None, :] < self.valid[:, None]).view(b, 1, 1, t).float()
-        n = (self.valid.float() * (c // g)).view(b, 1, 1, 1)
-        mean = (xf * mask).sum((2, 3), keepdim=True) / n
-        var = (((xf - mean) * mask) ** 2).sum((2, 3), keepdim=True) / n
-        y = ((xf - mean) / torch.sqrt(var + self.eps)).view(b, c, t)
-        if self.affine:
-            y = y * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
-        return y.to(x.dtype)
-
-
-def _conv_lengths(n: torch.Tensor | int, kernels: list[int], strides: list[int]):
-    for k, s in zip(kernels, strides, strict=True):
-        n = (n - k) // s + 1
-    return n
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -94,7 +65,7 @@ class Teacher:
         return r
 
     def num_frames(self, samples: int) -> int:
-        return max(0, int(_conv_lengths(samples, self.config.conv_kernel, self.config.conv_stride)))
+        return max(0, int(conv_lengths(samples, self.config.conv_kernel, self.config.conv_stride)))
 
     def check_layers(self, layers: list[int]) -> list[int]:
         bad = [k for k in layers if not 0 <= k <= self.num_layers]
@@ -128,33 +99,15 @@ class Teacher:
             batch[i, : len(w)] = torch.from_numpy(normalize(w) if self.do_normalize else w)
         lens = torch.tensor(lengths)
         mask = (torch.arange(batch.shape[1])[None, :] < lens[:, None]).long()
-        norm = self._first_norm()
-        if norm is not None:
-            norm.valid = _conv_lengths(lens, self.config.conv_kernel[:1], self.config.conv_stride[:1]).to(self.device)
+        set_valid_lengths(self.model, lens.to(self.device))
         try:
             with torch.autocast(self.device.type, dtype=DTYPES[self.compute_dtype], enabled=self.compute_dtype != "float32"):
                 out = self.model(batch.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True)
         finally:
-            if norm is not None:
-                norm.valid = None
+            set_valid_lengths(self.model, None)
         frames = [self.num_frames(n) for n in lengths]
         picked = {k: out.hidden_states[k].float().cpu().numpy() for k in layers}
         return [{k: picked[k][i, : frames[i]] for k in layers} for i in range(len(waves))]
-
-    def _first_norm(self) -> MaskedGroupNorm | None:
-        first = self.model.feature_extractor.conv_layers[0]
-        norm = getattr(first, "layer_norm", None)
-        return norm if isinstance(norm, MaskedGroupNorm) else None
-
-
-def _install_masked_groupnorm(model: nn.Module) -> None:
-    first = model.feature_extractor.conv_layers[0]
-    old = getattr(first, "layer_norm", None)
-    if isinstance(old, nn.GroupNorm) and not isinstance(old, MaskedGroupNorm):
-        new = MaskedGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
-        if old.affine:
-            new.weight, new.bias = old.weight, old.bias  # same Parameters: state_dict keys unchanged
-        first.layer_norm = new
 
 
 def resolve_device(device: str) -> torch.device:
@@ -197,6 +150,6 @@ def load_teacher(name: str, revision: str | None = None, device: str = "auto", c
         rate, do_norm = 16000, False
     model.eval()
     digest = weights_digest(model)
-    _install_masked_groupnorm(model)
+    install_masked_groupnorm(model)
     dev = resolve_device(device)
     return Teacher(model.to(dev), name, revision, rate, do_norm, dev, compute_dtype, digest)

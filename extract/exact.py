@@ -1,0 +1,63 @@
+"""Exact padded batches for conv speech encoders (DESIGN invariant 1); used by teacher and student.
+
+Group-norm conv stacks (HuBERT/wav2vec2 Base) normalise the first conv's output over time, so
+zero padding changes every frame (cosine ~0.975 on HuBERT-base shapes). We swap that GroupNorm
+for one whose statistics cover each utterance's valid frames only; with the attention mask
+passed too, every utterance in a padded batch gets exactly its unpadded features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_lengths(n, kernels: list[int], strides: list[int]):
+    """Output length of a stack of unpadded convs (int or tensor), as transformers computes it."""
+    for k, s in zip(kernels, strides, strict=True):
+        n = (n - k) // s + 1
+    return n
+
+
+class MaskedGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics cover only each item's first `valid[i]` time steps."""
+
+    valid: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.valid is None:
+            return super().forward(x)
+        b, c, t = x.shape
+        g = self.num_groups
+        xf = x.float().view(b, g, c // g, t)
+        mask = (torch.arange(t, device=x.device)[None, :] < self.valid[:, None]).view(b, 1, 1, t).float()
+        n = (self.valid.float() * (c // g)).view(b, 1, 1, 1)
+        mean = (xf * mask).sum((2, 3), keepdim=True) / n
+        var = (((xf - mean) * mask) ** 2).sum((2, 3), keepdim=True) / n
+        y = ((xf - mean) / torch.sqrt(var + self.eps)).view(b, c, t)
+        if self.affine:
+            y = y * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
+        return y.to(x.dtype)
+
+
+def install_masked_groupnorm(model: nn.Module) -> MaskedGroupNorm | None:
+    """Swap the first conv layer's GroupNorm in place (same Parameters); returns it, or None for layer-norm stacks."""
+    first = model.feature_extractor.conv_layers[0]
+    old = getattr(first, "layer_norm", None)
+    if isinstance(old, nn.GroupNorm) and not isinstance(old, MaskedGroupNorm):
+        new = MaskedGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
+        if old.affine:
+            new.weight, new.bias = old.weight, old.bias  # same Parameters: state_dict keys unchanged
+        first.layer_norm = new
+    norm = getattr(first, "layer_norm", None)
+    return norm if isinstance(norm, MaskedGroupNorm) else None
+
+
+
+
+def set_valid_lengths(model: nn.Module, samples: torch.Tensor | None) -> None:
+    """Tell the masked GroupNorm (if any) each item's valid input samples; None = plain GroupNorm."""
+    norm = getattr(model.feature_extractor.conv_layers[0], "layer_norm", None)
+    if isinstance(norm, MaskedGroupNorm):
+        cfg = model.config
+        norm.valid = None if samples is None else conv_lengths(samples, cfg.conv_kernel[:1], cfg.conv_stride[:1])
