@@ -1,0 +1,55 @@
+"""`train-student`: a thin click layer over train.loop.train()."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from extract.cli import parse_layers
+from store.cli import one_line_errors
+from train.config import load_config
+from train.loop import train
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--cache", is_flag=False, flag_value="", default=None,
+              help="cache path or fingerprint; with no value, find the cache of --teacher/--layers. Omit to run the teacher online")
+@click.option("--out", required=True, help="run dir: checkpoints, metrics.jsonl, loss.png, eval.json, student/")
+@click.option("--teacher", default=None, help="teacher (init weights; online targets); default: the cache's")
+@click.option("--corpus", default=None, type=click.Path(exists=True), help="online mode corpus; with --cache: only these ids")
+@click.option("--layers", default=None, help="target layers, e.g. 4,8,12 [default: 4,8,12]")
+@click.option("--cache-dir", default=None, help="cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]")
+@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="JSON or TOML of TrainConfig keys")
+@click.option("--steps", type=int, default=None, help="[default: 200000]")
+@click.option("--batch-size", type=int, default=None, help="[default: 24]")
+@click.option("--lr", type=float, default=None, help="[default: 2e-4]")
+@click.option("--max-crop-samples", type=int, default=None, help="[default: 250000]")
+@click.option("--valid-fraction", type=float, default=None, help="[default: 0.01]")
+@click.option("--eval-interval", type=int, default=None, help="[default: 1000]")
+@click.option("--log-interval", type=int, default=None, help="[default: 50]")
+@click.option("--checkpoint-interval", type=int, default=None, help="[default: 1000]")
+@click.option("--stop-after", type=int, default=None, help="stop (checkpointed) after this step; continue with --resume")
+@click.option("--num-workers", type=int, default=None, help="DataLoader workers [default: 4]")
+@click.option("--init", type=click.Choice(["teacher", "random"]), default=None, help="[default: teacher]")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None, help="[default: auto]")
+@click.option("--device", default=None, help="auto | cpu | cuda [default: auto]")
+@click.option("--seed", type=int, default=None)
+@click.option("--resume", is_flag=True, default=None, help="continue from the run dir's checkpoint")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@one_line_errors
+def main(config_file, layers, quiet, **flags) -> None:
+    """Train a DistilHuBERT student from cached targets (or from the teacher online)."""
+    if layers:
+        flags["layers"] = parse_layers(layers)
+    if quiet:
+        flags["progress"] = False
+    cfg = load_config(config_file, flags)
+    result = train(cfg)
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "eval"}), err=True)
+    click.echo(result.get("student") or cfg.out)
+
+
+if __name__ == "__main__":
+    main()

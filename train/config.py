@@ -1,0 +1,99 @@
+"""Training configuration: plain data with the recipe's defaults (REFERENCE.md), overridable from a file or flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from store import CacheError
+
+
+class ConfigError(CacheError):
+    """A bad --config file or flag; one line."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/distilhubert"  # run dir: checkpoints, metrics.jsonl, loss.png, student/
+    cache: str | None = None  # path or fingerprint; "" = find it from teacher+layers; None = online teacher
+    cache_dir: str | None = None  # cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]
+    teacher: str | None = None  # for init (and online mode); default: the teacher recorded in the cache
+    corpus: str | None = None  # online mode; with a cache: restrict training to these utterances
+    layers: tuple[int, ...] = (4, 8, 12)  # teacher layers to predict (must be in the cache)
+    init: str = "teacher"  # teacher: copy CNN, projection, pos-conv, layers 1-2 | random
+    steps: int = 200_000  # paper: 200k
+    batch_size: int = 24  # utterances per step (paper: 24)
+    max_crop_samples: int = 250_000  # random crop, at most 15.6 s
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01  # not on biases and norms
+    warmup_fraction: float = 0.07  # linear warm-up, then linear decay to 0
+    grad_clip: float = 5.0
+    feature_grad_mult: float = 0.1  # the CNN learns at 0.1x
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16
+    device: str = "auto"
+    valid_fraction: float = 0.01  # held-out utterances (by id hash)
+    eval_interval: int = 1000  # steps between held-out evaluations (and at the end)
+    eval_max_utterances: int = 500
+    log_interval: int = 50
+    checkpoint_interval: int = 1000
+    stop_after: int = 0  # stop (checkpointed) after this step, to resume later: for time-limited jobs
+    num_workers: int = 4  # DataLoader workers; each opens the cache itself
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.init not in ("teacher", "random"):
+            raise ConfigError(f"init: choose teacher or random, got {self.init!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision: choose auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size must be at least 1")
+        if not 0 <= self.valid_fraction < 1:
+            raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.cache is None and not (self.teacher and self.corpus):
+            raise ConfigError("online mode (no --cache) needs --teacher and --corpus")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | None, overrides: dict) -> TrainConfig:
+    """File values (JSON or TOML) then flag overrides; unknown keys and wrong types are errors."""
+    values: dict = {}
+    if path:
+        try:
+            if path.endswith(".toml"):
+                import tomllib
+
+                with open(path, "rb") as f:
+                    values = tomllib.load(f)
+            else:
+                with open(path) as f:
+                    values = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--config {path}: {e}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path or 'config'}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    for key, value in values.items():
+        default = fields[key].default
+        if isinstance(default, tuple):
+            values[key] = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif default is not None and not isinstance(value, type(default)):
+            raise ConfigError(f"{path or 'config'}: {key} should be {type(default).__name__}, got {value!r}")
+    return TrainConfig(**values)
+
+
+def save_config(cfg: TrainConfig, run_dir: str) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(cfg.to_dict(), f, indent=1)

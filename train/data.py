@@ -1,0 +1,132 @@
+"""Training data: random frame-aligned crops with their cached targets, in length-bucketed batches.
+
+Every random choice is a function of (seed, epoch, index), so the data a step sees does not
+depend on the number of loader workers, and a resumed run sees exactly what it would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from store import Cache
+
+
+def crop_start(n_samples: int, max_samples: int, hop: int, rng: np.random.Generator) -> int:
+    """A frame index k: the crop starts at sample hop*k, so its targets start at frame k (DESIGN invariant 2)."""
+    if n_samples <= max_samples:
+        return 0
+    return int(rng.integers(0, (n_samples - max_samples) // hop + 1))
+
+
+def split_ids(ids: list[str], valid_fraction: float) -> tuple[list[str], list[str]]:
+    """Deterministic held-out split by id hash: stable when the cache grows."""
+    def bucket(uid: str) -> float:
+        return int(hashlib.sha1(uid.encode()).hexdigest()[:8], 16) / 2**32
+
+    valid = [u for u in ids if bucket(u) < valid_fraction]
+    if valid_fraction > 0 and not valid and len(ids) > 1:
+        valid = [min(ids, key=bucket)]
+    train = [u for u in ids if u not in set(valid)]
+    return train, valid
+
+
+class CachedCrops(Dataset):
+    """Items are (epoch, index) pairs from BucketBatches; returns (wave, targets [N, F, D])."""
+
+    def __init__(self, cache: Cache, ids: list[str], layers: list[int], max_samples: int, seed: int, random_crop: bool = True):
+        self.cache, self.ids, self.layers = cache, ids, layers
+        self.max_samples, self.seed, self.random_crop = max_samples, seed, random_crop
+        self.hop = cache.layout.hop
+        self.window = cache.spec.get("frame", {}).get("window", 400)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self) -> list[int]:
+        return [min(self.cache.num_samples(u), self.max_samples) for u in self.ids]
+
+    def crop(self, key: tuple[int, int]) -> tuple[str, int, int]:
+        epoch, i = key
+        uid = self.ids[i]
+        n = self.cache.num_samples(uid)
+        rng = np.random.default_rng([self.seed, epoch, i])
+        k = crop_start(n, self.max_samples, self.hop, rng) if self.random_crop else 0
+        return uid, k, min(n - k * self.hop, self.max_samples)
+
+    def __getitem__(self, key: tuple[int, int]):
+        uid, k, length = self.crop(key)
+        wave = self.cache.read_audio(uid, k * self.hop, k * self.hop + length)
+        frames = (length - self.window) // self.hop + 1
+        targets = np.stack([self.cache.read(uid, layer, k, k + frames) for layer in self.layers])
+        return torch.from_numpy(wave), torch.from_numpy(targets)
+
+
+class BucketBatches:
+    """An endless, deterministic stream of length-bucketed batches of (epoch, index) keys."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50):
+        if not lengths:
+            raise ValueError("no training utterances")
+        self.lengths, self.batch_size, self.seed, self.bucket = lengths, batch_size, seed, bucket_batches
+
+    def epoch(self, e: int) -> list[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, e, 7])
+        order = rng.permutation(len(self.lengths))
+        span = self.batch_size * self.bucket
+        batches = []
+        for start in range(0, len(order), span):  # sort within buckets so a batch holds similar lengths
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [[(e, int(i)) for i in chunk[j : j + self.batch_size]] for j in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def from_step(self, step: int):
+        """Batches for steps step, step+1, ... (skipping ahead costs no data reads)."""
+        per_epoch = math.ceil(len(self.lengths) / self.batch_size)
+        e, offset = divmod(step, per_epoch)
+        while True:
+            yield from self.epoch(e)[offset:]
+            e, offset = e + 1, 0
+
+
+def collate(items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+    """Zero-pad waves and targets; masks say what is real."""
+    lengths = torch.tensor([w.shape[0] for w, _ in items])
+    wave = torch.zeros(len(items), int(lengths.max()))
+    for i, (w, _) in enumerate(items):
+        wave[i, : w.shape[0]] = w
+    out = {"wave": wave, "lengths": lengths}
+    if items[0][1] is not None:
+        n, _, d = items[0][1].shape
+        frames = torch.tensor([t.shape[1] for _, t in items])
+        targets = torch.zeros(len(items), n, int(frames.max()), d, dtype=items[0][1].dtype)
+        for i, (_, t) in enumerate(items):
+            targets[i, :, : t.shape[1]] = t
+        out["targets"], out["frames"] = targets, frames
+    return out
+
+
+class CorpusCrops(CachedCrops):
+    """Online-teacher mode: the same crops, decoded from the audio files (targets come from the teacher)."""
+
+    def __init__(self, utts: list, rate: int, hop: int, window: int, max_samples: int, seed: int, random_crop: bool = True):
+        self.utts = {u.uid: u for u in utts}
+        self.ids, self.rate, self.hop, self.window = sorted(self.utts), rate, hop, window
+        self.max_samples, self.seed, self.random_crop = max_samples, seed, random_crop
+        self._lengths: dict[str, int] = {}
+
+    def lengths(self) -> list[int]:
+        return [min(self.utts[u].samples_at(self.rate), self.max_samples) for u in self.ids]
+
+    def __getitem__(self, key: tuple[int, int]):
+        from extract.audio import load_audio
+
+        uid = self.ids[key[1]]
+        wave = load_audio(self.utts[uid].path, self.rate)
+        rng = np.random.default_rng([self.seed, key[0], key[1]])
+        k = crop_start(len(wave), self.max_samples, self.hop, rng) if self.random_crop else 0
+        return torch.from_numpy(wave[k * self.hop : k * self.hop + self.max_samples].copy()), None

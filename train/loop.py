@@ -1,0 +1,210 @@
+"""Train a DistilHuBERT student, read top to bottom (after nanoGPT's train.py).
+
+    train-student --cache --teacher facebook/hubert-base-ls960 --out runs/dh          # from the cache
+    train-student --teacher facebook/hubert-base-ls960 --corpus LibriSpeech --out runs/online   # teacher online
+
+Setup, then `evaluate()` and `lr_at(step)`, then the loop: fetch a batch (timed: loader wait),
+targets (cache, or the teacher online), forward, masked loss, backward, clip, step; log,
+evaluate, checkpoint. At the end: eval.json, loss.png and the exported student.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from extract.teacher import resolve_device
+from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.config import ConfigError, TrainConfig, save_config
+from train.data import BucketBatches, collate
+from train.export import export_student, plot_losses
+from train.loss import distill_loss
+from train.model import Student, count_parameters, init_from_teacher, student_config
+from train.sources import load_sources
+
+
+class _Batches:
+    """A finite batch sampler over an endless stream (DataLoader wants __iter__ and __len__)."""
+
+    def __init__(self, stream, n: int):
+        self.stream, self.n = stream, n
+
+    def __iter__(self):
+        return itertools.islice(self.stream, self.n)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases, norms
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def online_targets(teacher, batch: dict, layers: list[int]) -> dict:
+    """The teacher on this batch's crops (exact, eval mode, no grad), padded like cached targets."""
+    waves = [batch["wave"][i, : int(n)].numpy() for i, n in enumerate(batch["lengths"])]
+    feats = teacher.forward(waves, layers)
+    return collate([(torch.from_numpy(w), torch.from_numpy(np.stack([f[k] for k in layers]))) for w, f in zip(waves, feats, strict=True)])
+
+
+def train(cfg: TrainConfig) -> dict:
+    # ---- setup -------------------------------------------------------------------------
+    device = resolve_device(cfg.device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    torch.manual_seed(cfg.seed)
+    src = load_sources(cfg)
+    layers = src.layers
+    if src.teacher is not None and cfg.cache is None:
+        src.teacher.model.to(device)
+        src.teacher.device = device
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt = load_checkpoint(cfg.out) if cfg.resume else None
+    if not cfg.resume and os.path.exists(os.path.join(cfg.out, "ckpt.pt")):
+        raise ConfigError(f"{cfg.out}: holds a checkpoint; pass --resume to continue it, or choose another --out")
+    # on resume the architecture comes from the checkpoint, so a changed teacher config cannot reshape it
+    model_config = student_config(ckpt["student_config"] if ckpt else src.teacher_config)
+    model = Student(model_config, len(layers), cfg.feature_grad_mult)
+    if cfg.init == "teacher" and not ckpt:
+        init_from_teacher(model, src.teacher.model)
+    model.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step = 0
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        step = ckpt["step"]
+    save_config(cfg, cfg.out)
+    stream = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed).from_step(step)
+    loader = DataLoader(src.train, batch_sampler=_Batches(stream, cfg.steps - step), collate_fn=collate,
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None)
+    metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+    tb = _tensorboard(cfg.out)
+
+    def lr_at(s: int) -> float:
+        warm = max(1, int(cfg.warmup_fraction * cfg.steps))
+        return cfg.lr * (s + 1) / warm if s < warm else cfg.lr * max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))
+
+    def step_loss(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if "targets" not in batch:
+            batch = {**batch, **online_targets(src.teacher, batch, layers)}
+        wave, lengths = batch["wave"].to(device, non_blocking=True), batch["lengths"].to(device)
+        targets = batch["targets"].to(device, non_blocking=True)
+        frames = batch["frames"].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            pred = model(wave, lengths)
+        if pred.shape[2] != targets.shape[2] or not torch.equal(model.num_frames(lengths), frames):
+            raise RuntimeError(f"student frames {pred.shape[2]} != target frames {targets.shape[2]}: crop misaligned")
+        mask = torch.arange(targets.shape[2], device=device)[None, :] < frames[:, None]
+        return distill_loss(pred, targets, mask)
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        if src.valid is None:
+            return {}
+        model.eval()
+        sums, n = torch.zeros(3, len(layers)), 0
+        keys = [(0, i) for i in range(min(len(src.valid), cfg.eval_max_utterances))]
+        for i in range(0, len(keys), cfg.batch_size):
+            batch = collate([src.valid[k] for k in keys[i : i + cfg.batch_size]])
+            loss, l1, cos = step_loss(batch)
+            frames = int(batch["frames"].sum()) if "frames" in batch else 1
+            sums += torch.stack([loss.expand(len(layers)), l1, cos]).cpu() * frames
+            n += frames
+        model.train()
+        sums /= max(n, 1)
+        return {"step": step, "loss": float(sums[0, 0]), "utterances": len(keys),
+                **{f"l1_layer{k}": float(sums[1, j]) for j, k in enumerate(layers)},
+                **{f"cos_layer{k}": float(sums[2, j]) for j, k in enumerate(layers)}}
+
+    def checkpoint() -> None:
+        save_checkpoint(cfg.out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                  "rng": rng_state(), "step": step, "config": cfg.to_dict(),
+                                  "student_config": model_config.to_dict(), "layers": layers})
+
+    # ---- the loop ----------------------------------------------------------------------
+    from tqdm import tqdm
+
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not cfg.progress, dynamic_ncols=True)
+    t_last, waited, window_t0, window_steps = time.perf_counter(), 0.0, time.perf_counter(), 0
+    last_eval: dict = {}
+    for batch in loader:
+        waited += time.perf_counter() - t_last  # time the step stood waiting for data
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        # forward, masked loss, backward (scaled if fp16), clip, step
+        loss, l1, cos = step_loss(batch)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_steps += 1
+        bar.update(1)
+        # log
+        if step % cfg.log_interval == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - window_t0
+            row = {"step": step, "loss": loss.item(), "lr": lr_at(step - 1), "grad_norm": float(grad_norm),
+                   **{f"l1_layer{k}": float(l1[j]) for j, k in enumerate(layers)},
+                   **{f"cos_layer{k}": float(cos[j]) for j, k in enumerate(layers)},
+                   "steps_per_s": window_steps / elapsed, "loader_wait_fraction": waited / elapsed}
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            _tb_log(tb, row, "train")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", wait=f"{row['loader_wait_fraction']:.0%}")
+            window_t0, window_steps, waited = time.perf_counter(), 0, 0.0
+        # evaluate and checkpoint
+        if step % cfg.eval_interval == 0 and step < cfg.steps:
+            last_eval = evaluate()
+            metrics.write(json.dumps({"eval": last_eval}) + "\n")
+            _tb_log(tb, last_eval, "valid")
+        if step % cfg.checkpoint_interval == 0 or step == cfg.steps or step == cfg.stop_after:
+            checkpoint()
+        if step == cfg.stop_after:
+            break
+        t_last = time.perf_counter()
+    bar.close()
+    metrics.close()
+
+    # ---- the end: held-out evaluation, plot, export --------------------------------------
+    result = {"step": step, "out": cfg.out, "parameters": count_parameters(model.encoder)}
+    if step == cfg.steps:
+        last_eval = evaluate()
+        with open(os.path.join(cfg.out, "eval.json"), "w") as f:
+            json.dump(last_eval, f, indent=1)
+        result["student"] = export_student(model, cfg.out, layers, src.sample_rate, src.do_normalize)
+        result["eval"] = last_eval
+    result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"))
+    if tb:
+        tb.close()
+    return result
+
+
+def _tensorboard(run_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: pip install 'distilcache[tensorboard]'
+        return None
+    return SummaryWriter(os.path.join(run_dir, "tb"))
+
+
+def _tb_log(tb, row: dict, prefix: str) -> None:
+    if tb and row:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, float):
+                tb.add_scalar(f"{prefix}/{key}", value, row["step"])

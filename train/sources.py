@@ -1,0 +1,80 @@
+"""Where targets come from: a cache (checked against the teacher and layers) or the teacher online."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from store import Cache, SpecMismatchError, default_cache_dir, list_caches, open_cache
+from train.config import TrainConfig
+from train.data import CachedCrops, CorpusCrops, split_ids
+
+
+@dataclass
+class Sources:
+    teacher_config: dict  # for the student's config
+    layers: list[int]
+    sample_rate: int
+    do_normalize: bool
+    train: CachedCrops
+    valid: CachedCrops | None
+    cache: Cache | None = None
+    teacher: object | None = None  # extract.Teacher: online targets, or init weights
+
+
+def _short(digest: str) -> str:
+    return digest.split(":")[-1][:12]
+
+
+def find_cache_for(cfg: TrainConfig, digest: str) -> Cache:
+    """`--cache` with no value: the cache of this teacher holding the layers, with the most utterances."""
+    fits = [c for c in list_caches(cfg.cache_dir) if c.spec["teacher"]["digest"] == digest and set(cfg.layers) <= set(c.layers)]
+    if not fits:
+        raise SpecMismatchError(f"no cache under {cfg.cache_dir or default_cache_dir()} for --teacher {cfg.teacher} with layers "
+                                f"{','.join(map(str, cfg.layers))}; run extract-features with them first (feature-cache ls lists caches)")
+    return max(fits, key=lambda c: (c.spec["compute_dtype"] == "float32", len(c)))
+
+
+def load_sources(cfg: TrainConfig) -> Sources:
+    from extract import load_teacher
+    from extract.corpus import scan
+
+    layers = sorted(cfg.layers)
+    teacher = None
+    if cfg.teacher and (cfg.cache is None or cfg.init == "teacher" or cfg.cache == ""):
+        teacher = load_teacher(cfg.teacher, device="cpu")
+    if cfg.cache is None:  # online: the teacher runs every step, on the same crops
+        teacher.check_layers(layers)
+        _, utts, _ = scan(cfg.corpus, teacher.sample_rate, teacher.window)
+        train_ids, valid_ids = split_ids(sorted(u.uid for u in utts), cfg.valid_fraction)
+        by_id = {u.uid: u for u in utts}
+
+        def crops(ids, random_crop):
+            return CorpusCrops([by_id[i] for i in ids], teacher.sample_rate, teacher.hop, teacher.window, cfg.max_crop_samples,
+                               cfg.seed, random_crop)
+
+        return Sources(teacher.config.to_dict(), layers, teacher.sample_rate, teacher.do_normalize, crops(train_ids, True),
+                       crops(valid_ids, False) if valid_ids else None, None, teacher)
+    cache = open_cache(cfg.cache, cfg.cache_dir) if cfg.cache else find_cache_for(cfg, teacher.digest)
+    missing = sorted(set(layers) - set(cache.layers))
+    if missing:
+        raise SpecMismatchError(f"{cache.path}: layers {','.join(map(str, missing))} are not in this cache (it has "
+                                f"{','.join(map(str, cache.layers))}); run extract-features with --layers {','.join(map(str, layers))}")
+    if teacher is None and cfg.init == "teacher":
+        name = cache.provenance.get("teacher")
+        if not name:
+            raise SpecMismatchError(f"{cache.path}: records no teacher to initialise from; pass --teacher or --init random")
+        teacher = load_teacher(name, device="cpu")
+    if teacher is not None and teacher.digest != cache.spec["teacher"]["digest"]:
+        raise SpecMismatchError(f"{cache.path} was made by teacher weights {_short(cache.spec['teacher']['digest'])}, but "
+                                f"--teacher {teacher.name} has {_short(teacher.digest)}; use the cache's teacher or extract a new cache")
+    ids = cache.utterance_ids
+    if cfg.corpus:
+        _, utts, _ = scan(cfg.corpus, cache.spec["preprocessing"]["sample_rate"])
+        wanted = {u.uid for u in utts}
+        ids = [u for u in ids if u in wanted]
+    train_ids, valid_ids = split_ids(ids, cfg.valid_fraction)
+    pre = cache.spec["preprocessing"]
+    return Sources(cache.spec["teacher"]["config"], layers, pre["sample_rate"], pre["normalize"],
+                   CachedCrops(cache, train_ids, layers, cfg.max_crop_samples, cfg.seed),
+                   CachedCrops(cache, valid_ids, layers, cfg.max_crop_samples, cfg.seed, random_crop=False) if valid_ids else None,
+                   cache, teacher)
