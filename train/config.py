@@ -21,7 +21,7 @@ class TrainConfig:
     cache_dir: str | None = None  # cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]
     teacher: str | None = None  # for init (and online mode); default: the teacher recorded in the cache
     corpus: str | None = None  # online mode; with a cache: restrict training to these utterances
-    layers: tuple[int, ...] = (4, 8, 12)  # teacher layers to predict (must be in the cache)
+    layers: tuple[int, ...] = ()  # teacher layers to predict; empty: all of the cache's (finding a cache, online: 4,8,12)
     init: str = "teacher"  # teacher: copy CNN, projection, pos-conv, layers 1-2 | random
     steps: int = 200_000  # paper: 200k
     batch_size: int = 24  # utterances per step (paper: 24)

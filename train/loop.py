@@ -89,7 +89,8 @@ def train(cfg: TrainConfig) -> dict:
     stream = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed).from_step(step)
     loader = DataLoader(src.train, batch_sampler=_Batches(stream, cfg.steps - step), collate_fn=collate,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None)
+                        prefetch_factor=4 if cfg.num_workers else None,
+                        generator=torch.Generator().manual_seed(cfg.seed + step))  # own RNG: dropout's stays resumable
     metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
     tb = _tensorboard(cfg.out)
 

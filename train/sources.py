@@ -8,6 +8,8 @@ from store import Cache, SpecMismatchError, default_cache_dir, list_caches, open
 from train.config import TrainConfig
 from train.data import CachedCrops, CorpusCrops, split_ids
 
+DISTILHUBERT_LAYERS = (4, 8, 12)
+
 
 @dataclass
 class Sources:
@@ -25,12 +27,12 @@ def _short(digest: str) -> str:
     return digest.split(":")[-1][:12]
 
 
-def find_cache_for(cfg: TrainConfig, digest: str) -> Cache:
+def find_cache_for(cfg: TrainConfig, layers: list[int], digest: str) -> Cache:
     """`--cache` with no value: the cache of this teacher holding the layers, with the most utterances."""
-    fits = [c for c in list_caches(cfg.cache_dir) if c.spec["teacher"]["digest"] == digest and set(cfg.layers) <= set(c.layers)]
+    fits = [c for c in list_caches(cfg.cache_dir) if c.spec["teacher"]["digest"] == digest and set(layers) <= set(c.layers)]
     if not fits:
         raise SpecMismatchError(f"no cache under {cfg.cache_dir or default_cache_dir()} for --teacher {cfg.teacher} with layers "
-                                f"{','.join(map(str, cfg.layers))}; run extract-features with them first (feature-cache ls lists caches)")
+                                f"{','.join(map(str, layers))}; run extract-features with them first (feature-cache ls lists caches)")
     return max(fits, key=lambda c: (c.spec["compute_dtype"] == "float32", len(c)))
 
 
@@ -38,9 +40,9 @@ def load_sources(cfg: TrainConfig) -> Sources:
     from extract import load_teacher
     from extract.corpus import scan
 
-    layers = sorted(cfg.layers)
+    layers = sorted(cfg.layers or DISTILHUBERT_LAYERS)
     teacher = None
-    if cfg.teacher and (cfg.cache is None or cfg.init == "teacher" or cfg.cache == ""):
+    if cfg.teacher:
         teacher = load_teacher(cfg.teacher, device="cpu")
     if cfg.cache is None:  # online: the teacher runs every step, on the same crops
         teacher.check_layers(layers)
@@ -54,7 +56,8 @@ def load_sources(cfg: TrainConfig) -> Sources:
 
         return Sources(teacher.config.to_dict(), layers, teacher.sample_rate, teacher.do_normalize, crops(train_ids, True),
                        crops(valid_ids, False) if valid_ids else None, None, teacher)
-    cache = open_cache(cfg.cache, cfg.cache_dir) if cfg.cache else find_cache_for(cfg, teacher.digest)
+    cache = open_cache(cfg.cache, cfg.cache_dir) if cfg.cache else find_cache_for(cfg, layers, teacher.digest)
+    layers = sorted(cfg.layers or cache.layers)
     missing = sorted(set(layers) - set(cache.layers))
     if missing:
         raise SpecMismatchError(f"{cache.path}: layers {','.join(map(str, missing))} are not in this cache (it has "

@@ -1,0 +1,115 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extract import load_teacher
+from store import SpecMismatchError, open_cache
+from train.cli import main
+from train.config import ConfigError, TrainConfig, load_config
+from train.data import CachedCrops, CorpusCrops
+from train.loop import online_targets, train
+from train.model import Student, student_config
+
+
+def _cfg(cached, out, **kw):
+    base = dict(cache=cached["path"], out=str(out), steps=6, batch_size=3, max_crop_samples=16000, log_interval=2,
+                eval_interval=4, checkpoint_interval=100, num_workers=0, valid_fraction=0.2, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_crops_are_frame_aligned_with_targets(cached):
+    cache = open_cache(cached["path"])
+    ds = CachedCrops(cache, cache.utterance_ids, [1, 3], max_samples=8000, seed=3)
+    student = Student(student_config(cache.spec["teacher"]["config"]), 2)
+    seen_offsets = set()
+    for i, uid in enumerate(ds.ids):
+        for epoch in range(3):
+            uid, k, length = ds.crop((epoch, i))
+            wave, targets = ds[(epoch, i)]
+            seen_offsets.add(k)
+            np.testing.assert_array_equal(wave.numpy(), cache.read_audio(uid)[320 * k : 320 * k + length])
+            frames = int(student.num_frames(torch.tensor(length)))
+            assert targets.shape == (2, frames, cache.spec["dim"])
+            np.testing.assert_array_equal(targets[1].numpy(), cache.read(uid, 3)[k : k + frames])  # frame j <-> k + j
+    assert len(seen_offsets) > 3
+
+
+def test_online_and_cached_targets_agree_for_short_utterances(cached):
+    cache = open_cache(cached["path"])
+    teacher = load_teacher(cached["teacher"], device="cpu")
+    from extract.corpus import scan
+
+    _, utts, _ = scan(cached["corpus"], 16000)
+    online = CorpusCrops(utts, 16000, 320, 400, max_samples=10**6, seed=0)
+    cached_ds = CachedCrops(cache, online.ids, [1, 3], max_samples=10**6, seed=0)
+    from train.data import collate
+
+    keys = [(0, i) for i in range(len(online.ids))]
+    on = online_targets(teacher, collate([online[k] for k in keys]), [1, 3])
+    off = collate([cached_ds[k] for k in keys])
+    assert torch.equal(on["wave"], off["wave"]) and torch.equal(on["frames"], off["frames"])
+    assert (on["targets"] - off["targets"]).abs().max() <= 1e-4
+
+
+def test_resume_gives_identical_weights(cached, tmp_path):
+    full = train(_cfg(cached, tmp_path / "full"))
+    train(_cfg(cached, tmp_path / "split", stop_after=3))
+    resumed = train(_cfg(cached, tmp_path / "split", resume=True))
+    assert full["step"] == resumed["step"] == 6
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_dir_and_export_round_trip(cached, tmp_path):
+    from transformers import HubertModel
+
+    out = tmp_path / "run"
+    result = train(_cfg(cached, out, steps=4))
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    logged = [r for r in rows if "loss" in r]
+    assert {"step", "loss", "lr", "l1_layer1", "cos_layer3", "steps_per_s", "loader_wait_fraction"} <= set(logged[-1])
+    assert (out / "loss.png").stat().st_size > 1000 and json.load(open(out / "eval.json"))["utterances"] >= 1
+    assert json.load(open(out / "config.json"))["steps"] == 4
+    model, info = HubertModel.from_pretrained(result["student"], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert os.path.exists(out / "student" / "preprocessor_config.json") and os.path.exists(out / "heads.safetensors")
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)["model"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, ckpt[f"encoder.{name}"]), name
+
+
+def test_cache_found_by_teacher_and_layers_and_mismatches_refused(cached, tmp_path, tiny_teacher):
+    from tests.conftest import build_tiny_teacher
+
+    runner = CliRunner()
+    args = ["--out", str(tmp_path / "r"), "--steps", "2", "--batch-size", "2", "--num-workers", "0", "--quiet",
+            "--max-crop-samples", "16000", "--cache-dir", cached["cache_dir"], "--teacher", tiny_teacher]
+    ok = runner.invoke(main, ["--cache", "--layers", "1,3", *args])
+    assert ok.exit_code == 0, ok.output
+    missing = runner.invoke(main, ["--cache", cached["path"], "--layers", "1,2", *args[:-2]])
+    assert missing.exit_code == 2 and "layers 2 are not in this cache" in missing.output
+    other = build_tiny_teacher(str(tmp_path / "other"), seed=1)
+    with pytest.raises(SpecMismatchError, match="was made by teacher weights .* but --teacher .* has"):
+        train(_cfg(cached, tmp_path / "x", teacher=other))
+
+
+def test_online_mode_trains(cached, tmp_path):
+    result = train(_cfg(cached, tmp_path / "online", cache=None, teacher=cached["teacher"], corpus=cached["corpus"], steps=2,
+                        layers=(1, 3)))
+    assert result["step"] == 2 and os.path.isdir(result["student"])
+
+
+def test_config_file_rejects_unknown_keys_and_bad_types(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"stepz": 3}))
+    with pytest.raises(ConfigError, match="unknown key.*stepz"):
+        load_config(str(f), {"cache": "x"})
+    f.write_text(json.dumps({"steps": "many"}))
+    with pytest.raises(ConfigError, match="steps should be int"):
+        load_config(str(f), {"cache": "x"})
+    assert load_config(None, {"cache": "x", "lr": 1}).lr == 1.0
