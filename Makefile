@@ -23,7 +23,7 @@ test: lint
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: install
-	$(PY) -m bench.demo
+	$(PY) -m train.demo
 
 bench: install
 	$(PY) -m bench.run_all
