@@ -90,3 +90,35 @@ class ShardedRows:
                     out[row - start : take - start] = self._chunk(f, s, c)[row - first : take - first]
                     row = take
         return out
+
+
+def encoder(codec: str, chunk_bytes: int):
+    """The byte encoder matching store.layout.compressors(codec) (before the crc32c)."""
+    if codec == "blosc-zstd":
+        return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE, blocksize=chunk_bytes).encode
+    if codec == "zstd":
+        return numcodecs.Zstd(level=3).encode
+    return lambda a: a.tobytes()
+
+
+def encode_shard(rows: np.ndarray, chunk_rows: int, per_shard: int, encode) -> bytes:
+    """One zarr v3 shard (index at the end, crc32c on each chunk and the index) for `rows` (<= one shard).
+
+    Why by hand: zarr-python 3.1 writes ~100 MB/s (measured) where the codecs alone run ~500 MB/s
+    on one core, and the writer sits behind the teacher on a GPU. Inner chunks past the end of the
+    data are marked missing, as zarr does; zarr-python reads these shards (tests check it).
+    """
+    pieces, index, offset = [], np.full((per_shard, 2), 2**64 - 1, dtype="<u8"), 0
+    for c in range(per_shard):
+        chunk = rows[c * chunk_rows : (c + 1) * chunk_rows]
+        if len(chunk) == 0:
+            break
+        if len(chunk) < chunk_rows:  # edge chunk: full shape, padded with the fill value (0)
+            chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+        payload = encode(np.ascontiguousarray(chunk))
+        payload = bytes(payload) + google_crc32c.value(payload).to_bytes(4, "little")
+        pieces.append(payload)
+        index[c] = (offset, len(payload))
+        offset += len(payload)
+    raw_index = index.tobytes()
+    return b"".join(pieces) + raw_index + google_crc32c.value(raw_index).to_bytes(4, "little")

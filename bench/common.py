@@ -1,0 +1,66 @@
+"""Shared bench helpers: machine description, timing, table printing, a HuBERT-base-shaped teacher."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """Best wall time of `repeat` runs (after one warm-up): the least noisy estimate on a shared machine."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def hubert_base_teacher(path: str, layers: int = 12) -> str:
+    """HuBERT-base-shaped random weights (94.68M parameters at 12 layers), saved like a hub checkpoint."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    import torch
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(0)
+    HubertModel(HubertConfig(num_hidden_layers=layers)).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(do_normalize=False, sampling_rate=16000).save_pretrained(path)
+    return path
+
+
+def speech_corpus(root: str, n: int, seconds: tuple[float, float] = (2.0, 12.0), seed: int = 0) -> str:
+    """n utterances of numpy-made voiced audio with LibriSpeech-like lengths."""
+    import numpy as np
+    import soundfile as sf
+
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        path = os.path.join(root, f"s{i % 8}", f"u{i:05d}.flac")
+        if os.path.exists(path):
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        sr, dur = 16000, rng.uniform(*seconds)
+        t = np.arange(int(sr * dur)) / sr
+        f0 = 100 + 15 * (i % 8) + 25 * np.sin(2 * np.pi * 0.5 * t)
+        voiced = sum(np.sin(2 * np.pi * h * np.cumsum(f0) / sr) / h for h in range(1, 10))
+        env = (np.sin(2 * np.pi * 4 * t + i) > -0.2) * (0.4 + 0.6 * np.sin(2 * np.pi * 0.3 * t) ** 2)
+        sf.write(path, (0.08 * voiced * env + 0.003 * rng.standard_normal(len(t))).astype(np.float32), sr)
+    return root
