@@ -29,7 +29,8 @@ def parse_layers(value: str) -> tuple[int, ...]:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help="teacher compute dtype")
 @click.option("--storage-dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16")
 @click.option("--codec", type=click.Choice(CODECS), default="blosc-zstd")
-@click.option("--batch-seconds", type=float, default=100.0, help="padded audio seconds per teacher batch")
+@click.option("--batch-seconds", type=float, default=None,
+              help="padded audio seconds per teacher batch [default: 200 on GPU; 0 = one utterance per forward on CPU]")
 @click.option("--part-seconds", type=float, default=600.0, help="audio per part (unit of commit and resume)")
 @click.option("--max-seconds", type=float, default=60.0, help="longer files are bad input (0: no limit)")
 @click.option("--workers", type=int, default=0, help="start a dask LocalCluster with N worker processes")

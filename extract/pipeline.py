@@ -19,6 +19,15 @@ from extract.teacher import Teacher
 from store import Layout, PartWriter
 
 LOOKAHEAD = 3  # batches decoded ahead of the teacher
+GPU_BATCH_SECONDS = 200.0  # padded audio per batch on a GPU
+
+
+def auto_batch_seconds(value: float | None, teacher: Teacher) -> float:
+    """None: 200 s on a GPU; 0 (one utterance per forward) on a CPU, where batching was measured
+    1.5x slower than single utterances (bigger activations, padding; docs/benchmarks.md)."""
+    if value is not None:
+        return value
+    return GPU_BATCH_SECONDS if teacher.device.type == "cuda" else 0.0
 
 
 def _decode(teacher: Teacher, path: str) -> np.ndarray | str:
@@ -34,14 +43,14 @@ def _decode(teacher: Teacher, path: str) -> np.ndarray | str:
     return wave
 
 
-def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: Layout, batch_seconds: float,
+def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: Layout, batch_seconds: float | None,
                  on_error: str = "fail", on_batch: Callable[[int, int], None] | None = None,
                  decode_threads: int = 4) -> dict:
     """Write and commit one planned part; returns its commit marker."""
     items = part["items"]
     layers = spec["layers"]
     writer = PartWriter(cache, part["name"], layers, spec["dim"], spec["storage_dtype"], layout)
-    batches = plan_batches([it[2] for it in items], int(batch_seconds * teacher.sample_rate))
+    batches = plan_batches([it[2] for it in items], int(auto_batch_seconds(batch_seconds, teacher) * teacher.sample_rate))
     skipped: list[dict] = []
     with ThreadPoolExecutor(decode_threads) as decoders, ThreadPoolExecutor(1) as write_thread:
         ahead: deque[list[Future]] = deque()

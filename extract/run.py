@@ -30,7 +30,7 @@ class ExtractConfig:
     dtype: str = "float32"  # teacher compute dtype (bfloat16/float16 are faster on GPU, part of the spec)
     storage_dtype: str = "float16"  # float16 | bfloat16 | float32
     codec: str = "blosc-zstd"  # see docs/benchmarks.md
-    batch_seconds: float = 100.0  # padded audio seconds per teacher batch
+    batch_seconds: float | None = None  # padded audio per teacher batch; None: 200 on GPU, 0 (one utterance) on CPU
     part_seconds: float = 600.0  # audio per part: the unit of commit, resume and dask task
     max_seconds: float = 60.0  # longer files are bad input (attention is quadratic in length)
     on_error: str = "fail"  # fail: stop before teacher work | skip: cache the rest, record the skipped
@@ -44,8 +44,8 @@ class ExtractConfig:
             raise ExtractError(f"--on-error {self.on_error}: choose fail or skip")
         if self.codec not in CODECS:
             raise ExtractError(f"--codec {self.codec}: choose one of {', '.join(CODECS)}")
-        if self.batch_seconds <= 0 or self.part_seconds <= 0:
-            raise ExtractError("--batch-seconds and --part-seconds must be positive")
+        if (self.batch_seconds or 0) < 0 or self.part_seconds <= 0:
+            raise ExtractError("--batch-seconds must be >= 0 and --part-seconds positive")
         if self.workers and self.scheduler:
             raise ExtractError("--workers and --scheduler are exclusive: --workers starts a local cluster")
 
@@ -68,9 +68,15 @@ class Summary:
 
 
 def extract_features(cfg: ExtractConfig) -> Summary:
-    t0 = time.time()
+    """Scan, plan and extract every pending part; returns the summary `--json` prints."""
     teacher = load_teacher(cfg.teacher, cfg.revision, "cpu" if (cfg.workers or cfg.scheduler) else cfg.device,
                            cfg.dtype, cfg.allow_pickle)
+    return extract_with(cfg, teacher)
+
+
+def extract_with(cfg: ExtractConfig, teacher) -> Summary:
+    """extract_features() with a teacher already loaded (benchmarks time this part)."""
+    t0 = time.time()
     spec = teacher.spec(list(cfg.layers), cfg.storage_dtype)
     root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, cfg.max_seconds)
     if bad and cfg.on_error == "fail":

@@ -18,6 +18,9 @@ import numpy as np
 from store.errors import CorruptDataError
 
 _MISSING = np.uint64(2**64 - 1)
+# blosc's own thread pool competes with the teacher's and the DataLoader's threads for cores;
+# we parallelise across processes (dask workers, loader workers) instead.
+numcodecs.blosc.use_threads = False
 
 
 def _decoder(codecs: list[dict]):
