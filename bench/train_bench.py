@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -46,7 +47,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="distilcache-bench-")
     try:
         teacher_dir = hubert_base_teacher(os.path.join(tmp, "teacher"))
-        corpus = speech_corpus(os.path.join(tmp, "corpus"), 3 * args.batch_size, (4.5, 8.0))
+        corpus = speech_corpus(os.path.join(tmp, "corpus"), 3 * args.batch_size,
+                               (0.6 * args.crop_samples / 16000, 1.1 * args.crop_samples / 16000))  # most crops are full length
         teacher = load_teacher(teacher_dir, device=str(device))
         layers = [4, 8, 12]
         summary = extract_with(ExtractConfig(teacher_dir, corpus, layers=tuple(layers), cache_dir=os.path.join(tmp, "c"),
@@ -75,30 +77,28 @@ def main() -> None:
 
         in_memory = [collate([ds[k] for k in b]) for b in itertools_take(batches.from_step(0), args.steps + 1)]
         step(in_memory[0])  # warm-up
-        t = time.perf_counter()
-        for b in in_memory[1:]:
-            step(b)
-        pure = (time.perf_counter() - t) / args.steps
-
         loader = DataLoader(ds, batch_sampler=_Batches(batches.from_step(1), args.steps), collate_fn=collate,
                             num_workers=args.workers, prefetch_factor=4 if args.workers else None)
         it = iter(loader)
-        waited, t = 0.0, time.perf_counter()
-        for _ in range(args.steps):
-            t_wait = time.perf_counter()
-            b = next(it)
-            waited += time.perf_counter() - t_wait
+        times: dict[str, list[float]] = {"pure": [], "cached": [], "online": []}
+        waited = 0.0
+        for b in in_memory[1:]:  # interleaved rounds: the machine's noise hits all three alike
+            t = time.perf_counter()
             step(b)
-        cached = (time.perf_counter() - t) / args.steps
-        wait_fraction = waited / (cached * args.steps)
-
-        t = time.perf_counter()
-        for b in in_memory[1:]:
+            times["pure"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            fetched = next(it)
+            waited += time.perf_counter() - t
+            step(fetched)
+            times["cached"].append(time.perf_counter() - t)
+            t = time.perf_counter()
             step({**b, **online_targets(teacher, {"wave": b["wave"], "lengths": b["lengths"]}, layers)})
-        online = (time.perf_counter() - t) / args.steps
+            times["online"].append(time.perf_counter() - t)
+        pure, cached, online = (float(np.median(times[k])) for k in ("pure", "cached", "online"))
+        wait_fraction = waited / sum(times["cached"])
 
         print(f"machine: {machine()}; device {device}\ncommand: python -m bench.train_bench --batch-size {args.batch_size} "
-              f"--crop-samples {args.crop_samples} --steps {args.steps} --workers {args.workers}\n"
+              f"--crop-samples {args.crop_samples} --steps {args.steps} --workers {args.workers} (median of interleaved steps)\n"
               f"shapes: HuBERT-base teacher (random weights), 23.49M student, batch {args.batch_size} x {args.crop_samples} samples "
               f"(recipe: 24 x <=250,000), layers 4,8,12\n")
         print(table(["step", "s/step", "ratio"], [

@@ -10,7 +10,11 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
+
+# oneDNN (CPU) keeps compiled kernels per input shape; every utterance has a new length, so its
+# default cache of 1024 grew RSS with the corpus (measured +50% for 4x the files); 32 keeps it flat.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
+import torch  # noqa: E402 - after the oneDNN setting
 from torch import nn
 
 from extract.audio import MONO, RESAMPLER, normalize

@@ -1,0 +1,44 @@
+"""`make bench`: run every benchmark and write its output into docs/benchmarks.md between its markers.
+
+Each section of docs/benchmarks.md between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` is replaced
+by the latest run's output (machine, command, date, tables); the prose around it stays.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+import sys
+
+BENCHES = {
+    "store": ["bench.store_bench"],
+    "extract": ["bench.extract_bench"],
+    "train": ["bench.train_bench", "--crop-samples", "250000", "--batch-size", "2", "--steps", "5", "--workers", "0"],
+}
+DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")
+
+
+def run(name: str, argv: list[str]) -> str:
+    print(f"running {name}: python -m {' '.join(argv)}", file=sys.stderr, flush=True)
+    out = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, check=True).stdout
+    return f"date: {datetime.date.today().isoformat()}\n" + out.strip()
+
+
+def main() -> None:
+    only = sys.argv[1:] or list(BENCHES)
+    text = open(DOC).read()
+    for name in only:
+        body = run(name, BENCHES[name])
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        if not pattern.search(text):
+            text += f"\n<!-- bench:{name} -->\n<!-- /bench:{name} -->\n"
+        text = pattern.sub(lambda m, body=body: m.group(1) + "```\n" + body + "\n```" + m.group(2), text)
+        with open(DOC, "w") as f:
+            f.write(text)
+    print(f"wrote {os.path.normpath(DOC)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
