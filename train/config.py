@@ -33,6 +33,7 @@ class TrainConfig:
     warmup_fraction: float = 0.07  # linear warm-up, then linear decay to 0
     grad_clip: float = 5.0
     feature_grad_mult: float = 0.1  # the CNN learns at 0.1x
+    dropout: float = 0.1  # attention, activation and hidden dropout of the student
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16
     device: str = "auto"
     valid_fraction: float = 0.01  # held-out utterances (by id hash)

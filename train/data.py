@@ -7,7 +7,6 @@ depend on the number of loader workers, and a resumed run sees exactly what it w
 from __future__ import annotations
 
 import hashlib
-import math
 
 import numpy as np
 import torch
@@ -69,10 +68,11 @@ class CachedCrops(Dataset):
 class BucketBatches:
     """An endless, deterministic stream of length-bucketed batches of (epoch, index) keys."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50, min_batch: int = 1):
         if not lengths:
             raise ValueError("no training utterances")
         self.lengths, self.batch_size, self.seed, self.bucket = lengths, batch_size, seed, bucket_batches
+        self.min_batch = min_batch  # DDP: every rank needs at least one utterance of every batch
 
     def epoch(self, e: int) -> list[list[tuple[int, int]]]:
         rng = np.random.default_rng([self.seed, e, 7])
@@ -81,13 +81,16 @@ class BucketBatches:
         batches = []
         for start in range(0, len(order), span):  # sort within buckets so a batch holds similar lengths
             chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
-            batches += [[(e, int(i)) for i in chunk[j : j + self.batch_size]] for j in range(0, len(chunk), self.batch_size)]
+            batches += [[(e, int(i)) for i in chunk[j : j + self.batch_size]] for j in range(0, len(chunk), self.batch_size)
+                        if len(chunk[j : j + self.batch_size]) >= self.min_batch]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def from_step(self, step: int):
         """Batches for steps step, step+1, ... (skipping ahead costs no data reads)."""
-        per_epoch = math.ceil(len(self.lengths) / self.batch_size)
-        e, offset = divmod(step, per_epoch)
+        e, offset = 0, step
+        while offset >= len(self.epoch(e)):  # epochs may differ in length when small batches are dropped
+            offset -= len(self.epoch(e))
+            e += 1
         while True:
             yield from self.epoch(e)[offset:]
             e, offset = e + 1, 0

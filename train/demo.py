@@ -111,7 +111,8 @@ def main() -> None:
     first = next(json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"loss"' in line)
     print(f"""
 done in {time.time() - t0:.0f} s
-  cache    {summary['path']}  ({summary['utterances']} utterances, {summary['frames']} frames; teacher work this run: {summary['teacher_work']})
+  cache    {summary['path']}
+           {summary['utterances']} utterances, {summary['frames']} frames; teacher work this run: {summary['teacher_work']}
   training loss {first['loss']:.3f} at step {first['step']} -> held-out loss {evaluation['loss']:.3f} at step {evaluation['step']}
   eval     {os.path.join(run_dir, 'eval.json')}
   plot     {os.path.join(run_dir, 'loss.png')}

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from extract.teacher import resolve_device
+from train import distributed
 from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import ConfigError, TrainConfig, save_config
 from train.data import BucketBatches, collate
@@ -57,7 +58,7 @@ def online_targets(teacher, batch: dict, layers: list[int]) -> dict:
 
 def train(cfg: TrainConfig) -> dict:
     # ---- setup -------------------------------------------------------------------------
-    device = resolve_device(cfg.device)
+    ranks, device = distributed.init(resolve_device(cfg.device))  # torchrun: one process per device
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     torch.manual_seed(cfg.seed)
@@ -66,16 +67,18 @@ def train(cfg: TrainConfig) -> dict:
     if src.teacher is not None and cfg.cache is None:
         src.teacher.model.to(device)
         src.teacher.device = device
-    os.makedirs(cfg.out, exist_ok=True)
     ckpt = load_checkpoint(cfg.out) if cfg.resume else None
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "ckpt.pt")):
         raise ConfigError(f"{cfg.out}: holds a checkpoint; pass --resume to continue it, or choose another --out")
+    if ranks.main:
+        os.makedirs(cfg.out, exist_ok=True)
     # on resume the architecture comes from the checkpoint, so a changed teacher config cannot reshape it
-    model_config = student_config(ckpt["student_config"] if ckpt else src.teacher_config)
+    model_config = student_config(ckpt["student_config"] if ckpt else src.teacher_config, cfg.dropout)
     model = Student(model_config, len(layers), cfg.feature_grad_mult)
     if cfg.init == "teacher" and not ckpt:
         init_from_teacher(model, src.teacher.model)
     model.to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ranks.enabled else model  # averages gradients
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = 0
@@ -85,31 +88,39 @@ def train(cfg: TrainConfig) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         step = ckpt["step"]
-    save_config(cfg, cfg.out)
-    stream = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed).from_step(step)
+    if ranks.main:
+        save_config(cfg, cfg.out)
+    batches = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed, min_batch=ranks.world).from_step(step)
+    stream = (distributed.my_share(b, ranks) for b in batches)  # each rank reads its own share of each global batch
     loader = DataLoader(src.train, batch_sampler=_Batches(stream, cfg.steps - step), collate_fn=collate,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if cfg.num_workers else None,
                         generator=torch.Generator().manual_seed(cfg.seed + step))  # own RNG: dropout's stays resumable
-    metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
-    tb = _tensorboard(cfg.out)
+    metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if ranks.main else None
+    tb = _tensorboard(cfg.out) if ranks.main else None
 
     def lr_at(s: int) -> float:
         warm = max(1, int(cfg.warmup_fraction * cfg.steps))
         return cfg.lr * (s + 1) / warm if s < warm else cfg.lr * max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))
 
-    def step_loss(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step_loss(batch: dict, net: torch.nn.Module, ranks: distributed.Ranks) -> tuple[torch.Tensor, ...]:
+        """(loss to backpropagate, then loss, per-layer L1 and cosine over the global batch's real frames, and their count)."""
         if "targets" not in batch:
             batch = {**batch, **online_targets(src.teacher, batch, layers)}
         wave, lengths = batch["wave"].to(device, non_blocking=True), batch["lengths"].to(device)
         targets = batch["targets"].to(device, non_blocking=True)
         frames = batch["frames"].to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            pred = model(wave, lengths)
+            pred = net(wave, lengths)
         if pred.shape[2] != targets.shape[2] or not torch.equal(model.num_frames(lengths), frames):
             raise RuntimeError(f"student frames {pred.shape[2]} != target frames {targets.shape[2]}: crop misaligned")
         mask = torch.arange(targets.shape[2], device=device)[None, :] < frames[:, None]
-        return distill_loss(pred, targets, mask)
+        loss, l1, cos = distill_loss(pred, targets, mask)
+        # ranks hold different frame counts: weight each rank's mean so DDP's average is the global frame mean
+        n = frames.sum().float()
+        total = distributed.global_sum(n, ranks)
+        stats = distributed.global_sum(torch.cat([loss.detach()[None], l1, cos]) * n, ranks) / total
+        return loss * n * ranks.world / total, stats[0], stats[1 : 1 + len(layers)], stats[1 + len(layers) :], total
 
     @torch.no_grad()
     def evaluate() -> dict:
@@ -120,10 +131,9 @@ def train(cfg: TrainConfig) -> dict:
         keys = [(0, i) for i in range(min(len(src.valid), cfg.eval_max_utterances))]
         for i in range(0, len(keys), cfg.batch_size):
             batch = collate([src.valid[k] for k in keys[i : i + cfg.batch_size]])
-            loss, l1, cos = step_loss(batch)
-            frames = int(batch["frames"].sum()) if "frames" in batch else 1
-            sums += torch.stack([loss.expand(len(layers)), l1, cos]).cpu() * frames
-            n += frames
+            _, loss, l1, cos, frames = step_loss(batch, model, distributed.Ranks())
+            sums += torch.stack([loss.expand(len(layers)), l1, cos]).cpu() * float(frames)
+            n += float(frames)
         model.train()
         sums /= max(n, 1)
         return {"step": step, "loss": float(sums[0, 0]), "utterances": len(keys),
@@ -139,7 +149,7 @@ def train(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
 
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not (cfg.progress and ranks.main), dynamic_ncols=True)
     t_last, waited, window_t0, window_steps = time.perf_counter(), 0.0, time.perf_counter(), 0
     last_eval: dict = {}
     for batch in loader:
@@ -147,8 +157,8 @@ def train(cfg: TrainConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         # forward, masked loss, backward (scaled if fp16), clip, step
-        loss, l1, cos = step_loss(batch)
-        scaler.scale(loss).backward()
+        to_backprop, loss, l1, cos, _ = step_loss(batch, net, ranks)
+        scaler.scale(to_backprop).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
@@ -158,9 +168,10 @@ def train(cfg: TrainConfig) -> dict:
         window_steps += 1
         bar.update(1)
         # log
-        if step % cfg.log_interval == 0 or step == cfg.steps:
+        if ranks.main and (step % cfg.log_interval == 0 or step == cfg.steps):
             elapsed = time.perf_counter() - window_t0
             row = {"step": step, "loss": loss.item(), "lr": lr_at(step - 1), "grad_norm": float(grad_norm),
+                   "utterances_per_rank": len(batch["lengths"]), "ranks": ranks.world,
                    **{f"l1_layer{k}": float(l1[j]) for j, k in enumerate(layers)},
                    **{f"cos_layer{k}": float(cos[j]) for j, k in enumerate(layers)},
                    "steps_per_s": window_steps / elapsed, "loader_wait_fraction": waited / elapsed}
@@ -170,16 +181,19 @@ def train(cfg: TrainConfig) -> dict:
             bar.set_postfix(loss=f"{row['loss']:.3f}", wait=f"{row['loader_wait_fraction']:.0%}")
             window_t0, window_steps, waited = time.perf_counter(), 0, 0.0
         # evaluate and checkpoint
-        if step % cfg.eval_interval == 0 and step < cfg.steps:
+        if ranks.main and step % cfg.eval_interval == 0 and step < cfg.steps:
             last_eval = evaluate()
             metrics.write(json.dumps({"eval": last_eval}) + "\n")
             _tb_log(tb, last_eval, "valid")
-        if step % cfg.checkpoint_interval == 0 or step == cfg.steps or step == cfg.stop_after:
+        if ranks.main and (step % cfg.checkpoint_interval == 0 or step == cfg.steps or step == cfg.stop_after):
             checkpoint()
         if step == cfg.stop_after:
             break
         t_last = time.perf_counter()
     bar.close()
+    if not ranks.main:
+        distributed.close(ranks)
+        return {"step": step, "out": cfg.out, "rank": ranks.rank}
     metrics.close()
 
     # ---- the end: held-out evaluation, plot, export --------------------------------------
@@ -193,6 +207,7 @@ def train(cfg: TrainConfig) -> dict:
     result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"))
     if tb:
         tb.close()
+    distributed.close(ranks)
     return result
 
 

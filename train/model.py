@@ -28,12 +28,13 @@ STUDENT_OVERRIDES = {
 }
 
 
-def student_config(teacher_config: dict):
+def student_config(teacher_config: dict, dropout: float = 0.1):
     """The student's HubertConfig, derived from the teacher's (sizes, conv stack, pos-conv)."""
     from transformers import HubertConfig
 
     keep = {k: v for k, v in teacher_config.items() if k not in ("model_type", "architectures", "num_hidden_layers")}
-    cfg = HubertConfig(**{**keep, **STUDENT_OVERRIDES})
+    drop = {"attention_dropout": dropout, "activation_dropout": dropout, "hidden_dropout": dropout}
+    cfg = HubertConfig(**{**keep, **STUDENT_OVERRIDES, **drop})
     cfg.architectures = ["HubertModel"]
     return cfg
 
