@@ -58,6 +58,8 @@ class TrainConfig:
             raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if self.cache is None and not (self.teacher and self.corpus):
             raise ConfigError("online mode (no --cache) needs --teacher and --corpus")
+        if self.cache == "" and not self.teacher:
+            raise ConfigError("--cache with no value finds the cache of --teacher: pass --teacher, or give --cache a path or fingerprint")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -60,3 +60,17 @@ def test_padded_student_batch_equals_each_alone(tiny_teacher):
         for i, w in enumerate(waves):
             alone = student(w[None], torch.tensor([len(w)]))
             assert torch.allclose(out[i, :, : alone.shape[2]], alone[0], atol=1e-4)
+
+
+def test_cnn_gradient_is_scaled_by_feature_grad_mult(tiny_teacher):
+    teacher = load_teacher(tiny_teacher, device="cpu")
+    grads = {}
+    for mult in (1.0, 0.1):
+        torch.manual_seed(0)
+        student = Student(student_config(teacher.config.to_dict(), dropout=0.0), 2, feature_grad_mult=mult).train()
+        wave = torch.randn(1, 4000)
+        student(wave, torch.tensor([4000])).pow(2).mean().backward()
+        grads[mult] = (student.encoder.feature_extractor.conv_layers[0].conv.weight.grad.clone(),
+                       student.encoder.feature_projection.projection.weight.grad.clone())
+    assert torch.allclose(grads[0.1][0], 0.1 * grads[1.0][0], rtol=1e-4, atol=1e-9)  # CNN: scaled
+    assert torch.allclose(grads[0.1][1], grads[1.0][1])  # above the CNN: untouched

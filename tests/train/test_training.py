@@ -113,3 +113,8 @@ def test_config_file_rejects_unknown_keys_and_bad_types(tmp_path):
     with pytest.raises(ConfigError, match="steps should be int"):
         load_config(str(f), {"cache": "x"})
     assert load_config(None, {"cache": "x", "lr": 1}).lr == 1.0
+
+
+def test_find_cache_without_teacher_is_a_clear_error():
+    with pytest.raises(ConfigError, match="finds the cache of --teacher"):
+        TrainConfig(cache="", teacher=None)
