@@ -5,7 +5,6 @@ The library function behind `extract-features`; notebooks call it directly.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,7 @@ from extract.errors import ExtractError
 from extract.pipeline import extract_part
 from extract.plan import exclusive, update_plan
 from extract.teacher import load_teacher
-from store import Cache, Layout, create_cache, default_cache_dir
+from store import Cache, Layout, create_cache, default_cache_dir, fs
 from store.layout import CODECS
 
 
@@ -82,8 +81,8 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     if bad and cfg.on_error == "fail":
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
         raise ExtractError(f"{len(bad)} bad file(s) in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
-    cache_root = cfg.cache_dir or default_cache_dir()
-    os.makedirs(cache_root, exist_ok=True)
+    cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
+    fs.makedirs(cache_root)
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
     provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root}
     path = create_cache(cache_root, spec, provenance, layout)

@@ -13,6 +13,7 @@ from store.errors import (
     SpecMismatchError,
     WriteError,
 )
+from store.fs import StoreAccessError
 from store.layout import Layout, part_name
 from store.reader import Cache, default_cache_dir, open_cache
 from store.registry import closest_refusal, describe, find_cache, list_caches, remove_cache
@@ -32,6 +33,7 @@ __all__ = [
     "NotACacheError",
     "PartWriter",
     "SpecMismatchError",
+    "StoreAccessError",
     "WriteError",
     "audio_digest",
     "check_compatible",

@@ -37,8 +37,8 @@ def _decoder(codecs: list[dict]):
 class ShardedRows:
     """Reads rows [start, stop) of one array, touching only the inner chunks that hold them."""
 
-    def __init__(self, array_dir: str, meta: dict):
-        self.dir = array_dir
+    def __init__(self, array_dir: str, meta: dict, opener=open):
+        self.dir, self.open = array_dir, opener
         self.shape = tuple(meta["shape"])
         shard = meta["codecs"][0]
         if shard["name"] != "sharding_indexed" or shard["configuration"].get("index_location", "end") != "end":
@@ -85,7 +85,7 @@ class ShardedRows:
         row = start
         while row < stop:
             s = row // self.shard_rows
-            with open(self._shard_file(s), "rb") as f:
+            with self.open(self._shard_file(s), "rb") as f:
                 while row < stop and row // self.shard_rows == s:
                     c = (row % self.shard_rows) // self.chunk_rows
                     first = s * self.shard_rows + c * self.chunk_rows

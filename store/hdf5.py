@@ -8,10 +8,10 @@ layout, fingerprint).
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
+from store import fs
 from store.errors import CacheError
 from store.layout import Layout, layer_key, part_name
 from store.reader import Cache, default_cache_dir
@@ -49,7 +49,7 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
             raise CacheError(f"{src}: no 'distilcache' attribute; not an export of feature-cache")
         meta = json.loads(f.attrs["distilcache"])
         root = cache_dir or default_cache_dir()
-        os.makedirs(root, exist_ok=True)
+        fs.makedirs(root)
         layout = Layout(**meta["layout"])
         cache = Cache(create_cache(root, meta["spec"], meta["provenance"], layout))
         spec, layers = cache.spec, cache.layers

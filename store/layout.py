@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from store.fs import read_json, write_json_atomic  # noqa: F401 - re-exported: where JSON lives is the fs's job
 
 #: Codec choices; the default was chosen by measurement (docs/benchmarks.md).
 CODECS = ("blosc-zstd", "zstd", "none")
@@ -83,19 +84,3 @@ def from_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
     if storage_dtype != "bfloat16":
         return x
     return (x.astype(np.uint32) << 16).view(np.float32)
-
-
-def write_json_atomic(path: str, obj: object) -> None:
-    """Write-then-rename: a reader sees the old file or the new one, never half of one."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import zarr
 
+from store import fs
 from store.chunks import ShardedRows
 from store.errors import CacheNotFoundError, FormatVersionError, MissingDataError, NotACacheError
 from store.layout import Layout, from_storage, layer_key, part_path, read_json
@@ -26,9 +27,9 @@ class Cache:
     """A committed view of one cache directory (call refresh() to see parts committed since)."""
 
     def __init__(self, path: str):
-        self.path = os.path.abspath(path)
+        self.path = fs.resolve(path)
         meta_file = os.path.join(self.path, "zarr.json")
-        if not os.path.isfile(meta_file):
+        if not fs.exists(meta_file):
             raise NotACacheError(f"{path}: not a distilcache cache (no zarr.json); list caches with: feature-cache ls")
         try:
             meta = read_json(meta_file).get("attributes", {}).get("distilcache")
@@ -54,7 +55,7 @@ class Cache:
         self.parts: list[str] = []
         self.skipped: list[dict] = []
         commits = os.path.join(self.path, "commits")
-        for name in sorted(os.listdir(commits)) if os.path.isdir(commits) else []:
+        for name in fs.listdir(commits):
             if not name.endswith(".json"):
                 continue
             marker = read_json(os.path.join(commits, name))
@@ -66,7 +67,7 @@ class Cache:
                 self._where[uid] = (part, f0, nf, s0, ns)
                 f0, s0 = f0 + nf, s0 + ns
         plan = os.path.join(self.path, "plan.json")
-        if os.path.exists(plan):  # files refused before any teacher work (bad headers) are recorded there
+        if fs.exists(plan):  # files refused before any teacher work (bad headers) are recorded there
             self.skipped = read_json(plan).get("skipped", []) + self.skipped
         self.utterance_ids: list[str] = sorted(self._where)
         self._handles: dict = {}
@@ -109,7 +110,7 @@ class Cache:
         if (part, key) not in self._handles:
             array_dir = os.path.join(part_path(self.path, part), key)
             try:
-                handle = ShardedRows(array_dir, read_json(os.path.join(array_dir, "zarr.json")))
+                handle = ShardedRows(array_dir, read_json(os.path.join(array_dir, "zarr.json")), fs.open_file)
             except (ValueError, KeyError):  # not our codec chain: let zarr read it
                 handle = zarr.open_array(array_dir, mode="r")
             self._handles[(part, key)] = handle
@@ -145,7 +146,7 @@ class Cache:
 
     def planned_parts(self) -> list[str]:
         plan = os.path.join(self.path, "plan.json")
-        return [p["name"] for p in read_json(plan)["parts"]] if os.path.exists(plan) else list(self.parts)
+        return [p["name"] for p in read_json(plan)["parts"]] if fs.exists(plan) else list(self.parts)
 
     def __repr__(self) -> str:
         return f"Cache({self.fingerprint}, layers={self.layers}, utterances={len(self)}, path={self.path!r})"
@@ -153,11 +154,13 @@ class Cache:
 
 def open_cache(path_or_fingerprint: str, cache_dir: str | None = None) -> Cache:
     """Open by path, or by fingerprint (or a unique prefix of one) under the cache dir."""
-    if os.path.isdir(path_or_fingerprint):
-        return Cache(path_or_fingerprint)
+    if fs.is_remote(path_or_fingerprint) or os.sep in path_or_fingerprint or fs.isdir(path_or_fingerprint):
+        if fs.isdir(path_or_fingerprint):
+            return Cache(path_or_fingerprint)
+        raise CacheNotFoundError(f"{path_or_fingerprint}: no such cache; list caches with: feature-cache ls")
     root = cache_dir or default_cache_dir()
     key = str(path_or_fingerprint)
-    hits = [d for d in (sorted(os.listdir(root)) if os.path.isdir(root) else []) if d.startswith(key) and not d.startswith(".")]
+    hits = [d for d in fs.listdir(root) if d.startswith(key) and not d.startswith(".")]
     if len(hits) == 1 and key:
         return Cache(os.path.join(root, hits[0]))
     if len(hits) > 1:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 
+from store import fs
 from store.errors import CacheError, NotACacheError
 from store.reader import Cache, default_cache_dir
 from store.spec import differences, fingerprint, validate_spec
@@ -13,7 +13,7 @@ from store.spec import differences, fingerprint, validate_spec
 def list_caches(cache_dir: str | None = None) -> list[Cache]:
     root = cache_dir or default_cache_dir()
     found = []
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    for name in fs.listdir(root):
         if name.startswith("."):
             continue
         try:
@@ -28,7 +28,7 @@ def find_cache(spec: dict, cache_dir: str | None = None) -> Cache | None:
     spec = validate_spec(spec)
     root = cache_dir or default_cache_dir()
     exact = os.path.join(root, fingerprint(spec))
-    if os.path.isdir(exact):
+    if fs.exists(os.path.join(exact, "zarr.json")):
         return Cache(exact)
     usable = [c for c in list_caches(root) if not differences(c.spec, spec)]
     return max(usable, key=len, default=None)
@@ -45,7 +45,7 @@ def closest_refusal(spec: dict, cache_dir: str | None = None) -> str:
 
 def describe(cache: Cache) -> dict:
     """What `feature-cache info` prints."""
-    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cache.path) for f in fs)
+    on_disk = fs.disk_usage(cache.path)
     raw_targets = cache.total_frames * len(cache.layers) * cache.spec.get("dim", 0) * (4 if cache.spec["storage_dtype"] == "float32" else 2)
     raw = raw_targets + cache.total_samples * 4
     planned = cache.planned_parts()
@@ -68,6 +68,6 @@ def describe(cache: Cache) -> dict:
 
 def remove_cache(path: str) -> None:
     Cache(path)  # refuses anything that is not a cache: rm must never delete a stranger's directory
-    if not os.path.isdir(path):
+    if not fs.isdir(path):
         raise NotACacheError(f"{path}: not a directory")
-    shutil.rmtree(path)
+    fs.rmtree(path)

@@ -19,6 +19,7 @@ import shutil
 import numpy as np
 import zarr
 
+from store import fs
 from store.chunks import encode_shard, encoder
 from store.errors import SpecMismatchError, WriteError
 from store.layout import (
@@ -38,23 +39,25 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
     """Return the cache directory for `spec` under `root`, creating it if needed (race-safe)."""
     spec = validate_spec(spec)
     fp = fingerprint(spec)
+    root = fs.resolve(root)
     path = os.path.join(root, fp)
-    if os.path.exists(os.path.join(path, "zarr.json")):
+    if fs.exists(os.path.join(path, "zarr.json")):
         found = zarr.open_group(path, mode="r").attrs.get("distilcache", {}).get("fingerprint")
         if found != fp:
             raise SpecMismatchError(f"{path}: holds cache {found}, not {fp}; remove it with feature-cache rm")
         return path
     layout = layout or Layout()
+    meta = {"format_version": FORMAT_VERSION, "fingerprint": fp, "spec": spec, "provenance": provenance or {},
+            "layout": layout.to_dict()}
+    if fs.is_remote(root):  # no rename on object stores: parts first, the root metadata (what readers look for) last
+        with fs.remote_errors(root):
+            zarr.open_group(os.path.join(path, "parts"), mode="w")
+            zarr.open_group(path, mode="a").attrs["distilcache"] = meta
+        return path
     tmp = os.path.join(root, f".tmp-{fp}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     group = zarr.open_group(tmp, mode="w")
-    group.attrs["distilcache"] = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": fp,
-        "spec": spec,
-        "provenance": provenance or {},
-        "layout": layout.to_dict(),
-    }
+    group.attrs["distilcache"] = meta
     group.create_group("parts")
     os.makedirs(os.path.join(tmp, "commits"))
     try:
@@ -90,7 +93,7 @@ class PartWriter:
             raise WriteError(f"{self._path}: {e.strerror or e}; {hint} and re-run (only this part is redone)") from None
 
     def _create(self) -> None:
-        shutil.rmtree(self._path, ignore_errors=True)  # leftovers of an attempt that never committed
+        fs.rmtree(self._path)  # leftovers of an attempt that never committed
         group = zarr.open_group(self._path, mode="w")
         lay, dtype = self.layout, storage_numpy_dtype(self.storage_dtype)
         self._arrays, self._buffers, self._rows, self._encoders = {}, {}, {}, {}
@@ -132,11 +135,8 @@ class PartWriter:
             for first in range(0, n, shard):
                 index = (self._rows[key] + first) // shard
                 name = os.path.join(self._path, key, "c", f"{index}/0" if array.ndim == 2 else str(index))
-                os.makedirs(os.path.dirname(name), exist_ok=True)
                 blob = encode_shard(data[first : min(n, first + shard)], chunk, shard // chunk, self._encoders[key])
-                with open(name, "wb") as f:
-                    f.write(blob)
-                    os.fsync(f.fileno())  # data is durable before the commit marker names it
+                fs.write_bytes(name, blob)  # durable before the commit marker names it
             self._rows[key] += n
             self._buffers[key] = [data[n:]] if n < len(data) else []
 
@@ -156,4 +156,7 @@ class PartWriter:
         write_json_atomic(commit_path(self.cache, self.part), marker)
 
     def abort(self) -> None:
-        shutil.rmtree(self._path, ignore_errors=True)
+        try:
+            fs.rmtree(self._path)
+        except OSError:  # the store is what failed; the part stays invisible without its marker
+            pass

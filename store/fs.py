@@ -1,0 +1,142 @@
+"""File operations for a cache on a local disk or behind any fsspec URL (s3://, gs://, file://).
+
+Local paths keep POSIX guarantees (write-then-rename, fsync, flock); on object stores a single PUT
+is already atomic, so a marker is written in one request. Everything else goes through fsspec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from store.errors import CacheError
+
+
+class StoreAccessError(CacheError, OSError):
+    """The store cannot be reached or refuses us (credentials, endpoint, bucket)."""
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def resolve(path: str) -> str:
+    """Absolute local path, or the URL without a trailing slash."""
+    if is_remote(path):
+        return path.rstrip("/")
+    return os.path.abspath(path.removeprefix("file://"))
+
+
+def filesystem(path: str):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(path)[0]
+    except ImportError as e:
+        raise StoreAccessError(f"{path}: {e}; for s3:// install distilcache[s3] (s3fs)") from None
+
+
+@contextmanager
+def remote_errors(path: str) -> Iterator[None]:
+    """Turn a store's many exception types into one line that names the path."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - botocore, aiohttp, gcsfs... all mean "cannot use this store"
+        if not is_remote(path):
+            raise
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise StoreAccessError(f"{path}: cannot use this store ({type(e).__name__}: {msg}); check the URL, the "
+                               "credentials (AWS_* variables or ~/.aws) and AWS_ENDPOINT_URL") from None
+
+
+def exists(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.exists(path)
+    with remote_errors(path):
+        return filesystem(path).exists(path)
+
+
+def isdir(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.isdir(path)
+    with remote_errors(path):
+        return filesystem(path).isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Sorted entry names; empty when the directory does not exist."""
+    if not is_remote(path):
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    with remote_errors(path):
+        fs = filesystem(path)
+        if not fs.exists(path):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True))
+
+
+def makedirs(path: str) -> None:
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)  # object stores have no directories to make
+
+
+def rmtree(path: str) -> None:
+    if not is_remote(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with remote_errors(path):
+        fs = filesystem(path)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def open_file(path: str, mode: str = "rb"):
+    if not is_remote(path):
+        return open(path, mode)
+    # no read-ahead: chunk reads are exact byte ranges (s3fs would otherwise fetch 50 MB blocks)
+    return filesystem(path).open(path, mode, cache_type="none") if "r" in mode else filesystem(path).open(path, mode)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Durable once this returns: fsync locally, a completed PUT remotely."""
+    if not is_remote(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    with remote_errors(path):
+        filesystem(path).pipe_file(path, data)
+
+
+def write_json_atomic(path: str, obj: object) -> None:
+    """A reader sees the old file or the new one, never half of one."""
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    if is_remote(path):
+        write_bytes(path, data)  # one PUT: atomic on object stores
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    write_bytes(tmp, data)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict:
+    if not is_remote(path):
+        with open(path) as f:
+            return json.load(f)
+    with remote_errors(path):
+        return json.loads(filesystem(path).cat_file(path))
+
+
+def disk_usage(path: str) -> int:
+    if not is_remote(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    with remote_errors(path):
+        return int(filesystem(path).du(path))
