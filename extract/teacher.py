@@ -156,4 +156,8 @@ def load_teacher(name: str, revision: str | None = None, device: str = "auto", c
     digest = weights_digest(model)
     install_masked_groupnorm(model)
     dev = resolve_device(device)
+    if dev.type == "cuda" and compute_dtype == "float32":
+        # fp32 means fp32: TF32 convolutions/matmuls would break "exact to 1e-4" and change the targets
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return Teacher(model.to(dev), name, revision, rate, do_norm, dev, compute_dtype, digest)
