@@ -14,13 +14,28 @@ from store import Layout
 _TEACHERS: dict = {}  # per worker process: (name, revision, device, dtype) -> Teacher
 
 
+def _worker_device(device: str) -> str:
+    """--workers N on a multi-GPU box: LocalCluster worker i takes GPU i mod #GPUs (names are 0..N-1).
+
+    Workers started elsewhere (dask-cuda sets CUDA_VISIBLE_DEVICES per worker) keep what they were given."""
+    import torch
+
+    if device not in ("auto", "cuda") or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return device
+    from dask.distributed import get_worker
+
+    name = str(get_worker().name)
+    return f"cuda:{int(name) % torch.cuda.device_count()}" if name.isdigit() else device
+
+
 def _worker_part(path: str, part: dict, cfg, spec: dict, layout: Layout) -> tuple[int, int]:
     from extract.pipeline import extract_part
     from extract.teacher import load_teacher
 
-    key = (cfg.teacher, cfg.revision, cfg.device, cfg.dtype)
+    device = _worker_device(cfg.device)
+    key = (cfg.teacher, cfg.revision, device, cfg.dtype)
     if key not in _TEACHERS:
-        _TEACHERS[key] = load_teacher(cfg.teacher, cfg.revision, cfg.device, cfg.dtype, cfg.allow_pickle)
+        _TEACHERS[key] = load_teacher(cfg.teacher, cfg.revision, device, cfg.dtype, cfg.allow_pickle)
     teacher = _TEACHERS[key]
     if teacher.digest != spec["teacher"]["digest"]:
         raise ExtractError(f"worker loaded different weights for --teacher {cfg.teacher}; give every worker the same teacher files")

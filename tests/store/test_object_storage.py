@@ -91,6 +91,23 @@ def test_unreachable_store_is_one_clear_line(monkeypatch, tmp_path, tiny_teacher
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     s3fs.S3FileSystem.clear_instance_cache()
     corpus = build_corpus(str(tmp_path / "c"), n=1)
-    with pytest.raises(StoreAccessError, match="s3://nowhere/caches.*cannot use this store"):
+    with pytest.raises(StoreAccessError, match="s3://nowhere/caches.*cannot use this store \\(EndpointConnectionError"):
         extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1,), cache_dir="s3://nowhere/caches", progress=False))
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_missing_credentials_are_one_clear_line(monkeypatch, s3_endpoint):
+    import s3fs
+
+    from store import list_caches
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(StoreAccessError, match="s3://some-bucket/caches: cannot use this store \\(NoCredentialsError"):
+        list_caches("s3://some-bucket/caches")
     s3fs.S3FileSystem.clear_instance_cache()
