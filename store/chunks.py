@@ -23,6 +23,20 @@ _MISSING = np.uint64(2**64 - 1)
 numcodecs.blosc.use_threads = False
 
 
+def shard_file(array_dir: str, index: int, ndim: int) -> str:
+    """zarr v3's default chunk key for shard `index` along the first axis."""
+    return os.path.join(array_dir, "c", f"{index}/0" if ndim == 2 else str(index))
+
+
+def _crc_ok(raw: bytes) -> bool:
+    """zarr's crc32c codec: the last 4 bytes are the little-endian crc32c of the rest."""
+    return google_crc32c.value(raw[:-4]) == int.from_bytes(raw[-4:], "little")
+
+
+def _with_crc(payload: bytes) -> bytes:
+    return bytes(payload) + google_crc32c.value(payload).to_bytes(4, "little")
+
+
 def _decoder(codecs: list[dict]):
     names = [c["name"] for c in codecs]
     if names == ["bytes", "crc32c"]:
@@ -54,15 +68,14 @@ class ShardedRows:
         self._index: dict[int, np.ndarray] = {}
 
     def _shard_file(self, s: int) -> str:
-        tail = "/0" if len(self.shape) == 2 else ""
-        return os.path.join(self.dir, "c", f"{s}{tail}")
+        return shard_file(self.dir, s, len(self.shape))
 
     def _shard_index(self, s: int, f) -> np.ndarray:
         if s not in self._index:
             n = 16 * self.per_shard + 4
             f.seek(-n, os.SEEK_END)
             raw = f.read(n)
-            if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            if not _crc_ok(raw):
                 raise CorruptDataError(f"{self._shard_file(s)}: shard index failed its crc32c checksum; run feature-cache verify")
             self._index[s] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.per_shard, 2)
         return self._index[s]
@@ -73,7 +86,7 @@ class ShardedRows:
             return np.zeros(self.chunk_shape, self.dtype)
         f.seek(int(offset))
         raw = f.read(int(nbytes))
-        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+        if not _crc_ok(raw):
             first = s * self.shard_rows + c * self.chunk_rows
             raise CorruptDataError(
                 f"{self.dir}: chunk at rows {first}-{first + self.chunk_rows} failed its crc32c checksum; run feature-cache verify"
@@ -118,10 +131,8 @@ def encode_shard(rows: np.ndarray, chunk_rows: int, per_shard: int, encode) -> b
             break
         if len(chunk) < chunk_rows:  # edge chunk: full shape, padded with the fill value (0)
             chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-        payload = encode(np.ascontiguousarray(chunk))
-        payload = bytes(payload) + google_crc32c.value(payload).to_bytes(4, "little")
+        payload = _with_crc(encode(np.ascontiguousarray(chunk)))
         pieces.append(payload)
         index[c] = (offset, len(payload))
         offset += len(payload)
-    raw_index = index.tobytes()
-    return b"".join(pieces) + raw_index + google_crc32c.value(raw_index).to_bytes(4, "little")
+    return b"".join(pieces) + _with_crc(index.tobytes())

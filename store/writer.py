@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from store import fs
-from store.chunks import encode_shard, encoder
+from store.chunks import encode_shard, encoder, shard_file
 from store.errors import SpecMismatchError, WriteError
 from store.layout import (
     Layout,
@@ -134,7 +134,7 @@ class PartWriter:
             n = len(data) if final else (len(data) // shard) * shard
             for first in range(0, n, shard):
                 index = (self._rows[key] + first) // shard
-                name = os.path.join(self._path, key, "c", f"{index}/0" if array.ndim == 2 else str(index))
+                name = shard_file(os.path.join(self._path, key), index, array.ndim)
                 blob = encode_shard(data[first : min(n, first + shard)], chunk, shard // chunk, self._encoders[key])
                 fs.write_bytes(name, blob)  # durable before the commit marker names it
             self._rows[key] += n
