@@ -13,16 +13,12 @@ from contextlib import contextmanager
 from extract.corpus import BadFile, Utterance
 from extract.errors import ExtractError
 from store import fs, part_name
-from store.layout import read_json, write_json_atomic
-
-
-def plan_file(cache: str) -> str:
-    return os.path.join(cache, "plan.json")
+from store.layout import plan_path, read_json, write_json_atomic
 
 
 def update_plan(cache: str, utts: list[Utterance], bad: list[BadFile], rate: int, part_seconds: float) -> dict:
     """Append parts for utterances not planned yet; refuse a known id that now points at another file."""
-    path = plan_file(cache)
+    path = plan_path(cache)
     plan = read_json(path) if fs.exists(path) else {"parts": [], "skipped": []}
     planned = {item[0]: item[1] for part in plan["parts"] for item in part["items"]}
     clashes = [f"{u.path} has id '{u.uid}', already cached from {planned[u.uid]}" for u in utts
@@ -32,13 +28,16 @@ def update_plan(cache: str, utts: list[Utterance], bad: list[BadFile], rate: int
     fresh = sorted((u for u in utts if u.uid not in planned), key=lambda u: u.uid)
     budget = int(part_seconds * rate)
     items: list[list] = []
+    samples = 0
     for i, u in enumerate(fresh):
         items.append([u.uid, u.path, u.samples_at(rate)])
-        if sum(it[2] for it in items) >= budget or i == len(fresh) - 1:
+        samples += items[-1][2]
+        if samples >= budget or i == len(fresh) - 1:
             plan["parts"].append({"name": part_name(len(plan["parts"])), "items": items})
-            items = []
+            items, samples = [], 0
     known = {s["path"] for s in plan["skipped"]}
-    plan["skipped"] = [s for s in plan["skipped"] if s["path"] not in {u.path for u in utts}]
+    good_now = {u.path for u in utts}  # a file skipped before and fine now is no longer "skipped"
+    plan["skipped"] = [s for s in plan["skipped"] if s["path"] not in good_now]
     plan["skipped"] += [b.to_dict() for b in bad if b.path not in known]
     write_json_atomic(path, plan)
     return plan

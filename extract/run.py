@@ -89,7 +89,8 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     with exclusive(path):
         cache = Cache(path)
         plan = update_plan(path, utts, bad, teacher.sample_rate, cfg.part_seconds)
-        pending = [p for p in plan["parts"] if p["name"] not in set(cache.parts)]
+        done = set(cache.parts)
+        pending = [p for p in plan["parts"] if p["name"] not in done]
         if pending:
             run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local
             run(cfg, path, pending, teacher, spec, cache.layout)

@@ -49,6 +49,10 @@ def part_path(cache: str, part: str) -> str:
     return os.path.join(cache, "parts", part)
 
 
+def plan_path(cache: str) -> str:
+    return os.path.join(cache, "plan.json")
+
+
 def commit_path(cache: str, part: str) -> str:
     return os.path.join(cache, "commits", part + ".json")
 

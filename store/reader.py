@@ -15,7 +15,7 @@ import zarr
 from store import fs
 from store.chunks import ShardedRows
 from store.errors import CacheNotFoundError, FormatVersionError, MissingDataError, NotACacheError
-from store.layout import Layout, from_storage, layer_key, part_path, read_json
+from store.layout import Layout, from_storage, layer_key, part_path, plan_path, read_json
 from store.spec import FORMAT_VERSION
 
 
@@ -53,7 +53,7 @@ class Cache:
         """Load the index of every committed part."""
         self._where: dict[str, tuple[str, int, int, int, int]] = {}
         self.parts: list[str] = []
-        self.skipped: list[dict] = []
+        self._skipped_in_parts: list[dict] = []
         commits = os.path.join(self.path, "commits")
         for name in fs.listdir(commits):
             if not name.endswith(".json"):
@@ -61,14 +61,11 @@ class Cache:
             marker = read_json(os.path.join(commits, name))
             part = marker["part"]
             self.parts.append(part)
-            self.skipped.extend(marker.get("skipped", []))
+            self._skipped_in_parts.extend(marker.get("skipped", []))
             f0 = s0 = 0
             for uid, nf, ns in zip(marker["ids"], marker["frames"], marker["samples"], strict=True):
                 self._where[uid] = (part, f0, nf, s0, ns)
                 f0, s0 = f0 + nf, s0 + ns
-        plan = os.path.join(self.path, "plan.json")
-        if fs.exists(plan):  # files refused before any teacher work (bad headers) are recorded there
-            self.skipped = read_json(plan).get("skipped", []) + self.skipped
         self.utterance_ids: list[str] = sorted(self._where)
         self._handles: dict = {}
         self._pid = os.getpid()
@@ -144,9 +141,21 @@ class Cache:
         start, stop = self._bounds(uid, "samples", ns, start, stop)
         return self._read(part, "audio", s0 + start, s0 + stop)
 
+    def _plan(self) -> dict | None:
+        """plan.json, read only when asked: at LibriSpeech scale it lists 281k files, and opening a cache
+        (every training run, every `feature-cache ls`) does not need it."""
+        path = plan_path(self.path)
+        return read_json(path) if fs.exists(path) else None
+
+    @property
+    def skipped(self) -> list[dict]:
+        """Every file left out, with its reason: refused up front (plan.json), then while decoding (markers)."""
+        plan = self._plan()
+        return (plan.get("skipped", []) if plan else []) + self._skipped_in_parts
+
     def planned_parts(self) -> list[str]:
-        plan = os.path.join(self.path, "plan.json")
-        return [p["name"] for p in read_json(plan)["parts"]] if fs.exists(plan) else list(self.parts)
+        plan = self._plan()
+        return [p["name"] for p in plan["parts"]] if plan else list(self.parts)
 
     def __repr__(self) -> str:
         return f"Cache({self.fingerprint}, layers={self.layers}, utterances={len(self)}, path={self.path!r})"
@@ -154,9 +163,9 @@ class Cache:
 
 def open_cache(path_or_fingerprint: str, cache_dir: str | None = None) -> Cache:
     """Open by path, or by fingerprint (or a unique prefix of one) under the cache dir."""
-    if fs.is_remote(path_or_fingerprint) or os.sep in path_or_fingerprint or fs.isdir(path_or_fingerprint):
-        if fs.isdir(path_or_fingerprint):
-            return Cache(path_or_fingerprint)
+    if fs.isdir(path_or_fingerprint):
+        return Cache(path_or_fingerprint)
+    if fs.is_remote(path_or_fingerprint) or os.sep in path_or_fingerprint:
         raise CacheNotFoundError(f"{path_or_fingerprint}: no such cache; list caches with: feature-cache ls")
     root = cache_dir or default_cache_dir()
     key = str(path_or_fingerprint)
