@@ -52,6 +52,7 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
     writer = PartWriter(cache, part["name"], layers, spec["dim"], spec["storage_dtype"], layout)
     batches = plan_batches([it[2] for it in items], int(auto_batch_seconds(batch_seconds, teacher) * teacher.sample_rate))
     skipped: list[dict] = []
+    paths = {it[0]: it[1] for it in items}
     with ThreadPoolExecutor(decode_threads) as decoders, ThreadPoolExecutor(1) as write_thread:
         ahead: deque[list[Future]] = deque()
         writes: deque[Future] = deque()
@@ -69,6 +70,7 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
                     else:
                         good.append((items[i][0], res))
                 feats = teacher.forward([w for _, w in good], layers) if good else []
+                good, feats = _finite_only(good, feats, on_error, skipped, paths)
                 writes.append(write_thread.submit(_write_batch, writer, good, feats))
                 while len(writes) > 1:
                     writes.popleft().result()  # surfaces a write error (disk full) promptly
@@ -83,6 +85,23 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
             writer.abort()
             raise
     return writer.commit(skipped)
+
+
+def _finite_only(good: list, feats: list[dict], on_error: str, skipped: list[dict], paths: dict[str, str]) -> tuple[list, list]:
+    """Refuse non-finite targets per utterance (fp16 overflow, NaN from bf16 compute): never stored silently."""
+    keep_good, keep_feats = [], []
+    for (uid, wave), f in zip(good, feats, strict=True):
+        bad = [k for k, x in f.items() if not np.isfinite(x).all()]
+        if not bad:
+            keep_good.append((uid, wave))
+            keep_feats.append(f)
+            continue
+        reason = (f"the teacher's layer {bad[0]} output is not finite (NaN or inf; with --dtype float16 an overflow: "
+                  "try --dtype bfloat16 or float32)")
+        if on_error != "skip":
+            raise ExtractError(f"{paths[uid]}: {reason} (use --on-error skip to cache the rest)")
+        skipped.append({"path": paths[uid], "reason": reason})
+    return keep_good, keep_feats
 
 
 def _write_batch(writer: PartWriter, good: list[tuple[str, np.ndarray]], feats: list[dict]) -> None:

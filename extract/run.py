@@ -5,6 +5,7 @@ The library function behind `extract-features`; notebooks call it directly.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,6 +14,7 @@ from extract.corpus import scan
 from extract.errors import ExtractError
 from extract.pipeline import extract_part
 from extract.plan import exclusive, update_plan
+from extract.probe import probe_batching
 from extract.teacher import load_teacher
 from store import Cache, Layout, create_cache, default_cache_dir, fs
 from store.layout import CODECS
@@ -84,7 +86,8 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
     fs.makedirs(cache_root)
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
-    provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root}
+    cfg, probe = checked_batching(cfg, teacher, spec["layers"])
+    provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "batching_probe": probe}
     path = create_cache(cache_root, spec, provenance, layout)
     with exclusive(path):
         cache = Cache(path)
@@ -98,6 +101,20 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     return Summary(path, cache.fingerprint, len(cache), cache.total_frames,
                    round(cache.total_samples / teacher.sample_rate / 3600, 4), cache.skipped,
                    len(pending), len(plan["parts"]), round(time.time() - t0, 2), bool(pending))
+
+
+def checked_batching(cfg: ExtractConfig, teacher, layers: list[int]) -> tuple[ExtractConfig, dict | None]:
+    """Probe the teacher when padded batches may be used; fall back to one utterance per forward, saying so,
+    when they are not exact (extract/probe.py). Returns the config to run with and the probe's result."""
+    may_batch = cfg.batch_seconds is None and (cfg.workers or cfg.scheduler or teacher.device.type == "cuda") or bool(cfg.batch_seconds)
+    if not may_batch:
+        return cfg, None
+    probe = probe_batching(teacher, layers)
+    if not probe["exact"]:
+        print(f"teacher {cfg.teacher}: padded batches are not exact for this architecture (probe: max abs diff "
+              f"{probe['max_abs_diff']:.3g} > {probe['tolerance']:.3g}); extracting one utterance per forward", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, batch_seconds=0.0)
+    return cfg, probe
 
 
 class _Progress:

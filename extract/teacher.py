@@ -1,11 +1,11 @@
-"""The teacher: loading (safely), its identity for the cache spec, and exact batched forwards.
+"""The teacher: loading (safely, in fp32), its identity for the cache spec, and exact batched forwards.
 
-Batched forwards are exact (DESIGN invariant 1): see extract/exact.py.
+Batched forwards are exact (DESIGN invariant 1): see extract/exact.py, and extract/probe.py for
+the per-teacher check. What "layer K" means is defined in extract/layers.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -19,23 +19,21 @@ from torch import nn
 
 from extract.audio import MONO, RESAMPLER, normalize
 from extract.errors import ExtractError
-from extract.exact import conv_lengths, install_masked_groupnorm, set_valid_lengths
+from extract.exact import conv_lengths, install_masked_groupnorm, valid_lengths
+from extract.identity import forward_config, weights_digest
+from extract.layers import LAYER_DEFINITION, capture_layers, install_layer_hooks
 from store import FORMAT_VERSION
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Config keys that say nothing about the forward pass; dropped so hub and local copies match.
-_VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "return_dict",
-             "output_hidden_states", "output_attentions", "_attn_implementation_autoset", "_commit_hash"}
 
 
-def weights_digest(model: nn.Module) -> str:
-    """sha256 over every tensor (name, dtype, shape, bytes): equal weights, equal digest, however saved."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + h.hexdigest()
+def exact_fp32(device: torch.device, compute_dtype: str) -> None:
+    """The one place that owns "fp32 means fp32": TF32 matmuls/convolutions would break "exact to 1e-4".
+
+    Called whenever a teacher is placed on a device (extraction, and online targets in training)."""
+    if compute_dtype == "float32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 @dataclass
@@ -68,6 +66,13 @@ class Teacher:
             r = (r - 1) * s + k
         return r
 
+    def to(self, device: torch.device | str) -> Teacher:
+        """Move to `device`, keeping fp32 exact there (TF32 off)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        exact_fp32(self.device, self.compute_dtype)
+        return self
+
     def num_frames(self, samples: int) -> int:
         return max(0, int(conv_lengths(samples, self.config.conv_kernel, self.config.conv_stride)))
 
@@ -81,10 +86,10 @@ class Teacher:
         return sorted(set(layers))
 
     def spec(self, layers: list[int], storage_dtype: str) -> dict:
-        config = {k: v for k, v in self.config.to_dict().items() if k not in _VOLATILE and not k.startswith("_")}
         return {
             "format_version": FORMAT_VERSION,
-            "teacher": {"digest": self.digest, "class": type(self.model).__name__, "config": config},
+            "teacher": {"digest": self.digest, "class": type(self.model).__name__,
+                        "config": forward_config(self.config.to_dict()), "layer_definition": LAYER_DEFINITION},
             "layers": self.check_layers(layers),
             "dim": int(self.config.hidden_size),
             "compute_dtype": self.compute_dtype,
@@ -95,53 +100,81 @@ class Teacher:
         }
 
     @torch.inference_mode()
-    def forward(self, waves: list[np.ndarray], layers: list[int]) -> list[dict[int, np.ndarray]]:
-        """Hidden states `layers` for each wave, each exactly as if it were run alone."""
+    def forward(self, waves: list[np.ndarray], layers: list[int], dtype: str | None = None) -> list[dict[int, np.ndarray]]:
+        """Layers `layers` (extract/layers.py) for each wave, each exactly as if it were run alone.
+
+        Thread-safe: the valid lengths and the captured layers belong to this call (ContextVars)."""
+        dtype = dtype or self.compute_dtype
         lengths = [len(w) for w in waves]
         batch = torch.zeros(len(waves), max(lengths))
         for i, w in enumerate(waves):
             batch[i, : len(w)] = torch.from_numpy(normalize(w) if self.do_normalize else w)
         lens = torch.tensor(lengths)
         mask = (torch.arange(batch.shape[1])[None, :] < lens[:, None]).long()
-        set_valid_lengths(self.model, lens.to(self.device))
-        try:
-            with torch.autocast(self.device.type, dtype=DTYPES[self.compute_dtype], enabled=self.compute_dtype != "float32"):
-                out = self.model(batch.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True)
-        finally:
-            set_valid_lengths(self.model, None)
+        with valid_lengths(self.model, lens.to(self.device)), capture_layers(layers) as hidden, \
+                torch.autocast(self.device.type, dtype=DTYPES[dtype], enabled=dtype != "float32"):
+            self.model(batch.to(self.device), attention_mask=mask.to(self.device))
         frames = [self.num_frames(n) for n in lengths]
-        picked = {k: out.hidden_states[k].float().cpu().numpy() for k in layers}
+        picked = {k: hidden[k].float().cpu().numpy() for k in layers}
         return [{k: picked[k][i, : frames[i]] for k in layers} for i in range(len(waves))]
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ExtractError(f"--device {device}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ExtractError(f"--device {device}: distilcache runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise ExtractError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
-    return torch.device(device)
+    return dev
+
+
+def _looks_local(name: str) -> bool:
+    """Hub names are 'org/model' or 'model'; anything else (./x, /x, a/b/c, or a/b where a/ exists here) is a path."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])
+
+
+def _load_config(name: str, revision: str | None):
+    from transformers import AutoConfig
+
+    local = os.path.isdir(name)
+    if not local and _looks_local(name):
+        raise ExtractError(f"--teacher {name}: no such directory; give a local model directory or a hub name like "
+                           "facebook/hubert-base-ls960")
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - hub/network/parse errors all mean "cannot load this teacher"
+        where = ("local directory (does it hold config.json?)" if local
+                 else "hub name (is the hub reachable? for a local directory check the path; HF_HUB_OFFLINE=1 uses the local cache)")
+        raise ExtractError(f"--teacher {name}: cannot load its config as a {where}: {str(e).splitlines()[0][:160]}") from None
 
 
 def load_teacher(name: str, revision: str | None = None, device: str = "auto", compute_dtype: str = "float32",
                  allow_pickle: bool = False) -> Teacher:
-    """Any transformers speech encoder with a conv feature extractor (HuBERT, wav2vec2, WavLM, data2vec-audio)."""
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+    """Any transformers speech encoder with a conv feature extractor (HuBERT, wav2vec2, WavLM, data2vec-audio).
+
+    Weights load as float32 whatever dtype they were saved in (bf16/fp16 compute runs under autocast),
+    so an fp16-saved checkpoint serves an fp32 extraction. With allow_pickle, .bin weights are accepted
+    too; safetensors are still preferred when present."""
+    from transformers import AutoFeatureExtractor, AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one on stderr
 
     if compute_dtype not in DTYPES:
         raise ExtractError(f"--dtype {compute_dtype}: choose one of {', '.join(DTYPES)}")
-    try:
-        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - hub/network/parse errors all mean "cannot load this teacher"
-        where = "directory" if os.path.isdir(name) else "hub name (is the hub reachable? set HF_HUB_OFFLINE=1 to use the local cache)"
-        raise ExtractError(f"--teacher {name}: cannot load its config as a {where}: {str(e).splitlines()[0][:160]}") from None
+    config = _load_config(name, revision)
     if not hasattr(config, "conv_stride") or not hasattr(config, "num_hidden_layers"):
         raise ExtractError(f"--teacher {name}: a {config.model_type} model is not a speech encoder with a conv feature extractor")
     try:
-        model = AutoModel.from_pretrained(name, revision=revision, config=config, use_safetensors=not allow_pickle,
-                                          trust_remote_code=False)
+        model = AutoModel.from_pretrained(name, revision=revision, config=config, dtype=torch.float32,
+                                          use_safetensors=None if allow_pickle else True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001
         hint = " (no safetensors weights: pass --allow-pickle if you trust it)" if "safetensors" in str(e).lower() else ""
         raise ExtractError(f"--teacher {name}: cannot load its weights{hint}: {str(e).splitlines()[0][:160]}") from None
@@ -155,9 +188,5 @@ def load_teacher(name: str, revision: str | None = None, device: str = "auto", c
     model.eval()
     digest = weights_digest(model)
     install_masked_groupnorm(model)
-    dev = resolve_device(device)
-    if dev.type == "cuda" and compute_dtype == "float32":
-        # fp32 means fp32: TF32 convolutions/matmuls would break "exact to 1e-4" and change the targets
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    return Teacher(model.to(dev), name, revision, rate, do_norm, dev, compute_dtype, digest)
+    install_layer_hooks(model)
+    return Teacher(model, name, revision, rate, do_norm, torch.device("cpu"), compute_dtype, digest).to(resolve_device(device))

@@ -19,6 +19,18 @@ from store.layout import Layout, from_storage, layer_key, part_path, plan_path, 
 from store.spec import FORMAT_VERSION
 
 
+def check_format(path: str, version) -> None:
+    """One line for a cache of another format: what it is and what to do."""
+    if version == FORMAT_VERSION:
+        return
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise FormatVersionError(f"{path}: cache format {version} is newer than this distilcache reads ({FORMAT_VERSION}); "
+                                 "upgrade distilcache")
+    raise FormatVersionError(f"{path}: cache format {version} was written by an older distilcache (this one reads "
+                             f"{FORMAT_VERSION}); re-run extract-features to build a format-{FORMAT_VERSION} cache, then remove "
+                             "this one with feature-cache rm")
+
+
 def default_cache_dir() -> str:
     return os.environ.get("DISTILCACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "distilcache")
 
@@ -37,11 +49,7 @@ class Cache:
             raise NotACacheError(f"{meta_file}: unreadable ({e}); remove the cache with feature-cache rm") from None
         if not meta:
             raise NotACacheError(f"{path}: a zarr group, but not a distilcache cache")
-        if meta["format_version"] > FORMAT_VERSION:
-            raise FormatVersionError(
-                f"{path}: cache format {meta['format_version']} is newer than this distilcache reads "
-                f"({FORMAT_VERSION}); upgrade distilcache"
-            )
+        check_format(path, meta.get("format_version"))
         self.fingerprint: str = meta["fingerprint"]
         self.spec: dict = meta["spec"]
         self.provenance: dict = meta.get("provenance", {})

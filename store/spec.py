@@ -14,7 +14,7 @@ from typing import Any
 from store.errors import SpecMismatchError
 
 #: Bump whenever the bytes a cache holds for the same spec would change.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DTYPES = ("float16", "bfloat16", "float32")
 #: Spec keys that describe where a cache came from but not what it holds; not hashed.
 UNHASHED = ("provenance",)

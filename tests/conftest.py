@@ -7,14 +7,14 @@ import zlib
 import numpy as np
 import pytest
 
-from store import Layout, PartWriter, create_cache, open_cache
+from store import FORMAT_VERSION, Layout, PartWriter, create_cache, open_cache
 
 DIM = 16
 
 
 def make_spec(**overrides) -> dict:
     spec = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "teacher": {"digest": "sha256:abc", "config": {"model_type": "hubert", "hidden_size": DIM}},
         "layers": [1, 2, 3],
         "dim": DIM,
@@ -70,6 +70,26 @@ def build_tiny_teacher(directory: str, norm: str = "group", layers: int = 3, hid
     torch.manual_seed(seed)
     HubertModel(cfg).save_pretrained(directory)
     Wav2Vec2FeatureExtractor(do_normalize=norm == "layer", sampling_rate=16000).save_pretrained(directory)
+    return directory
+
+
+def build_tiny_family(directory: str, family: str, seed: int = 0) -> str:
+    """A tiny teacher of another transformers family (wav2vec2 layer-norm, WavLM, data2vec-audio), saved like a hub checkpoint."""
+    import torch
+    import transformers
+
+    small = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7,
+                 num_conv_pos_embedding_groups=2)
+    name, extra = {
+        "wav2vec2-layer": ("Wav2Vec2", dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+                                            num_conv_pos_embeddings=16)),
+        "wavlm": ("WavLM", dict(num_conv_pos_embeddings=16, num_buckets=32, max_bucket_distance=100)),
+        "data2vec-audio": ("Data2VecAudio", dict(conv_pos_kernel_size=5, num_conv_pos_embeddings=5)),
+    }[family]
+    torch.manual_seed(seed)
+    config = getattr(transformers, f"{name}Config")(**small, **extra)
+    getattr(transformers, f"{name}Model")(config).save_pretrained(directory)
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=family != "wavlm", sampling_rate=16000).save_pretrained(directory)
     return directory
 
 

@@ -14,6 +14,10 @@ from torch.utils.data import Dataset
 
 from store import Cache
 
+#: The student sees crops of the waveform exactly as cached (before any teacher-side normalisation);
+#: its exported preprocessor_config.json says so (train.export).
+STUDENT_INPUT_NORMALIZED = False
+
 
 def crop_start(n_samples: int, max_samples: int, hop: int, rng: np.random.Generator) -> int:
     """A frame index k: the crop starts at sample hop*k, so its targets start at frame k (DESIGN invariant 2)."""

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 
 import numpy as np
@@ -79,9 +80,19 @@ def small_teacher(path: str) -> str:
     return path
 
 
+def script(name: str) -> str:
+    """The console script installed beside the interpreter running the demo (.venv/bin/NAME under `make demo`).
+
+    Never a bare name: without an activated venv, .venv/bin is not on PATH (a fresh clone's `make demo` failed so)."""
+    path = os.path.join(sysconfig.get_path("scripts"), name)
+    if not os.path.exists(path):
+        sys.exit(f"demo: {path} is missing; install the project first (make install, or pip install -e .)")
+    return path
+
+
 def run(cmd: list[str]) -> str:
     print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run([script(cmd[0]), *cmd[1:]], stdout=subprocess.PIPE, text=True)
     if proc.returncode:
         sys.exit(proc.returncode)
     return proc.stdout.strip().splitlines()[-1]

@@ -7,16 +7,20 @@ import os
 
 from safetensors.torch import save_file
 
+from train.data import STUDENT_INPUT_NORMALIZED
 from train.model import Student
 
 
-def export_student(model: Student, out_dir: str, layers: list[int], sample_rate: int, do_normalize: bool) -> str:
-    """student/ (config.json, model.safetensors, preprocessor_config.json) and heads.safetensors beside it."""
+def export_student(model: Student, out_dir: str, layers: list[int], sample_rate: int) -> str:
+    """student/ (config.json, model.safetensors, preprocessor_config.json) and heads.safetensors beside it.
+
+    The preprocessor config says what the student was trained on: the raw waveform (train.data feeds
+    crops as cached, STUDENT_INPUT_NORMALIZED = False), whatever the teacher's own config asks for."""
     from transformers import Wav2Vec2FeatureExtractor
 
     student_dir = os.path.join(out_dir, "student")
     model.encoder.save_pretrained(student_dir)
-    Wav2Vec2FeatureExtractor(sampling_rate=sample_rate, do_normalize=do_normalize, return_attention_mask=True).save_pretrained(
+    Wav2Vec2FeatureExtractor(sampling_rate=sample_rate, do_normalize=STUDENT_INPUT_NORMALIZED, return_attention_mask=True).save_pretrained(
         student_dir)
     heads = {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
     save_file(heads, os.path.join(out_dir, "heads.safetensors"))

@@ -65,8 +65,7 @@ def train(cfg: TrainConfig) -> dict:
     src = load_sources(cfg)
     layers = src.layers
     if src.teacher is not None and cfg.cache is None:
-        src.teacher.model.to(device)
-        src.teacher.device = device
+        src.teacher.to(device)  # Teacher.to keeps fp32 exact on the device (TF32 off), as in extraction
     ckpt = load_checkpoint(cfg.out) if cfg.resume else None
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "ckpt.pt")):
         raise ConfigError(f"{cfg.out}: holds a checkpoint; pass --resume to continue it, or choose another --out")
@@ -202,7 +201,7 @@ def train(cfg: TrainConfig) -> dict:
         last_eval = evaluate()
         with open(os.path.join(cfg.out, "eval.json"), "w") as f:
             json.dump(last_eval, f, indent=1)
-        result["student"] = export_student(model, cfg.out, layers, src.sample_rate, src.do_normalize)
+        result["student"] = export_student(model, cfg.out, layers, src.sample_rate)
         result["eval"] = last_eval
     result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"))
     if tb:

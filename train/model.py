@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from extract.exact import install_masked_groupnorm, set_valid_lengths
+from extract.exact import install_masked_groupnorm, valid_lengths
 
 # REFERENCE.md: what the published ntu-spml/distilhubert changes from its HuBERT-Base teacher.
 STUDENT_OVERRIDES = {
@@ -84,11 +84,8 @@ class Student(nn.Module):
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]).long()
-        set_valid_lengths(self.encoder, lengths)
-        try:
+        with valid_lengths(self.encoder, lengths):
             hidden = self.encoder(wave, attention_mask=mask).last_hidden_state
-        finally:
-            set_valid_lengths(self.encoder, None)
         return self.heads(hidden)
 
     def num_frames(self, samples):

@@ -50,18 +50,24 @@ def test_missing_things_are_one_line_errors(small_cache, tmp_path):
         open_cache(str(tmp_path))
 
 
-def test_newer_format_is_refused(small_cache):
+@pytest.mark.parametrize("version,says", [(99, "newer than this distilcache reads"), (1, "older distilcache.*re-run extract-features")])
+def test_other_formats_are_refused_in_one_line(small_cache, version, says):
     import json
 
+    from click.testing import CliRunner
+
     from store import FormatVersionError
+    from store.cli import main
 
     cache, _ = small_cache
     meta_file = os.path.join(cache.path, "zarr.json")
     meta = json.load(open(meta_file))
-    meta["attributes"]["distilcache"]["format_version"] = 99
+    meta["attributes"]["distilcache"]["format_version"] = version
     json.dump(meta, open(meta_file, "w"))
-    with pytest.raises(FormatVersionError, match="newer than this distilcache reads"):
+    with pytest.raises(FormatVersionError, match=says):
         open_cache(cache.path)
+    r = CliRunner().invoke(main, ["info", cache.path])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "format" in r.output
 
 
 def test_open_by_fingerprint_prefix(small_cache):
