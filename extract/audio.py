@@ -10,8 +10,8 @@ RESAMPLER = "soxr-HQ"  # recorded in the cache spec: changing it changes the tar
 MONO = "mean"
 
 
-def load_audio(path: str, rate: int) -> np.ndarray:
-    """The waveform the teacher sees (before its feature extractor's own normalisation)."""
+def load_audio(path, rate: int) -> np.ndarray:
+    """The waveform the teacher sees (before its feature extractor's own normalisation); `path` may be a file object."""
     data, sr = sf.read(path, dtype="float32", always_2d=True)
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sr != rate:

@@ -29,24 +29,27 @@ def parse_layers(value: str) -> tuple[int, ...]:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help="teacher compute dtype")
 @click.option("--storage-dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16")
 @click.option("--codec", type=click.Choice(CODECS), default="blosc-zstd")
-@click.option("--batch-seconds", type=float, default=None,
+@click.option("--batch-seconds", type=click.FloatRange(min=0), default=None,
               help="padded audio seconds per teacher batch [default: 200 on GPU; 0 = one utterance per forward on CPU]")
-@click.option("--part-seconds", type=float, default=600.0, help="audio per part (unit of commit and resume)")
-@click.option("--max-seconds", type=float, default=60.0, help="longer files are bad input (0: no limit)")
-@click.option("--workers", type=int, default=0, help="start a dask LocalCluster with N worker processes")
+@click.option("--part-seconds", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              help="audio per part (unit of commit and resume)")
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=60.0, help="longer files are bad input (0: no limit)")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="start a dask LocalCluster with N worker processes")
 @click.option("--scheduler", default=None, help="address of an existing dask scheduler (tcp://host:8786)")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", help="bad input files")
 @click.option("--allow-pickle", is_flag=True, help="allow non-safetensors teacher weights (trusted teachers only)")
+@click.option("--repair", is_flag=True, help="check every committed chunk's crc32c too (not only that every file is there) "
+              "and re-extract damaged parts")
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: one JSON summary")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @one_line_errors
 def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, codec, batch_seconds, part_seconds,
-         max_seconds, workers, scheduler, on_error, allow_pickle, as_json, quiet) -> None:
+         max_seconds, workers, scheduler, on_error, allow_pickle, repair, as_json, quiet) -> None:
     """Run TEACHER once over CORPUS and cache its LAYERS; prints the cache path last."""
     cfg = ExtractConfig(teacher=teacher, corpus=corpus, layers=parse_layers(layers), cache_dir=cache_dir, revision=revision,
                         device=device, dtype=dtype, storage_dtype=storage_dtype, codec=codec, batch_seconds=batch_seconds,
                         part_seconds=part_seconds, max_seconds=max_seconds, on_error=on_error, workers=workers,
-                        scheduler=scheduler, allow_pickle=allow_pickle, progress=not quiet)
+                        scheduler=scheduler, allow_pickle=allow_pickle, repair=repair, progress=not quiet)
     s = extract_features(cfg)
     if not s.teacher_work:
         click.echo(f"cache complete, no teacher work: {s.utterances} utterances, {s.frames} frames", err=True)

@@ -6,6 +6,8 @@ the teacher waits on neither.
 
 from __future__ import annotations
 
+import io
+import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +19,7 @@ from extract.batching import plan_batches
 from extract.errors import ExtractError
 from extract.teacher import Teacher
 from store import Layout, PartWriter
+from store.verify import source_record
 
 LOOKAHEAD = 3  # batches decoded ahead of the teacher
 GPU_BATCH_SECONDS = 200.0  # padded audio per batch on a GPU
@@ -30,17 +33,35 @@ def auto_batch_seconds(value: float | None, teacher: Teacher) -> float:
     return GPU_BATCH_SECONDS if teacher.device.type == "cuda" else 0.0
 
 
-def _decode(teacher: Teacher, path: str) -> np.ndarray | str:
-    """The wave, or the reason it cannot be used."""
+def _decode(teacher: Teacher, path: str) -> tuple[np.ndarray, dict] | str:
+    """(wave, source record), or the reason the file cannot be used.
+
+    The bytes are read once: hashed for the commit marker (a changed file is noticed later) and decoded
+    from memory, so the hash is of exactly what the teacher heard."""
     try:
-        wave = load_audio(path, teacher.sample_rate)
+        before = os.stat(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        record = source_record(path, data)
+        if (record["size"], record["mtime_ns"]) != (before.st_size, before.st_mtime_ns):
+            return "changed while being read; re-run extract-features"
+        wave = load_audio(io.BytesIO(data), teacher.sample_rate)
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types; they become a reason
         return f"cannot decode ({str(e).splitlines()[0][:120]})"
     if len(wave) < teacher.window:
         return f"too short: {len(wave)} samples at {teacher.sample_rate} Hz, the teacher needs at least {teacher.window}"
     if not np.isfinite(wave).all():
         return "contains NaN or infinite samples"
-    return wave
+    return wave, record
+
+
+def _skip(uid: str, path: str, reason: str) -> dict:
+    """A skipped file, with what it was when skipped: it is retried once it changes."""
+    try:
+        st = os.stat(path)
+        return {"uid": uid, "path": path, "reason": reason, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return {"uid": uid, "path": path, "reason": reason}
 
 
 def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: Layout, batch_seconds: float | None,
@@ -66,10 +87,10 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
                     if isinstance(res, str):
                         if on_error != "skip":
                             raise ExtractError(f"{items[i][1]}: {res} (use --on-error skip to cache the rest)")
-                        skipped.append({"path": items[i][1], "reason": res})
+                        skipped.append(_skip(items[i][0], items[i][1], res))
                     else:
-                        good.append((items[i][0], res))
-                feats = teacher.forward([w for _, w in good], layers) if good else []
+                        good.append((items[i][0], *res))
+                feats = teacher.forward([w for _, w, _ in good], layers) if good else []
                 good, feats = _finite_only(good, feats, on_error, skipped, paths)
                 writes.append(write_thread.submit(_write_batch, writer, good, feats))
                 while len(writes) > 1:
@@ -90,20 +111,20 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
 def _finite_only(good: list, feats: list[dict], on_error: str, skipped: list[dict], paths: dict[str, str]) -> tuple[list, list]:
     """Refuse non-finite targets per utterance (fp16 overflow, NaN from bf16 compute): never stored silently."""
     keep_good, keep_feats = [], []
-    for (uid, wave), f in zip(good, feats, strict=True):
+    for (uid, wave, record), f in zip(good, feats, strict=True):
         bad = [k for k, x in f.items() if not np.isfinite(x).all()]
         if not bad:
-            keep_good.append((uid, wave))
+            keep_good.append((uid, wave, record))
             keep_feats.append(f)
             continue
         reason = (f"the teacher's layer {bad[0]} output is not finite (NaN or inf; with --dtype float16 an overflow: "
                   "try --dtype bfloat16 or float32)")
         if on_error != "skip":
             raise ExtractError(f"{paths[uid]}: {reason} (use --on-error skip to cache the rest)")
-        skipped.append({"path": paths[uid], "reason": reason})
+        skipped.append(_skip(uid, paths[uid], reason))
     return keep_good, keep_feats
 
 
-def _write_batch(writer: PartWriter, good: list[tuple[str, np.ndarray]], feats: list[dict]) -> None:
-    for (uid, wave), f in zip(good, feats, strict=True):
-        writer.add(uid, f, wave)
+def _write_batch(writer: PartWriter, good: list[tuple[str, np.ndarray, dict]], feats: list[dict]) -> None:
+    for (uid, wave, record), f in zip(good, feats, strict=True):
+        writer.add(uid, f, wave, record)

@@ -13,11 +13,14 @@ from dataclasses import asdict, dataclass, field
 from extract.corpus import scan
 from extract.errors import ExtractError
 from extract.pipeline import extract_part
-from extract.plan import exclusive, update_plan
+from extract.plan import orphan_attempts, plan_parts
 from extract.probe import probe_batching
 from extract.teacher import load_teacher
 from store import Cache, Layout, create_cache, default_cache_dir, fs
-from store.layout import CODECS
+from store.index import consolidate, read_index, read_markers, uncommit
+from store.layout import CODECS, part_path
+from store.lock import exclusive
+from store.verify import damaged_parts, source_changed
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ExtractConfig:
     workers: int = 0  # >0: a dask LocalCluster with that many worker processes
     scheduler: str | None = None  # address of an existing dask scheduler
     allow_pickle: bool = False  # load .bin (pickle) teacher weights; only for teachers you trust
+    repair: bool = False  # check every committed chunk's crc32c (not only the structure) and redo damaged parts
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -91,16 +95,53 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     path = create_cache(cache_root, spec, provenance, layout)
     with exclusive(path):
         cache = Cache(path)
-        plan = update_plan(path, utts, bad, teacher.sample_rate, cfg.part_seconds)
-        done = set(cache.parts)
-        pending = [p for p in plan["parts"] if p["name"] not in done]
+        if not fs.is_remote(path):
+            for d in orphan_attempts(cache):  # interrupted attempts: no marker names them, and we hold the lock
+                fs.rmtree(part_path(path, d))
+        sources = committed_sources(cache)
+        retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path))
+        cache.refresh()
+        sources = {u: r for u, r in sources.items() if u in cache}
+        pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources)
         if pending:
             run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local
             run(cfg, path, pending, teacher, spec, cache.layout)
+        consolidate(path)
         cache.refresh()
     return Summary(path, cache.fingerprint, len(cache), cache.total_frames,
                    round(cache.total_samples / teacher.sample_rate / 3600, 4), cache.skipped,
-                   len(pending), len(plan["parts"]), round(time.time() - t0, 2), bool(pending))
+                   len(pending), len(cache.parts), round(time.time() - t0, 2), bool(pending))
+
+
+def committed_sources(cache: Cache) -> dict[str, dict]:
+    """uid -> the record of the file it was extracted from (consolidated sources plus newer markers)."""
+    records = read_index(cache.path, "sources")
+    for part, marker in read_markers(cache.path, [p for p in cache.parts if p not in records]).items():
+        if isinstance(marker, dict):
+            records[part] = marker
+    out: dict[str, dict] = {}
+    for part in cache.parts:
+        entry = records.get(part) or {}
+        out.update(zip(entry.get("ids", []), entry.get("sources") or [], strict=False))
+    return out
+
+
+def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool) -> None:
+    """Uncommit parts that are damaged (missing files, metadata unlike the spec; with --repair also every crc32c)
+    or whose source files changed, saying so, so that this run re-extracts them."""
+    damaged = damaged_parts(cache, full=full) if check else {p: [why] for p, why in cache.damaged.items()}
+    in_corpus = {u.uid for u in utts}
+    changed: dict[str, list[str]] = {}
+    for uid in sorted(in_corpus & set(sources)):
+        why = source_changed(sources[uid])
+        if why:
+            changed.setdefault(cache.part_of(uid), []).append(why)
+    for label, found in (("damaged", damaged), ("with changed source files", changed)):
+        if found:
+            first = next(iter(found.values()))[0]
+            print(f"{cache.path}: {len(found)} part(s) {label}, re-extracting them (first: {first})", file=sys.stderr)
+    for part in sorted(set(damaged) | set(changed)):
+        uncommit(cache.path, part, cache.part_dirs.get(part))
 
 
 def checked_batching(cfg: ExtractConfig, teacher, layers: list[int]) -> tuple[ExtractConfig, dict | None]:

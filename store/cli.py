@@ -8,10 +8,12 @@ import sys
 
 import click
 
-from store.errors import CacheError
+from store import fs
+from store.errors import CacheError, NotACacheError
 from store.hdf5 import export_hdf5, import_hdf5
-from store.reader import Cache, default_cache_dir, open_cache
+from store.reader import default_cache_dir, open_cache
 from store.registry import describe, list_caches, remove_cache
+from store.spec import FORMAT_VERSION
 from store.verify import verify_cache
 
 
@@ -45,9 +47,12 @@ def main() -> None:
 @one_line_errors
 def ls(cache_dir: str | None) -> None:
     """List the caches under the cache root."""
-    caches = list_caches(cache_dir)
+    others: list[str] = []
+    caches = list_caches(cache_dir, others)
+    for line in others:
+        click.echo(f"other format: {line}", err=True)
     if not caches:
-        click.echo(f"no caches under {cache_dir or default_cache_dir()}", err=True)
+        click.echo(f"no caches of format {FORMAT_VERSION} under {cache_dir or default_cache_dir()}", err=True)
     for c in caches:
         teacher = c.provenance.get("teacher", "?")
         layers = ",".join(map(str, c.layers))
@@ -58,10 +63,15 @@ def ls(cache_dir: str | None) -> None:
 @click.argument("path")
 @cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--du", is_flag=True, help="also walk the files for bytes on disk and the compression ratio (slow on big caches)")
 @one_line_errors
-def info(path: str, cache_dir: str | None, as_json: bool) -> None:
-    """Spec, size, compression and progress of one cache (PATH or fingerprint)."""
-    d = describe(open_cache(path, cache_dir))
+def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
+    """Spec, size, progress and skipped files of one cache (PATH or fingerprint)."""
+    cache = open_cache(path, cache_dir)
+    d = describe(cache)
+    if du:
+        d["bytes_on_disk"] = fs.disk_usage(cache.path)
+        d["compression_ratio"] = round(d["bytes_on_disk"] / d["uncompressed_bytes"], 4) if d["uncompressed_bytes"] else None
     if as_json:
         click.echo(json.dumps(d, indent=1))
         return
@@ -80,15 +90,18 @@ def info(path: str, cache_dir: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("path")
 @cache_dir_option
+@click.option("--sources", is_flag=True, help="also check that every source file is unchanged (size/mtime, then sha256)")
+@click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True)
 @one_line_errors
-def verify(path: str, cache_dir: str | None) -> None:
-    """Check every chunk's crc32c and the index; non-zero exit names the damage."""
+def verify(path: str, cache_dir: str | None, sources: bool, threads: int) -> None:
+    """Check that every chunk the index needs exists and passes its crc32c, and that metadata matches the spec."""
     cache = open_cache(path, cache_dir)
     with click.progressbar(length=len(cache.parts), label="verifying", file=sys.stderr) as bar:
-        problems = verify_cache(cache.path, progress=lambda _part: bar.update(1))
+        problems = verify_cache(cache.path, progress=lambda _part: bar.update(1), sources=sources, threads=threads)
     for p in problems:
         click.echo(f"damaged: {p}", err=True)
     if problems:
+        click.echo(f"{len(problems)} problem(s); extract-features (same arguments) re-extracts damaged and changed parts", err=True)
         sys.exit(1)
     click.echo(f"ok: {len(cache.parts)} parts, {len(cache)} utterances, {cache.total_frames} frames")
 
@@ -122,9 +135,12 @@ def import_(src: str, fmt: str, cache_dir: str | None) -> None:
 @click.option("--yes", is_flag=True, help="do not ask")
 @one_line_errors
 def rm(path: str, cache_dir: str | None, yes: bool) -> None:
-    """Delete a cache (PATH or fingerprint)."""
-    cache: Cache = open_cache(path, cache_dir)
+    """Delete a cache (PATH or fingerprint); also a broken one (no zarr.json), never anything else."""
+    try:
+        target = open_cache(path, cache_dir).path
+    except NotACacheError:
+        target = path  # a broken cache (interrupted rm or create): remove_cache decides whether it is one
     if not yes:
-        click.confirm(f"delete {cache.path} ({len(cache)} utterances)?", abort=True)
-    remove_cache(cache.path)
-    click.echo(f"removed {cache.path}")
+        click.confirm(f"delete {target}?", abort=True)
+    remove_cache(target)
+    click.echo(f"removed {target}")

@@ -103,28 +103,89 @@ def open_file(path: str, mode: str = "rb"):
     return filesystem(path).open(path, mode, cache_type="none") if "r" in mode else filesystem(path).open(path, mode)
 
 
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (new files, renames) durable: POSIX does not promise it otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path: str, data: bytes) -> None:
-    """Durable once this returns: fsync locally, a completed PUT remotely."""
+    """Durable once this returns: fsync of the file and its directory locally, a completed PUT remotely."""
     if not is_remote(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fsync_dir(os.path.dirname(path))
         return
     with remote_errors(path):
         filesystem(path).pipe_file(path, data)
 
 
+def _tmp_name(path: str) -> str:
+    import uuid
+
+    return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def write_json_atomic(path: str, obj: object) -> None:
-    """A reader sees the old file or the new one, never half of one."""
+    """A reader sees the old file or the new one, never half of one; a failed write leaves no temp file."""
     data = json.dumps(obj, separators=(",", ":")).encode()
     if is_remote(path):
         write_bytes(path, data)  # one PUT: atomic on object stores
         return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write_bytes(tmp, data)
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        write_bytes(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    fsync_dir(os.path.dirname(path))
+
+
+def publish_json(path: str, obj: object) -> bool:
+    """Write `path` only if it does not exist yet (the commit of a part); False when someone else published first.
+
+    Locally a hard link is atomic create-if-absent. Object stores have no such primitive that every
+    implementation honours: there the last PUT wins (docs/scale-out.md)."""
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    if is_remote(path):
+        if exists(path):
+            return False
+        write_bytes(path, data)
+        return True
+    tmp = _tmp_name(path)
+    try:
+        write_bytes(tmp, data)
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        remove_quietly(tmp)
+    fsync_dir(os.path.dirname(path))
+    return True
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remove_file(path: str) -> None:
+    if not is_remote(path):
+        remove_quietly(path)
+        return
+    with remote_errors(path):
+        fs = filesystem(path)
+        if fs.exists(path):
+            fs.rm(path)
 
 
 def read_json(path: str) -> dict:

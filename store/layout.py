@@ -1,16 +1,20 @@
 """Where things live inside a cache directory and how arrays are encoded.
 
-    <root>/<fingerprint>/zarr.json            group; attrs["distilcache"] = format, spec, layout
-    <root>/<fingerprint>/plan.json            extraction plan (which utterance goes to which part)
-    <root>/<fingerprint>/parts/pNNNNNN/       one zarr group per part, written by one writer
+    <root>/<fingerprint>/zarr.json              group; attrs["distilcache"] = format, spec, layout
+    <root>/<fingerprint>/commits/<part>.json    commit marker + index of the part, written LAST (the truth)
+    <root>/<fingerprint>/parts/<part>.<token>/  one zarr group per attempt at a part; the marker names the one that counts
         layer_<K>/  [frames, dim]   sharded, crc32c per inner chunk and per shard index
         audio/      [samples]       float32, exactly what went into the teacher
-    <root>/<fingerprint>/commits/pNNNNNN.json commit marker + index of the part, written LAST
+    <root>/<fingerprint>/index.json             consolidation of the markers of a known set of parts (speed only)
+    <root>/<fingerprint>/sources.json           the same parts' source files (paths, sizes, mtimes, sha256)
+    <root>/<fingerprint>/plan.json              the last extraction's plan (progress only; rebuilt from markers + corpus)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -41,12 +45,27 @@ class Layout:
         return asdict(self)
 
 
-def part_name(index: int) -> str:
-    return f"p{index:06d}"
+def part_name(ids: list[str]) -> str:
+    """A part is named by what it holds: whoever plans it (extract, import, repair), two parts with the
+    same name hold the same utterances, and a committed utterance is never planned again."""
+    return "p" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def part_path(cache: str, part: str) -> str:
-    return os.path.join(cache, "parts", part)
+def attempt_dir(part: str) -> str:
+    """Each attempt at a part (a dask retry, a second process) writes its own directory; only the commit publishes it."""
+    return f"{part}.{uuid.uuid4().hex[:12]}"
+
+
+def part_path(cache: str, part_dir: str) -> str:
+    return os.path.join(cache, "parts", part_dir)
+
+
+def index_path(cache: str) -> str:
+    return os.path.join(cache, "index.json")
+
+
+def sources_path(cache: str) -> str:
+    return os.path.join(cache, "sources.json")
 
 
 def plan_path(cache: str) -> str:

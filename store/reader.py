@@ -6,17 +6,20 @@ Cache can be handed to DataLoader workers (pickled or forked) and each opens its
 
 from __future__ import annotations
 
-import json
 import os
+from collections import OrderedDict
 
 import numpy as np
 import zarr
 
 from store import fs
 from store.chunks import ShardedRows
-from store.errors import CacheNotFoundError, FormatVersionError, MissingDataError, NotACacheError
+from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
+from store.index import list_markers, read_index, read_markers
 from store.layout import Layout, from_storage, layer_key, part_path, plan_path, read_json
 from store.spec import FORMAT_VERSION
+
+MAX_OPEN_ARRAYS = 64  # per process: ~16 parts' layers and audio
 
 
 def check_format(path: str, version) -> None:
@@ -45,38 +48,57 @@ class Cache:
             raise NotACacheError(f"{path}: not a distilcache cache (no zarr.json); list caches with: feature-cache ls")
         try:
             meta = read_json(meta_file).get("attributes", {}).get("distilcache")
-        except (OSError, json.JSONDecodeError) as e:
-            raise NotACacheError(f"{meta_file}: unreadable ({e}); remove the cache with feature-cache rm") from None
-        if not meta:
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise NotACacheError(f"{meta_file}: unreadable ({type(e).__name__}); remove the cache with feature-cache rm") from None
+        if not meta or not isinstance(meta, dict):
             raise NotACacheError(f"{path}: a zarr group, but not a distilcache cache")
         check_format(path, meta.get("format_version"))
-        self.fingerprint: str = meta["fingerprint"]
-        self.spec: dict = meta["spec"]
-        self.provenance: dict = meta.get("provenance", {})
-        self.layout = Layout(**meta["layout"])
-        self.layers: list[int] = list(self.spec["layers"])
+        try:
+            self.fingerprint: str = meta["fingerprint"]
+            self.spec: dict = meta["spec"]
+            self.provenance: dict = meta.get("provenance", {})
+            self.layout = Layout(**meta["layout"])
+            self.layers: list[int] = list(self.spec["layers"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise NotACacheError(f"{meta_file}: damaged cache metadata ({type(e).__name__}: {e}); remove the cache with "
+                                 "feature-cache rm and re-extract") from None
         self.refresh()
 
     def refresh(self) -> None:
-        """Load the index of every committed part."""
+        """Load the index of every committed part: the consolidated index plus the markers it does not cover."""
+        names = list_markers(self.path)
+        index = read_index(self.path)
+        markers = {p: index[p] for p in names if p in index}
+        markers.update(read_markers(self.path, [p for p in names if p not in index]))
         self._where: dict[str, tuple[str, int, int, int, int]] = {}
         self.parts: list[str] = []
+        self.part_dirs: dict[str, str] = {}
+        self.part_rows: dict[str, tuple[int, int]] = {}  # part -> (frames, samples)
+        self.damaged: dict[str, str] = {}  # part -> why its marker cannot be used
+        self.duplicates: list[str] = []
         self._skipped_in_parts: list[dict] = []
-        commits = os.path.join(self.path, "commits")
-        for name in fs.listdir(commits):
-            if not name.endswith(".json"):
+        self.total_frames = self.total_samples = 0
+        for part in sorted(markers):
+            marker = markers[part]
+            if isinstance(marker, str):
+                self.damaged[part] = marker
                 continue
-            marker = read_json(os.path.join(commits, name))
-            part = marker["part"]
             self.parts.append(part)
+            self.part_dirs[part] = marker["dir"]
             self._skipped_in_parts.extend(marker.get("skipped", []))
             f0 = s0 = 0
             for uid, nf, ns in zip(marker["ids"], marker["frames"], marker["samples"], strict=True):
-                self._where[uid] = (part, f0, nf, s0, ns)
+                if uid in self._where:
+                    self.duplicates.append(f"utterance '{uid}' is in parts {self._where[uid][0]} and {marker['dir']}")
+                self._where[uid] = (marker["dir"], f0, nf, s0, ns)
                 f0, s0 = f0 + nf, s0 + ns
+            self.total_frames += f0
+            self.total_samples += s0
+            self.part_rows[part] = (f0, s0)
         self.utterance_ids: list[str] = sorted(self._where)
-        self._handles: dict = {}
+        self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
+        self._dir_part = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -95,31 +117,39 @@ class Cache:
         except KeyError:
             raise MissingDataError(f"{self.path}: utterance '{uid}' is not in this cache ({len(self)} utterances)") from None
 
+    def part_of(self, uid: str) -> str:
+        """The committed part holding `uid`."""
+        if getattr(self, "_dir_part", None) is None or len(self._dir_part) != len(self.part_dirs):
+            self._dir_part = {d: p for p, d in self.part_dirs.items()}
+        return self._dir_part[self._locate(uid)[0]]
+
     def num_frames(self, uid: str) -> int:
         return self._locate(uid)[2]
 
     def num_samples(self, uid: str) -> int:
         return self._locate(uid)[4]
 
-    @property
-    def total_frames(self) -> int:
-        return sum(w[2] for w in self._where.values())
-
-    @property
-    def total_samples(self) -> int:
-        return sum(w[4] for w in self._where.values())
-
-    def _rows(self, part: str, key: str):
+    def _rows(self, part_dir: str, key: str):
+        """An open array, kept in a small LRU: at full size a worker touches every part each epoch, and
+        unbounded handles (with their shard indexes) grew ~0.3 GB per DataLoader worker per epoch."""
         if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        if (part, key) not in self._handles:
-            array_dir = os.path.join(part_path(self.path, part), key)
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        handle = self._handles.pop((part_dir, key), None)
+        if handle is None:
+            array_dir = os.path.join(part_path(self.path, part_dir), key)
             try:
-                handle = ShardedRows(array_dir, read_json(os.path.join(array_dir, "zarr.json")), fs.open_file)
+                meta = read_json(os.path.join(array_dir, "zarr.json"))
+            except (OSError, ValueError) as e:
+                raise CorruptDataError(f"{array_dir}: missing or unreadable array metadata ({type(e).__name__}); "
+                                       "run feature-cache verify, then extract-features to redo the part") from None
+            try:
+                handle = ShardedRows(array_dir, meta, fs.open_file)
             except (ValueError, KeyError):  # not our codec chain: let zarr read it
                 handle = zarr.open_array(array_dir, mode="r")
-            self._handles[(part, key)] = handle
-        return self._handles[(part, key)]
+        self._handles[(part_dir, key)] = handle
+        while len(self._handles) > MAX_OPEN_ARRAYS:
+            self._handles.popitem(last=False)
+        return handle
 
     def _read(self, part: str, key: str, start: int, stop: int) -> np.ndarray:
         handle = self._rows(part, key)
@@ -149,21 +179,26 @@ class Cache:
         start, stop = self._bounds(uid, "samples", ns, start, stop)
         return self._read(part, "audio", s0 + start, s0 + stop)
 
-    def _plan(self) -> dict | None:
-        """plan.json, read only when asked: at LibriSpeech scale it lists 281k files, and opening a cache
-        (every training run, every `feature-cache ls`) does not need it."""
+    def _plan(self) -> dict:
+        """plan.json (small: counts, pending part names and files refused up front), read only when asked.
+        Progress information only: a lost or damaged plan is rebuilt by the next extract-features."""
         path = plan_path(self.path)
-        return read_json(path) if fs.exists(path) else None
+        try:
+            plan = read_json(path) if fs.exists(path) else {}
+        except (OSError, ValueError, UnicodeDecodeError):
+            return {}
+        return plan if isinstance(plan, dict) else {}
 
     @property
     def skipped(self) -> list[dict]:
         """Every file left out, with its reason: refused up front (plan.json), then while decoding (markers)."""
-        plan = self._plan()
-        return (plan.get("skipped", []) if plan else []) + self._skipped_in_parts
+        return list(self._plan().get("skipped", [])) + [s for s in self._skipped_in_parts if s.get("uid") not in self._where]
 
-    def planned_parts(self) -> list[str]:
+    def pending(self) -> dict:
+        """What the last extraction planned and has not committed: {'parts': n, 'utterances': n} (0s when complete)."""
         plan = self._plan()
-        return [p["name"] for p in plan["parts"]] if plan else list(self.parts)
+        todo = [p for p in plan.get("parts", []) if isinstance(p, dict) and p.get("name") not in self.part_dirs]
+        return {"parts": len(todo) + len(self.damaged), "utterances": sum(int(p.get("utterances", 0)) for p in todo)}
 
     def __repr__(self) -> str:
         return f"Cache({self.fingerprint}, layers={self.layers}, utterances={len(self)}, path={self.path!r})"

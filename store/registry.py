@@ -5,19 +5,25 @@ from __future__ import annotations
 import os
 
 from store import fs
-from store.errors import CacheError, NotACacheError
+from store.errors import CacheError, FormatVersionError, NotACacheError
 from store.reader import Cache, default_cache_dir
 from store.spec import differences, fingerprint, validate_spec
 
 
-def list_caches(cache_dir: str | None = None) -> list[Cache]:
+def list_caches(cache_dir: str | None = None, other_formats: list[str] | None = None) -> list[Cache]:
+    """The caches of this format under the root; caches of other formats go to `other_formats` (one line each)."""
     root = cache_dir or default_cache_dir()
+    if fs.exists(root) and not fs.isdir(root):
+        raise NotACacheError(f"--cache-dir {root}: is a file, not a directory of caches")
     found = []
     for name in fs.listdir(root):
         if name.startswith("."):
             continue
         try:
             found.append(Cache(os.path.join(root, name)))
+        except FormatVersionError as e:
+            if other_formats is not None:
+                other_formats.append(str(e))
         except CacheError:
             continue  # foreign directories under the root are not ours to judge
     return found
@@ -44,12 +50,11 @@ def closest_refusal(spec: dict, cache_dir: str | None = None) -> str:
 
 
 def describe(cache: Cache) -> dict:
-    """What `feature-cache info` prints."""
-    on_disk = fs.disk_usage(cache.path)
-    raw_targets = cache.total_frames * len(cache.layers) * cache.spec.get("dim", 0) * (4 if cache.spec["storage_dtype"] == "float32" else 2)
-    raw = raw_targets + cache.total_samples * 4
-    planned = cache.planned_parts()
+    """What `feature-cache info` prints: totals come from the index (no file listing, no plan of 281k files)."""
+    bytes_per_value = 4 if cache.spec["storage_dtype"] == "float32" else 2
+    raw = cache.total_frames * len(cache.layers) * cache.spec.get("dim", 0) * bytes_per_value + cache.total_samples * 4
     sr = cache.spec["preprocessing"]["sample_rate"]
+    pending = cache.pending()
     return {
         "path": cache.path,
         "fingerprint": cache.fingerprint,
@@ -58,16 +63,36 @@ def describe(cache: Cache) -> dict:
         "utterances": len(cache),
         "frames": cache.total_frames,
         "audio_hours": round(cache.total_samples / sr / 3600, 4),
-        "bytes_on_disk": on_disk,
-        "compression_ratio": round(on_disk / raw, 4) if raw else None,
+        "uncompressed_bytes": raw,
         "parts_done": len(cache.parts),
-        "parts_pending": len(set(planned) - set(cache.parts)),
+        "parts_pending": pending["parts"],
+        "utterances_pending": pending["utterances"],
+        "damaged_markers": len(cache.damaged),
         "skipped": cache.skipped,
     }
 
 
+#: Every name a cache directory may hold; rm deletes a directory only if it holds nothing else.
+CACHE_ENTRIES = {"zarr.json", "parts", "commits", "plan.json", "index.json", "sources.json", ".lock"}
+
+
+def _is_cache_entry(name: str) -> bool:
+    return name in CACHE_ENTRIES or ".tmp-" in name
+
+
 def remove_cache(path: str) -> None:
-    Cache(path)  # refuses anything that is not a cache: rm must never delete a stranger's directory
-    if not fs.isdir(path):
-        raise NotACacheError(f"{path}: not a directory")
-    fs.rmtree(path)
+    """Delete a cache: a directory whose contents are exactly a cache's (a broken one without zarr.json too).
+
+    Never a symlink (rm its target), never a directory holding anything else: rm must not delete a stranger's files."""
+    target = fs.resolve(path)
+    if not fs.is_remote(target) and os.path.islink(target.rstrip("/")):
+        raise NotACacheError(f"{path}: is a symbolic link; remove the cache it points to ({os.path.realpath(target)}) instead")
+    if not fs.isdir(target):
+        raise NotACacheError(f"{path}: no such cache directory; list caches with: feature-cache ls")
+    strangers = [n for n in fs.listdir(target) if not _is_cache_entry(n)]
+    if strangers or not fs.exists(os.path.join(target, "commits")) and not fs.exists(os.path.join(target, "zarr.json")):
+        shown = ", ".join(strangers[:3]) or "no cache files"
+        raise NotACacheError(f"{path}: not a cache directory (it holds {shown}); refusing to delete it")
+    fs.rmtree(target)
+    if fs.exists(target):
+        raise CacheError(f"{path}: could not be removed completely; check its permissions")

@@ -21,16 +21,17 @@ import zarr
 
 from store import fs
 from store.chunks import encode_shard, encoder, shard_file
-from store.errors import SpecMismatchError, WriteError
+from store.errors import NotACacheError, SpecMismatchError, WriteError
 from store.layout import (
     Layout,
+    attempt_dir,
     commit_path,
     compressors,
     layer_key,
     part_path,
+    read_json,
     storage_numpy_dtype,
     to_storage,
-    write_json_atomic,
 )
 from store.spec import FORMAT_VERSION, fingerprint, validate_spec
 
@@ -54,14 +55,23 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
             zarr.open_group(os.path.join(path, "parts"), mode="w")
             zarr.open_group(path, mode="a").attrs["distilcache"] = meta
         return path
+    if fs.isdir(path):
+        raise NotACacheError(f"{path}: exists but holds no cache metadata (zarr.json), e.g. after an interrupted rm; "
+                             f"remove it with: feature-cache rm {path}")
     tmp = os.path.join(root, f".tmp-{fp}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
-    group.attrs["distilcache"] = meta
-    group.create_group("parts")
-    os.makedirs(os.path.join(tmp, "commits"))
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        group = zarr.open_group(tmp, mode="w")
+        group.attrs["distilcache"] = meta
+        group.create_group("parts")
+        os.makedirs(os.path.join(tmp, "commits"))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        hint = "free some space" if e.errno == errno.ENOSPC else "check the path and its permissions"
+        raise WriteError(f"{root}: cannot create a cache there ({e.strerror or e}); {hint} and re-run") from None
     try:
         os.rename(tmp, path)  # atomic; loses to a concurrent creator of the same spec, which is fine
+        fs.fsync_dir(root)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.exists(os.path.join(path, "zarr.json")):
@@ -75,13 +85,18 @@ def audio_digest(audio: np.ndarray) -> str:
 
 
 class PartWriter:
-    """Streams utterances into one part; memory stays at one shard per array."""
+    """Streams utterances into one attempt at a part; memory stays at one shard per array.
+
+    The attempt writes its own directory (parts/<part>.<token>), so a retried dask task, or a second
+    process, never touches another attempt's files; the commit marker names the directory that counts,
+    and a part is published at most once (store.fs.publish_json)."""
 
     def __init__(self, cache: str, part: str, layers: list[int], dim: int, storage_dtype: str, layout: Layout):
         self.cache, self.part, self.layers, self.dim = cache, part, list(layers), dim
         self.storage_dtype, self.layout = storage_dtype, layout
-        self.index: dict[str, list] = {"ids": [], "frames": [], "samples": [], "sha256": []}
-        self._path = part_path(cache, part)
+        self.index: dict[str, list] = {"ids": [], "frames": [], "samples": [], "sha256": [], "sources": []}
+        self.dir = attempt_dir(part)
+        self._path = part_path(cache, self.dir)
         self._guard(self._create)
 
     def _guard(self, fn, *args):
@@ -93,7 +108,6 @@ class PartWriter:
             raise WriteError(f"{self._path}: {e.strerror or e}; {hint} and re-run (only this part is redone)") from None
 
     def _create(self) -> None:
-        fs.rmtree(self._path)  # leftovers of an attempt that never committed
         group = zarr.open_group(self._path, mode="w")
         lay, dtype = self.layout, storage_numpy_dtype(self.storage_dtype)
         self._arrays, self._buffers, self._rows, self._encoders = {}, {}, {}, {}
@@ -111,15 +125,16 @@ class PartWriter:
         self._encoders[key] = encoder(self.layout.codec, chunk_bytes)
         self._buffers[key], self._rows[key] = [], 0
 
-    def add(self, uid: str, feats: dict[int, np.ndarray], audio: np.ndarray) -> None:
-        """Append one utterance: feats[layer] is [frames, dim] float32, audio the teacher's input."""
+    def add(self, uid: str, feats: dict[int, np.ndarray], audio: np.ndarray, source: dict | None = None) -> None:
+        """Append one utterance: feats[layer] is [frames, dim] float32, audio the teacher's input, source the file
+        it came from ({path, size, mtime_ns, sha256}) so a changed file is noticed later."""
         frames = {f.shape[0] for f in feats.values()}
         if len(frames) != 1 or set(feats) != set(self.layers):
             raise ValueError(f"{uid}: expected layers {self.layers} with equal frame counts, got {sorted(feats)} {frames}")
         for layer, f in feats.items():
             self._buffers[layer_key(layer)].append(to_storage(f, self.storage_dtype))
         self._buffers["audio"].append(np.ascontiguousarray(audio, dtype=np.float32))
-        for col, val in zip(self.index, (uid, frames.pop(), len(audio), audio_digest(audio)), strict=True):
+        for col, val in zip(self.index, (uid, frames.pop(), len(audio), audio_digest(audio), source), strict=True):
             self.index[col].append(val)
         self._guard(self._flush, False)
 
@@ -136,27 +151,30 @@ class PartWriter:
                 index = (self._rows[key] + first) // shard
                 name = shard_file(os.path.join(self._path, key), index, array.ndim)
                 blob = encode_shard(data[first : min(n, first + shard)], chunk, shard // chunk, self._encoders[key])
-                fs.write_bytes(name, blob)  # durable before the commit marker names it
+                fs.write_bytes(name, blob)  # durable (file and directory entry) before the commit marker names it
             self._rows[key] += n
             self._buffers[key] = [data[n:]] if n < len(data) else []
 
     def commit(self, skipped: list[dict] | None = None) -> dict:
-        """Write the tail, then the marker; returns the marker (the part's index)."""
+        """Write the tail, then publish the marker; returns the part's marker (another attempt's, if it won)."""
         self._guard(self._flush, True)
-        marker = {"part": self.part, **self.index, "skipped": skipped or [],
+        marker = {"part": self.part, "dir": self.dir, **self.index, "skipped": skipped or [],
                   "total_frames": self._rows[layer_key(self.layers[0])], "total_samples": self._rows["audio"]}
-        self._guard(self._write_marker, marker)
+        if not self._guard(self._publish, marker):
+            self.abort()  # another attempt committed this part first: its files are the part, ours go
+            return read_json(commit_path(self.cache, self.part))
         return marker
 
-    def _write_marker(self, marker: dict) -> None:
+    def _publish(self, marker: dict) -> bool:
         for key, array in self._arrays.items():  # metadata only: growing a zarr array touches no chunk
             array.resize((self._rows[key], *array.shape[1:]))
         group = zarr.open_group(self._path, mode="r+")
         group.attrs["index"] = {k: marker[k] for k in ("ids", "frames", "samples")}
-        write_json_atomic(commit_path(self.cache, self.part), marker)
+        return fs.publish_json(commit_path(self.cache, self.part), marker)
 
     def abort(self) -> None:
+        """Remove this attempt's own directory (never another's)."""
         try:
             fs.rmtree(self._path)
-        except OSError:  # the store is what failed; the part stays invisible without its marker
+        except OSError:  # the store is what failed; the attempt stays invisible without a marker naming it
             pass

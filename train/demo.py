@@ -107,7 +107,7 @@ def main() -> None:
         teacher, layers, steps, crop, batch = HUB_TEACHER, "4,8,12", 60, 32000, 4  # a 23M student on CPU: ~5 s/step
         print(f"teacher: {HUB_TEACHER} from the hub")
     else:
-        teacher, layers, steps, crop, batch = small_teacher(os.path.join(OUT, "small-hubert")), "2,4,6", 300, 32000, 8
+        teacher, layers, steps, crop, batch = small_teacher(os.path.join(OUT, "small-hubert")), "2,4,6", 150, 32000, 8
         print(f"teacher: the hub is not reachable, so a small HuBERT (6 layers, 256 wide, random weights) was built locally at "
               f"{teacher}; its layers 2,4,6 stand in for hubert-base's 4,8,12")
     cache_dir = os.path.join(OUT, "cache")

@@ -19,9 +19,9 @@ def test_hand_written_shards_read_back_through_zarr_python(tmp_path, codec, stor
     write_parts(path, {"p000000": [("a", 3), ("b", 70), ("c", 1)]}, storage_dtype=storage_dtype, layout=layout)
     cache = open_cache(path)
     for key in ("layer_1", "layer_3", "audio"):
-        array_dir = os.path.join(path, "parts", "p000000", key)
+        array_dir = os.path.join(path, "parts", cache.part_dirs["p000000"], key)
         via_zarr = zarr.open_array(array_dir, mode="r")[:]
-        direct = cache._rows("p000000", key)
+        direct = cache._rows(cache.part_dirs["p000000"], key)
         assert isinstance(direct, ShardedRows)
         np.testing.assert_array_equal(direct.read(0, via_zarr.shape[0]), via_zarr)
 

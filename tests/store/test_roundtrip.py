@@ -34,7 +34,7 @@ def test_plain_zarr_reads_the_same_bytes(small_cache):
     import zarr
 
     cache, truth = small_cache
-    arr = zarr.open_array(os.path.join(cache.path, "parts", "p000000", "layer_3"), mode="r")
+    arr = zarr.open_array(os.path.join(cache.path, "parts", cache.part_dirs["p000000"], "layer_3"), mode="r")
     np.testing.assert_array_equal(arr[1:101], truth["a/long"][0][3].astype(np.float16))
 
 

@@ -1,0 +1,87 @@
+"""The consolidated index: every committed part's marker in two files, so an open costs a few requests.
+
+Markers (commits/<part>.json) stay the truth; index.json covers a known set of parts (those
+committed when it was written) and a reader reads it plus only the markers it does not cover. At
+LibriSpeech scale that turns ~5,700 sequential GETs per open into a listing and one GET.
+sources.json keeps the same parts' source-file records (paths, sizes, mtimes, sha256) apart, since
+only extraction and `verify --sources` need them. Both are rewritten (atomically) only by the one
+process holding the cache's lock: extract-features, import, repair.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from store import fs
+from store.layout import commit_path, index_path, part_path, read_json, sources_path, write_json_atomic
+
+READER_FIELDS = ("part", "dir", "ids", "frames", "samples", "skipped", "total_frames", "total_samples")
+
+
+def list_markers(cache: str) -> list[str]:
+    """Part names with a commit marker (one listing)."""
+    return [n[:-5] for n in fs.listdir(f"{cache}/commits") if n.endswith(".json") and ".tmp-" not in n]
+
+
+def read_marker(cache: str, part: str) -> dict | str:
+    """The marker, or why it cannot be used (garbage, empty, missing fields): damage to report, never a traceback."""
+    path = commit_path(cache, part)
+    try:
+        marker = read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return f"{path}: unreadable commit marker ({type(e).__name__}); re-run extract-features to redo that part"
+    if not isinstance(marker, dict) or any(k not in marker for k in READER_FIELDS):
+        return f"{path}: not a complete commit marker; re-run extract-features to redo that part"
+    if not (len(marker["ids"]) == len(marker["frames"]) == len(marker["samples"])):
+        return f"{path}: its ids, frames and samples disagree in length; re-run extract-features to redo that part"
+    return marker
+
+
+def read_markers(cache: str, parts: list[str]) -> dict[str, dict | str]:
+    """Many markers; in parallel on object stores, where each is a request."""
+    if not parts:
+        return {}
+    workers = 16 if fs.is_remote(cache) else 1
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(zip(parts, pool.map(lambda p: read_marker(cache, p), parts), strict=True))
+
+
+def read_index(cache: str, name: str = "index") -> dict[str, dict]:
+    """The consolidated entries by part; {} when there is none or it is damaged (markers are the truth)."""
+    path = index_path(cache) if name == "index" else sources_path(cache)
+    try:
+        data = read_json(path) if fs.exists(path) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return data.get("parts", {}) if isinstance(data, dict) and isinstance(data.get("parts"), dict) else {}
+
+
+def consolidate(cache: str) -> int:
+    """Rewrite index.json and sources.json to cover every readable marker; returns the number of parts covered."""
+    names = list_markers(cache)
+    index, sources = read_index(cache), read_index(cache, "sources")
+    index = {p: e for p, e in index.items() if p in names}
+    todo = [p for p in names if p not in index or p not in sources]
+    for part, marker in read_markers(cache, todo).items():
+        if isinstance(marker, dict):
+            index[part] = {k: marker[k] for k in READER_FIELDS}
+            sources[part] = {"dir": marker["dir"], "ids": marker["ids"], "sources": marker.get("sources") or [None] * len(marker["ids"]),
+                             "skipped": marker["skipped"]}
+    index = dict(sorted(index.items()))  # the same parts give the same bytes, whatever order they were committed in
+    sources = {p: sources[p] for p in index if p in sources}
+    write_json_atomic(sources_path(cache), {"parts": sources})
+    write_json_atomic(index_path(cache), {"parts": index})
+    return len(index)
+
+
+def uncommit(cache: str, part: str, part_dir: str | None) -> None:
+    """Take a part back (damaged, or its sources changed) so the next plan redoes it: index entry first, then
+    the marker, then its files, so no reader is ever pointed at files that are gone."""
+    for name in ("index", "sources"):
+        entries = read_index(cache, name)
+        if part in entries:
+            entries.pop(part)
+            write_json_atomic(index_path(cache) if name == "index" else sources_path(cache), {"parts": entries})
+    fs.remove_file(commit_path(cache, part))
+    if part_dir:
+        fs.rmtree(part_path(cache, part_dir))
