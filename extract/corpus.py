@@ -6,6 +6,7 @@ Like lhotse's manifests, this says *what* (ids, paths, lengths); the store decid
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -45,22 +46,65 @@ def _audio_extensions() -> set[str]:
     return {f".{fmt.lower()}" for fmt in sf.available_formats()} | {".oga", ".opus", ".aif", ".aiff"}
 
 
+def _walk(root: str) -> list[str]:
+    """Regular audio files under root, following symlinks but each real directory once (loops end, no repeats)."""
+    exts = _audio_extensions()
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for d, subdirs, files in os.walk(root, followlinks=True):
+        st = os.stat(d)
+        if (st.st_dev, st.st_ino) in seen:
+            subdirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subdirs.sort()
+        for f in sorted(files):
+            path = os.path.join(d, f)
+            if os.path.splitext(f)[1].lower() in exts and _regular(path):
+                found.append(os.path.relpath(path, root))
+    return found
+
+
+def _regular(path: str) -> bool:
+    """Only regular files are audio: a FIFO or device named x.wav would block a reader forever."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # a dangling link: let the header read name it as a missing file
+
+
+def _read_tsv(corpus: str) -> tuple[str, list[str]]:
+    """fairseq's manifest: the root on line 1, then `relative/path<TAB>num_samples` (the count is optional)."""
+    try:
+        with open(corpus, encoding="utf-8") as f:
+            lines = [ln.rstrip("\n").rstrip("\r") for ln in f]
+    except UnicodeDecodeError as e:
+        raise ExtractError(f"--corpus {corpus}: not a text TSV manifest (byte {e.start} is not UTF-8)") from None
+    if not lines or not os.path.isdir(lines[0].strip()):
+        raise ExtractError(f"--corpus {corpus}: a TSV manifest's first line must be the audio root directory (got {lines[:1]})")
+    root = os.path.abspath(lines[0].strip())
+    real_root = os.path.realpath(root)
+    rels = []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) > 2 or len(cols) == 2 and not cols[1].strip().isdigit():
+            raise ExtractError(f"--corpus {corpus}, line {n}: expected 'path<TAB>num_samples', got {line[:80]!r}")
+        rel = cols[0]
+        full = os.path.realpath(os.path.join(root, rel))
+        if os.path.isabs(rel) or os.path.commonpath([real_root, full]) != real_root:
+            raise ExtractError(f"--corpus {corpus}, line {n}: {rel!r} is outside the root {root}; paths must be relative to it")
+        rels.append(os.path.normpath(rel))
+    return root, rels
+
+
 def list_files(corpus: str) -> tuple[str, list[str]]:
     """(root, relative paths) of a directory tree or a fairseq TSV manifest."""
     if os.path.isdir(corpus):
-        exts = _audio_extensions()
-        root = os.path.abspath(corpus)
-        found = []
-        for d, subdirs, files in os.walk(root, followlinks=True):
-            subdirs.sort()
-            found.extend(os.path.relpath(os.path.join(d, f), root) for f in sorted(files) if os.path.splitext(f)[1].lower() in exts)
-        return root, found
+        return os.path.abspath(corpus), _walk(os.path.abspath(corpus))
     if os.path.isfile(corpus):
-        with open(corpus) as f:
-            lines = [ln.rstrip("\n") for ln in f if ln.strip()]
-        if not lines or not os.path.isdir(lines[0].strip()):
-            raise ExtractError(f"{corpus}: a TSV manifest's first line must be the audio root directory (got {lines[:1]})")
-        return os.path.abspath(lines[0].strip()), [ln.split("\t")[0] for ln in lines[1:]]
+        return _read_tsv(corpus)
     raise ExtractError(f"--corpus {corpus}: no such directory or TSV manifest")
 
 

@@ -100,17 +100,28 @@ def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
     return problems
 
 
+def bad_markers(cache: Cache) -> dict[str, str]:
+    """part -> why its marker is unusable or disagrees with the consolidated index (which a reader may have used instead)."""
+    found = dict(cache.damaged)
+    for part, marker in read_markers(cache.path, cache.parts).items():
+        if isinstance(marker, str):
+            found[part] = marker
+        elif marker["dir"] != cache.part_dirs[part] or (sum(marker["frames"]), sum(marker["samples"])) != cache.part_rows[part]:
+            found[part] = f"{cache.path}/commits/{part}.json: disagrees with index.json; re-run extract-features to redo that part"
+    return found
+
+
 def damaged_parts(cache: Cache, full: bool = False, threads: int = 4) -> dict[str, list[str]]:
     """part -> its problems, for the parts that have any (markers that cannot be read included)."""
     with ThreadPoolExecutor(threads) as pool:
         found = dict(zip(cache.parts, pool.map(lambda p: check_part(cache, p, full), cache.parts), strict=True))
-    return {p: v for p, v in found.items() if v} | {p: [why] for p, why in cache.damaged.items()}
+    return {p: v for p, v in found.items() if v} | {p: [why] for p, why in bad_markers(cache).items()}
 
 
 def verify_cache(path: str, progress=None, sources: bool = False, full: bool = True, threads: int = 4) -> list[str]:
     """One line per problem; empty means every committed byte (and, with sources, every source file) checked out."""
     cache = Cache(path)
-    problems = list(cache.damaged.values()) + [f"{cache.path}: {d}" for d in cache.duplicates]
+    problems = list(bad_markers(cache).values()) + [f"{cache.path}: {d}" for d in cache.duplicates]
 
     def one(part: str) -> list[str]:
         found = check_part(cache, part, full)

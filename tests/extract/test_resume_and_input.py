@@ -17,7 +17,6 @@ from extract.cli import main
 from store import open_cache, verify_cache
 from tests.conftest import build_corpus, write_wav
 
-
 _ATTEMPT = re.compile(rb"(p[0-9a-f]{16})\.[0-9a-f]{12}")
 
 
