@@ -8,18 +8,21 @@ import sys
 import click
 
 from extract.run import ExtractConfig, extract_features
-from store.cli import one_line_errors
+from store.cli import OneLineCommand, cli_errors
 from store.layout import CODECS
 
 
 def parse_layers(value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        layers = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: give comma-separated layer numbers, e.g. 4,8,12") from None
+        raise click.BadParameter(f"{value!r}: give comma-separated layer numbers, e.g. 4,8,12", param_hint="'--layers'") from None
+    if not layers or any(k < 0 for k in layers) or len(set(layers)) != len(layers):
+        raise click.BadParameter(f"{value!r}: give distinct non-negative layer numbers, e.g. 4,8,12", param_hint="'--layers'")
+    return layers
 
 
-@click.command(context_settings={"show_default": True})
+@click.command("extract-features", cls=OneLineCommand, context_settings={"show_default": True})
 @click.option("--teacher", required=True, help="hub name (e.g. facebook/hubert-base-ls960) or local model directory")
 @click.option("--corpus", required=True, type=click.Path(exists=True), help="audio directory (recursive) or fairseq TSV")
 @click.option("--layers", default="4,8,12", help="teacher layers to cache (0 = input to layer 1)")
@@ -42,7 +45,7 @@ def parse_layers(value: str) -> tuple[int, ...]:
               "and re-extract damaged parts")
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: one JSON summary")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@one_line_errors
+@cli_errors(kept="every committed part is kept; re-run the same command to continue")
 def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, codec, batch_seconds, part_seconds,
          max_seconds, workers, scheduler, on_error, allow_pickle, repair, as_json, quiet) -> None:
     """Run TEACHER once over CORPUS and cache its LAYERS; prints the cache path last."""

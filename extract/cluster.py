@@ -11,6 +11,7 @@ import sys
 from extract.errors import ExtractError
 from store import Layout
 
+SCHEDULER_TIMEOUT = "10s"
 _TEACHERS: dict = {}  # per worker process: (name, revision, device, dtype) -> Teacher
 
 
@@ -48,7 +49,11 @@ def run_parts(cfg, path: str, pending: list[dict], spec: dict, layout: Layout, p
 
     cluster = None
     if cfg.scheduler:
-        client = Client(cfg.scheduler)
+        try:
+            client = Client(cfg.scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise ExtractError(f"--scheduler {cfg.scheduler}: cannot reach it ({str(e).splitlines()[0][:120]}); check the address, "
+                               "or start one with `dask scheduler`") from None
     else:
         cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)

@@ -88,7 +88,10 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
         raise ExtractError(f"{len(bad)} bad file(s) in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
     cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
-    fs.makedirs(cache_root)
+    try:
+        fs.makedirs(cache_root)
+    except OSError as e:
+        raise ExtractError(f"--cache-dir {cache_root}: cannot use it as a cache root ({e.strerror}); give a writable directory") from None
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])
     provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "batching_probe": probe}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 
 import click
@@ -17,18 +18,72 @@ from store.spec import FORMAT_VERSION
 from store.verify import verify_cache
 
 
-def one_line_errors(fn):
-    """User errors print as one line on stderr and exit 2; bugs keep their traceback."""
+def _first_words(e: BaseException) -> str:
+    """The user's message of an error: a DataLoader worker's re-raise carries the whole worker traceback, whose last
+    line is the original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text or type(e).__name__  # a list of bad files is one line per file, on purpose
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+
+def cli_errors(kept: str = "nothing was changed"):
+    """User errors print as one line on stderr and exit 2; Ctrl-C and SIGTERM print what was kept and exit 130.
+
+    Environment errors (OSError: permissions, a full disk, a path that is a file) are one line too; any other
+    exception is a bug and keeps its traceback."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+            try:
+                return fn(*args, **kwargs)
+            except CacheError as e:
+                click.echo(f"error: {_first_words(e)}", err=True)
+                sys.exit(2)
+            except OSError as e:
+                where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+                click.echo(f"error: {where}{e.strerror or _first_words(e)}; check the path, its permissions and free space", err=True)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                click.echo(f"interrupted: {kept}", err=True)
+                sys.exit(130)
+
+        return wrapper
+
+    return decorate
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+one_line_errors = cli_errors()
+
+
+class _OneLineUsage:
+    """click prints a usage error as four lines (usage, hint, blank, error); ours is one line that names the option."""
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
         try:
-            return fn(*args, **kwargs)
-        except CacheError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("aborted: nothing was changed", err=True)
+            sys.exit(1)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()} (see {self.name} --help)", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
-    return wrapper
+
+class OneLineCommand(_OneLineUsage, click.Command):
+    pass
+
+
+class OneLineGroup(_OneLineUsage, click.Group):
+    pass
 
 
 cache_dir_option = click.option(
@@ -37,7 +92,7 @@ cache_dir_option = click.option(
 )
 
 
-@click.group()
+@click.group("feature-cache", cls=OneLineGroup)
 def main() -> None:
     """Inspect and manage distilcache feature caches."""
 

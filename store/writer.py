@@ -52,7 +52,7 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
             "layout": layout.to_dict()}
     if fs.is_remote(root):  # no rename on object stores: parts first, the root metadata (what readers look for) last
         with fs.remote_errors(root):
-            zarr.open_group(os.path.join(path, "parts"), mode="w")
+            zarr.open_group(os.path.join(path, "parts"), mode="a")  # never "w": that would clear a concurrent creator's parts
             zarr.open_group(path, mode="a").attrs["distilcache"] = meta
         return path
     if fs.isdir(path):

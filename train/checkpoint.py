@@ -6,6 +6,12 @@ import os
 
 import torch
 
+from store import CacheError
+
+
+class CheckpointError(CacheError):
+    """A checkpoint that cannot be used; one line."""
+
 CKPT = "ckpt.pt"
 
 
@@ -18,11 +24,30 @@ def save_checkpoint(run_dir: str, state: dict) -> str:
     return path
 
 
+#: What a resumed run may change: how it is watched and run, not what is trained (docs/cli.md).
+RESUMABLE_CHANGES = ("out", "cache_dir", "teacher", "eval_interval", "eval_max_utterances", "log_interval", "checkpoint_interval",
+                     "stop_after", "num_workers", "device", "precision", "progress", "resume", "allow_partial", "cache")
+
+
 def load_checkpoint(run_dir: str) -> dict | None:
+    """The run dir's checkpoint, or None; a damaged one is one line (never a suggestion to unpickle code)."""
     path = os.path.join(run_dir, CKPT)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)  # DESIGN invariant 6: no pickled code
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # DESIGN invariant 6: no pickled code
+    except Exception as e:  # noqa: BLE001 - truncated zip, random bytes, foreign pickles: all "not our checkpoint"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); restore a copy, or remove it to "
+                              "start the run over") from None
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "step", "config", "identity"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a checkpoint of this distilcache (keys missing); remove it to start the run over")
+    return ckpt
+
+
+def resume_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between the checkpoint's run and this one, among the things that change what is trained."""
+    return [f"{k}: checkpoint has {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
 
 
 def rng_state() -> dict:

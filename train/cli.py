@@ -7,12 +7,12 @@ import json
 import click
 
 from extract.cli import parse_layers
-from store.cli import one_line_errors
+from store.cli import OneLineCommand, cli_errors
 from train.config import load_config
 from train.loop import train
 
 
-@click.command(context_settings={"show_default": True})
+@click.command("train-student", cls=OneLineCommand, context_settings={"show_default": True})
 @click.option("--cache", is_flag=False, flag_value="", default=None,
               help="cache path or fingerprint; with no value, find the cache of --teacher/--layers. Omit to run the teacher online")
 @click.option("--out", required=True, help="run dir: checkpoints, metrics.jsonl, loss.png, eval.json, student/")
@@ -36,9 +36,11 @@ from train.loop import train
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None, help="[default: auto]")
 @click.option("--device", default=None, help="auto | cpu | cuda [default: auto]")
 @click.option("--seed", type=int, default=None)
-@click.option("--resume", is_flag=True, default=None, help="continue from the run dir's checkpoint")
+@click.option("--resume", is_flag=True, default=None,
+              help="continue the run dir's checkpoint (refused if layers, cache, teacher or hyper-parameters differ)")
+@click.option("--allow-partial", is_flag=True, default=None, help="train on a cache whose extraction is unfinished or running")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@one_line_errors
+@cli_errors(kept="the run dir keeps its last checkpoint; continue with --resume")
 def main(config_file, layers, quiet, **flags) -> None:
     """Train a DistilHuBERT student from cached targets (or from the teacher online)."""
     if layers:

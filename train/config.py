@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 
 from store import CacheError
+
+MIN_CROP_SAMPLES = 1600  # a few frames: shorter crops make the loss meaningless
 
 
 class ConfigError(CacheError):
@@ -44,7 +47,8 @@ class TrainConfig:
     stop_after: int = 0  # stop (checkpointed) after this step, to resume later: for time-limited jobs
     num_workers: int = 4  # DataLoader workers; each opens the cache itself
     seed: int = 0
-    resume: bool = False
+    resume: bool = False  # continue the run dir's checkpoint; refused if anything that changes training differs
+    allow_partial: bool = False  # train on a cache whose extraction is unfinished (or running)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -53,9 +57,28 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision: choose auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("steps and batch_size must be at least 1")
-        if not 0 <= self.valid_fraction < 1:
-            raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+            raise ConfigError(f"--steps {self.steps} / --batch-size {self.batch_size}: both must be at least 1")
+        if not 0 <= self.valid_fraction <= 0.5:
+            raise ConfigError(f"--valid-fraction {self.valid_fraction}: hold out between 0 and 0.5 of the utterances")
+        for name in ("lr", "eps", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be a positive finite number")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0 and 0 <= self.warmup_fraction < 1
+                and 0 <= self.dropout < 1 and math.isfinite(self.feature_grad_mult) and self.feature_grad_mult >= 0):
+            raise ConfigError("weight_decay and feature_grad_mult must be >= 0, warmup_fraction and dropout in [0, 1)")
+        if not all(0 <= b < 1 for b in self.betas) or len(self.betas) != 2:
+            raise ConfigError(f"betas {self.betas}: two numbers in [0, 1)")
+        if self.max_crop_samples < MIN_CROP_SAMPLES:
+            raise ConfigError(f"--max-crop-samples {self.max_crop_samples}: at least {MIN_CROP_SAMPLES} (one frame is 400 samples; "
+                              "the recipe uses 250000)")
+        for name in ("eval_interval", "log_interval", "checkpoint_interval", "eval_max_utterances"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.num_workers < 0 or self.stop_after < 0:
+            raise ConfigError("--num-workers and --stop-after must be >= 0")
+        if any(k < 0 for k in self.layers) or len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"--layers {','.join(map(str, self.layers))}: give distinct non-negative layer numbers")
         if self.cache is None and not (self.teacher and self.corpus):
             raise ConfigError("online mode (no --cache) needs --teacher and --corpus")
         if self.cache == "" and not self.teacher:

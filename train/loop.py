@@ -10,6 +10,7 @@ evaluate, checkpoint. At the end: eval.json, loss.png and the exported student.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -20,8 +21,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from extract.teacher import resolve_device
+from store.lock import exclusive
 from train import distributed
-from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.checkpoint import RESUMABLE_CHANGES, load_checkpoint, resume_differences, rng_state, save_checkpoint, set_rng_state
 from train.config import ConfigError, TrainConfig, save_config
 from train.data import BucketBatches, collate
 from train.export import export_student, plot_losses
@@ -56,9 +58,29 @@ def online_targets(teacher, batch: dict, layers: list[int]) -> dict:
     return collate([(torch.from_numpy(w), torch.from_numpy(np.stack([f[k] for k in layers]))) for w, f in zip(waves, feats, strict=True)])
 
 
+def run_identity(cfg: TrainConfig, src, layers: list[int]) -> dict:
+    """Everything that decides what is trained: a resumed run must match it (checkpoint.RESUMABLE_CHANGES may differ)."""
+    keep = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+    ids = "\n".join(src.train.ids).encode()
+    return {**keep, "layers": list(layers), "cache_fingerprint": src.cache.fingerprint if src.cache else None,
+            "teacher_digest": src.teacher.digest if src.teacher else None, "train_ids": hashlib.sha256(ids).hexdigest()[:16],
+            "betas": list(cfg.betas)}
+
+
 def train(cfg: TrainConfig) -> dict:
-    # ---- setup -------------------------------------------------------------------------
+    """One run dir, one writer: the run dir is locked for the whole run (rank 0 holds it under torchrun)."""
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ConfigError(f"--out {cfg.out}: is a file; give a directory for the run")
     ranks, device = distributed.init(resolve_device(cfg.device))  # torchrun: one process per device
+    if not ranks.main:
+        return _train(cfg, ranks, device)
+    os.makedirs(cfg.out, exist_ok=True)
+    with exclusive(cfg.out, "another train-student is using this run dir; wait for it, or choose another --out"):
+        return _train(cfg, ranks, device)
+
+
+def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> dict:
+    # ---- setup -------------------------------------------------------------------------
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     torch.manual_seed(cfg.seed)
@@ -66,9 +88,14 @@ def train(cfg: TrainConfig) -> dict:
     layers = src.layers
     if src.teacher is not None and cfg.cache is None:
         src.teacher.to(device)  # Teacher.to keeps fp32 exact on the device (TF32 off), as in extraction
+    identity = run_identity(cfg, src, layers)
     ckpt = load_checkpoint(cfg.out) if cfg.resume else None
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "ckpt.pt")):
         raise ConfigError(f"{cfg.out}: holds a checkpoint; pass --resume to continue it, or choose another --out")
+    if ckpt and resume_differences(ckpt["identity"], identity):
+        diff = resume_differences(ckpt["identity"], identity)
+        raise ConfigError(f"--resume {cfg.out}: this run would train something else ({'; '.join(diff[:3])}"
+                          f"{f'; and {len(diff) - 3} more' if len(diff) > 3 else ''}); use the checkpoint's settings or another --out")
     if ranks.main:
         os.makedirs(cfg.out, exist_ok=True)
     # on resume the architecture comes from the checkpoint, so a changed teacher config cannot reshape it
@@ -89,6 +116,9 @@ def train(cfg: TrainConfig) -> dict:
         step = ckpt["step"]
     if ranks.main:
         save_config(cfg, cfg.out)
+    if not src.train.ids:
+        raise ConfigError(f"no training utterances: {len(src.valid.ids) if src.valid else 0} held out, none left to train on; "
+                          "extract more, or lower --valid-fraction")
     batches = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed, min_batch=ranks.world).from_step(step)
     stream = (distributed.my_share(b, ranks) for b in batches)  # each rank reads its own share of each global batch
     loader = DataLoader(src.train, batch_sampler=_Batches(stream, cfg.steps - step), collate_fn=collate,
@@ -142,7 +172,8 @@ def train(cfg: TrainConfig) -> dict:
     def checkpoint() -> None:
         save_checkpoint(cfg.out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                   "rng": rng_state(), "step": step, "config": cfg.to_dict(),
-                                  "student_config": model_config.to_dict(), "layers": layers})
+                                  "student_config": model_config.to_dict(), "layers": layers,
+                                  "identity": identity})
 
     # ---- the loop ----------------------------------------------------------------------
     from tqdm import tqdm

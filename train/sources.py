@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from store import Cache, SpecMismatchError, default_cache_dir, list_caches, open_cache
@@ -34,6 +35,22 @@ def find_cache_for(cfg: TrainConfig, layers: list[int], digest: str) -> Cache:
         raise SpecMismatchError(f"no cache under {cfg.cache_dir or default_cache_dir()} for --teacher {cfg.teacher} with layers "
                                 f"{','.join(map(str, layers))}; run extract-features with them first (feature-cache ls lists caches)")
     return max(fits, key=lambda c: (c.spec["compute_dtype"] == "float32", len(c)))
+
+
+def check_complete(cache: Cache, allow_partial: bool) -> None:
+    """Training on a cache that is still being extracted (or was interrupted) sees only part of the corpus: say so."""
+    from store.lock import is_locked
+
+    pending = cache.pending()
+    running = is_locked(cache.path)
+    if not (pending["parts"] or running):
+        return
+    planned = len(cache) + pending["utterances"]
+    state = "is being extracted now" if running else "is unfinished"
+    line = (f"{cache.path} {state}: {len(cache)} of {planned} planned utterances committed, {pending['parts']} part(s) pending")
+    if not allow_partial:
+        raise SpecMismatchError(f"{line}; finish it with extract-features, or pass --allow-partial to train on what is there")
+    print(f"warning: {line}; training on the committed utterances (--allow-partial)", file=sys.stderr)
 
 
 def load_sources(cfg: TrainConfig) -> Sources:
@@ -70,6 +87,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
     if teacher is not None and teacher.digest != cache.spec["teacher"]["digest"]:
         raise SpecMismatchError(f"{cache.path} was made by teacher weights {_short(cache.spec['teacher']['digest'])}, but "
                                 f"--teacher {teacher.name} has {_short(teacher.digest)}; use the cache's teacher or extract a new cache")
+    check_complete(cache, cfg.allow_partial)
     ids = cache.utterance_ids
     if cfg.corpus:
         _, utts, _ = scan(cfg.corpus, cache.spec["preprocessing"]["sample_rate"])

@@ -118,3 +118,12 @@ def test_config_file_rejects_unknown_keys_and_bad_types(tmp_path):
 def test_find_cache_without_teacher_is_a_clear_error():
     with pytest.raises(ConfigError, match="finds the cache of --teacher"):
         TrainConfig(cache="", teacher=None)
+
+
+def test_epoch_length_matches_the_built_epoch():
+    from train.data import BucketBatches
+
+    rng = np.random.default_rng(0)
+    for n, bs, mb in [(101, 7, 1), (1000, 24, 2), (5, 3, 3), (240, 24, 4)]:
+        b = BucketBatches(list(rng.integers(1000, 9000, size=n)), bs, seed=1, bucket_batches=3, min_batch=mb)
+        assert all(b.epoch_length(e) == len(b.epoch(e)) for e in range(3))

@@ -1,0 +1,121 @@
+"""Every CLI, a table of bad inputs: non-zero exit, one line on stderr naming the thing, no traceback, nothing changed."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from extract.cli import main as extract_cli
+from store.cli import main as cache_cli
+from tests.conftest import build_corpus
+from train.cli import main as train_cli
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_teacher):
+    """A corpus, a complete cache of layers 1,3 and a run dir with a checkpoint, to be attacked below."""
+    from extract import ExtractConfig, extract_features
+    from train.config import TrainConfig
+    from train.loop import train
+
+    root = tmp_path_factory.mktemp("bad")
+    corpus = build_corpus(str(root / "corpus"), n=4)
+    s = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(root / "caches"), progress=False))
+    train(TrainConfig(cache=s.path, out=str(root / "run"), steps=2, batch_size=2, max_crop_samples=8000, num_workers=0,
+                      valid_fraction=0.25, progress=False))
+    (root / "afile").write_text("not a directory")
+    (root / "empty").mkdir()
+    (root / "bad.json").write_text("{not json")
+    return {"root": root, "corpus": corpus, "cache": s.path, "teacher": tiny_teacher, "caches": str(root / "caches")}
+
+
+def _snapshot(root) -> dict:
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            if f not in (".lock",):
+                p = os.path.join(d, f)
+                out[p] = (os.path.getsize(p), os.stat(p).st_mtime_ns)
+    return out
+
+
+def _extract(w, *extra):
+    return ["--teacher", w["teacher"], "--corpus", w["corpus"], "--cache-dir", w["caches"], "--layers", "1,3", "--quiet", *extra]
+
+
+def _train(w, *extra):
+    return ["--cache", w["cache"], "--out", str(w["root"] / "run2"), "--steps", "2", "--num-workers", "0", "--quiet", *extra]
+
+
+CASES = [
+    (extract_cli, lambda w: _extract(w, "--workers", "-2"), "--workers"),
+    (extract_cli, lambda w: _extract(w, "--device", "tpu"), "--device tpu"),
+    (extract_cli, lambda w: [*_extract(w), "--cache-dir", str(w["root"] / "afile")], "--cache-dir"),
+    (extract_cli, lambda w: [*_extract(w), "--cache-dir", "/proc/x"], "/proc/x"),
+    (extract_cli, lambda w: _extract(w, "--max-seconds", "-5"), "--max-seconds"),
+    (extract_cli, lambda w: [*_extract(w), "--layers", "-1"], "--layers"),
+    (extract_cli, lambda w: [*_extract(w), "--layers", "4,4"], "--layers"),
+    (extract_cli, lambda w: [*_extract(w), "--teacher", str(w["root"] / "no-teacher")], "no-teacher"),
+    (extract_cli, lambda w: [*_extract(w), "--corpus", str(w["root"] / "empty")], "no audio files"),
+    (extract_cli, lambda w: [*_extract(w), "--corpus", str(w["root"] / "bad.json")], "bad.json"),
+    (train_cli, lambda w: _train(w, "--device", "tpu"), "--device tpu"),
+    (train_cli, lambda w: [*_train(w), "--out", str(w["root"] / "afile")], "--out"),
+    (train_cli, lambda w: _train(w, "--max-crop-samples", "100"), "--max-crop-samples"),
+    (train_cli, lambda w: _train(w, "--valid-fraction", "0.99"), "--valid-fraction"),
+    (train_cli, lambda w: _train(w, "--lr", "nan"), "--lr"),
+    (train_cli, lambda w: _train(w, "--layers", "-1"), "--layers"),
+    (train_cli, lambda w: _train(w, "--layers", "4,4"), "--layers"),
+    (train_cli, lambda w: _train(w, "--layers", "2"), "layers 2"),
+    (train_cli, lambda w: [*_train(w), "--cache", "nosuchfingerprint", "--cache-dir", w["caches"]], "nosuchfingerprint"),
+    (train_cli, lambda w: _train(w, "--config", str(w["root"] / "bad.json")), "bad.json"),
+    (train_cli, lambda w: [*_train(w), "--out", str(w["root"] / "run"), "--resume", "--layers", "3"], "layers"),
+    (train_cli, lambda w: [*_train(w), "--out", str(w["root"] / "run"), "--resume", "--batch-size", "3"], "batch_size"),
+    (cache_cli, lambda w: ["info", str(w["root"] / "empty")], "empty"),
+    (cache_cli, lambda w: ["ls", "--cache-dir", str(w["root"] / "afile")], "afile"),
+    (cache_cli, lambda w: ["export", w["cache"], str(w["root"] / "empty")], "empty"),
+    (cache_cli, lambda w: ["import", str(w["root"] / "bad.json")], "bad.json"),
+    (cache_cli, lambda w: ["rm", str(w["root"] / "empty"), "--yes"], "empty"),
+    (cache_cli, lambda w: ["verify", w["cache"], "--threads", "0"], "--threads"),
+]
+
+
+@pytest.mark.parametrize("cli,args,names", CASES, ids=[f"{c.name}:{n}" for c, _, n in CASES])
+def test_bad_input_is_one_line(world, cli, args, names):
+    before = _snapshot(world["root"])
+    r = CliRunner().invoke(cli, args(world))
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.exit_code not in (0, None) and "Traceback" not in r.output + r.stderr, r.output + r.stderr
+    assert len(lines) == 1 and names in lines[0], r.stderr
+    after = _snapshot(world["root"])
+    changed = [p for p in set(before) | set(after) if before.get(p) != after.get(p) and "run2" not in p]
+    assert not changed, changed
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_a_damaged_checkpoint_is_one_line_and_never_suggests_unpickling(world, damage, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world["root"] / "run", run)
+    data = (run / "ckpt.pt").read_bytes()
+    (run / "ckpt.pt").write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(4096))
+    r = CliRunner().invoke(train_cli, [*_train(world), "--out", str(run), "--resume"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "ckpt.pt" in r.stderr
+    assert "weights_only" not in r.stderr and "Traceback" not in r.output
+
+
+def test_a_garbage_marker_is_damage_not_a_crash(world, tmp_path):
+    import shutil
+
+    cache = tmp_path / "c"
+    shutil.copytree(world["cache"], cache)
+    os.remove(cache / "index.json")
+    marker = sorted((cache / "commits").iterdir())[0]
+    marker.write_text("")
+    for args in (["ls", "--cache-dir", str(tmp_path)], ["info", str(cache)]):
+        r = CliRunner().invoke(cache_cli, args)
+        assert r.exit_code == 0 and "Traceback" not in r.output
+    r = CliRunner().invoke(cache_cli, ["verify", str(cache)])
+    assert r.exit_code == 1 and "unreadable commit marker" in r.stderr
+    assert json.loads(CliRunner().invoke(cache_cli, ["info", str(cache), "--json"]).stdout)["damaged_markers"] == 1
