@@ -16,6 +16,7 @@ BENCHES = {
     "store": ["bench.store_bench"],
     "extract": ["bench.extract_bench"],
     "train": ["bench.train_bench", "--crop-samples", "250000", "--batch-size", "2", "--steps", "5", "--workers", "0"],
+    "scale": ["bench.scale_bench"],
 }
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")
 
@@ -27,7 +28,13 @@ def run(name: str, argv: list[str]) -> str:
 
 
 def main() -> None:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(f"usage: python -m bench.run_all [{' '.join(BENCHES)}]\n{__doc__.strip()}")
+        return
     only = sys.argv[1:] or list(BENCHES)
+    unknown = [n for n in only if n not in BENCHES]
+    if unknown:
+        sys.exit(f"bench.run_all: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
     text = open(DOC).read()
     for name in only:
         body = run(name, BENCHES[name])

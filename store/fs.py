@@ -46,7 +46,11 @@ def remote_errors(path: str) -> Iterator[None]:
         yield
     except CacheError:
         raise
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if is_remote(path) and "bucket" in str(e).lower():
+            bucket = path.split("://", 1)[1].split("/", 1)[0]
+            raise StoreAccessError(f"{path}: the bucket {bucket} does not exist; create it first (e.g. aws s3 mb "
+                                   f"{path.split('://')[0]}://{bucket}) or check the name") from None
         raise
     except Exception as e:  # noqa: BLE001 - botocore, aiohttp, gcsfs... all mean "cannot use this store"
         if not is_remote(path):
@@ -79,6 +83,18 @@ def listdir(path: str) -> list[str]:
         if not fs.exists(path):
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True))
+
+
+def check_bucket(path: str) -> None:
+    """On an object store, a root that does not exist is fine, a bucket that does not exist is one line."""
+    if not is_remote(path):
+        return
+    scheme, rest = path.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    with remote_errors(path):
+        if not filesystem(path).exists(f"{scheme}://{bucket}"):
+            raise StoreAccessError(f"{path}: the bucket {bucket} does not exist; create it first (e.g. aws s3 mb "
+                                   f"{scheme}://{bucket}) or check the name")
 
 
 def makedirs(path: str) -> None:

@@ -15,6 +15,8 @@ def list_caches(cache_dir: str | None = None, other_formats: list[str] | None = 
     root = cache_dir or default_cache_dir()
     if fs.exists(root) and not fs.isdir(root):
         raise NotACacheError(f"--cache-dir {root}: is a file, not a directory of caches")
+    if not fs.exists(root):
+        fs.check_bucket(root)
     found = []
     for name in fs.listdir(root):
         if name.startswith("."):

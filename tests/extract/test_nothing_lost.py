@@ -84,7 +84,8 @@ def test_damage_is_found_by_verify_and_re_extracted(tmp_path, tiny_teacher, dama
     r = CliRunner().invoke(cache_cli, ["verify", s.path])
     assert r.exit_code == 1 and "damaged:" in r.output
     capfd.readouterr()
-    again = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    # missing files and metadata are checked on every run; a marker the consolidated index covers, with --repair
+    again = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k", repair=damage == "garbage marker"))
     assert again.teacher_work and "re-extracting" in capfd.readouterr().err
     _complete(again.path, 4)
 

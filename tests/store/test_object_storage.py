@@ -111,3 +111,26 @@ def test_missing_credentials_are_one_clear_line(monkeypatch, s3_endpoint):
     with pytest.raises(StoreAccessError, match="s3://some-bucket/caches: cannot use this store \\(NoCredentialsError"):
         list_caches("s3://some-bucket/caches")
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_missing_bucket_is_one_line(s3, tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=1)
+    missing = "s3://no-such-bucket-here/caches"
+    from extract.cli import main as extract_cli
+
+    r = CliRunner().invoke(extract_cli, ["--teacher", tiny_teacher, "--corpus", corpus, "--layers", "1", "--cache-dir", missing,
+                                         "--quiet"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "no-such-bucket-here" in r.stderr and "bucket" in r.stderr, r.stderr
+    r = CliRunner().invoke(feature_cache, ["ls", "--cache-dir", missing])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "bucket" in r.stderr, r.stderr
+
+
+def test_two_extractors_on_one_s3_cache_both_finish_with_every_utterance_once(s3, tmp_path, tiny_teacher):
+    from concurrent.futures import ThreadPoolExecutor
+
+    corpus = build_corpus(str(tmp_path / "c"), n=6)
+    cfg = ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=s3, part_seconds=2, progress=False)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: extract_features(cfg), range(2)))
+    cache = open_cache(results[0].path)
+    assert len(cache) == 6 and not cache.duplicates and verify_cache(cache.path) == []
