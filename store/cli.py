@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
+import threading
 
 import click
 
@@ -36,7 +38,8 @@ def cli_errors(kept: str = "nothing was changed"):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            signal.signal(signal.SIGTERM, _raise_interrupt)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _exit_on_sigterm(kept))
             try:
                 return fn(*args, **kwargs)
             except CacheError as e:
@@ -55,8 +58,18 @@ def cli_errors(kept: str = "nothing was changed"):
     return decorate
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def _exit_on_sigterm(kept: str):
+    """SIGTERM (a scheduler's time limit, `kill`): the same line as Ctrl-C, then exit at once. Not an exception:
+    one raised from a signal handler can land in a weakref callback or __del__, where Python swallows it and the
+    run goes on. Exiting without cleanup loses nothing: work is published by commit markers and atomic
+    checkpoints, and the next run removes what an interrupted attempt left."""
+
+    def handler(signum, frame) -> None:
+        sys.stderr.write(f"interrupted: {kept}\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    return handler
 
 
 one_line_errors = cli_errors()

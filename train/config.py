@@ -49,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False  # continue the run dir's checkpoint; refused if anything that changes training differs
     allow_partial: bool = False  # train on a cache whose extraction is unfinished (or running)
+    allow_pickle: bool = False  # load a .bin (pickle) teacher for init/online targets; only teachers you trust
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -53,6 +54,30 @@ def check_complete(cache: Cache, allow_partial: bool) -> None:
     print(f"warning: {line}; training on the committed utterances (--allow-partial)", file=sys.stderr)
 
 
+def subset_ids(cache: Cache, corpus: str) -> list[str]:
+    """The cache's ids for the files of `corpus` (a subdirectory or manifest of the corpus the cache was built from).
+
+    Ids are relative to the cache's corpus root, so a file matches by its path under that root, not by the
+    subset's own relative path (train-clean-100/103/... is 103/... relative to the subset)."""
+    from extract.corpus import list_files
+
+    root = cache.provenance.get("corpus")
+    sub_root, rels = list_files(corpus)
+    if not root:
+        raise SpecMismatchError(f"{cache.path}: records no corpus root, so --corpus {corpus} cannot be matched to its ids")
+    wanted = set()
+    for rel in rels:
+        path = os.path.realpath(os.path.join(sub_root, rel))
+        under = os.path.relpath(path, os.path.realpath(root))
+        if not under.startswith(".."):
+            wanted.add(os.path.splitext(under)[0].replace(os.sep, "/"))
+    ids = [u for u in cache.utterance_ids if u in wanted]
+    if not ids:
+        raise SpecMismatchError(f"--corpus {corpus}: none of its {len(rels)} files is in {cache.path}, whose corpus root is "
+                                f"{root}; give a directory under that root (or the manifest of one)")
+    return ids
+
+
 def load_sources(cfg: TrainConfig) -> Sources:
     from extract import load_teacher
     from extract.corpus import scan
@@ -60,7 +85,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
     layers = sorted(cfg.layers or DISTILHUBERT_LAYERS)
     teacher = None
     if cfg.teacher:
-        teacher = load_teacher(cfg.teacher, device="cpu")
+        teacher = load_teacher(cfg.teacher, device="cpu", allow_pickle=cfg.allow_pickle)
     if cfg.cache is None:  # online: the teacher runs every step, on the same crops
         teacher.check_layers(layers)
         _, utts, _ = scan(cfg.corpus, teacher.sample_rate, teacher.window)
@@ -83,16 +108,14 @@ def load_sources(cfg: TrainConfig) -> Sources:
         name = cache.provenance.get("teacher")
         if not name:
             raise SpecMismatchError(f"{cache.path}: records no teacher to initialise from; pass --teacher or --init random")
-        teacher = load_teacher(name, device="cpu")
+        teacher = load_teacher(name, device="cpu", allow_pickle=cfg.allow_pickle)
     if teacher is not None and teacher.digest != cache.spec["teacher"]["digest"]:
         raise SpecMismatchError(f"{cache.path} was made by teacher weights {_short(cache.spec['teacher']['digest'])}, but "
                                 f"--teacher {teacher.name} has {_short(teacher.digest)}; use the cache's teacher or extract a new cache")
     check_complete(cache, cfg.allow_partial)
     ids = cache.utterance_ids
     if cfg.corpus:
-        _, utts, _ = scan(cfg.corpus, cache.spec["preprocessing"]["sample_rate"])
-        wanted = {u.uid for u in utts}
-        ids = [u for u in ids if u in wanted]
+        ids = subset_ids(cache, cfg.corpus)
     train_ids, valid_ids = split_ids(ids, cfg.valid_fraction)
     pre = cache.spec["preprocessing"]
     return Sources(cache.spec["teacher"]["config"], layers, pre["sample_rate"], pre["normalize"],

@@ -82,3 +82,48 @@ def test_sigterm_is_like_ctrl_c_and_says_what_was_kept(tmp_path, tiny_teacher):
     assert err.strip().splitlines()[-1] == "interrupted: every committed part is kept; re-run the same command to continue"
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == 0 and len(open_cache(rerun.stdout.strip().splitlines()[-1])) == 30
+
+
+def test_a_pickle_only_teacher_extracts_and_trains_with_allow_pickle(tmp_path, tiny_teacher):
+    import torch
+    from transformers import HubertModel
+
+    from extract.cli import main as extract_cli
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save(HubertModel.from_pretrained(tiny_teacher).state_dict(), pickled / "pytorch_model.bin")
+    for f in ("config.json", "preprocessor_config.json"):
+        shutil.copy(os.path.join(tiny_teacher, f), pickled / f)
+    corpus = build_corpus(str(tmp_path / "c"), n=4)
+    base = ["--teacher", str(pickled), "--corpus", corpus, "--layers", "1,3", "--cache-dir", str(tmp_path / "k"), "--quiet"]
+    r = CliRunner().invoke(extract_cli, base)
+    assert r.exit_code == 2 and "--allow-pickle" in r.stderr
+    r = CliRunner().invoke(extract_cli, [*base, "--allow-pickle"])
+    assert r.exit_code == 0, r.stderr
+    cache = r.stdout.strip().splitlines()[-1]
+    r = CliRunner().invoke(main, _args(cache, tmp_path / "run"))
+    assert r.exit_code == 2 and "--allow-pickle" in r.stderr
+    assert CliRunner().invoke(main, _args(cache, tmp_path / "run", "--allow-pickle")).exit_code == 0
+    assert CliRunner().invoke(extract_cli, [*base[:1], tiny_teacher, *base[2:], "--allow-pickle"]).exit_code == 0  # safetensors too
+
+
+def test_a_subset_of_the_cache_corpus_matches_by_path_under_its_root(tmp_path, tiny_teacher):
+    from extract import ExtractConfig, extract_features
+
+    corpus = build_corpus(str(tmp_path / "LibriSpeech" / "train-clean-100"), n=4)
+    build_corpus(str(tmp_path / "LibriSpeech" / "dev-clean"), n=2, seed=3)
+    s = extract_features(ExtractConfig(tiny_teacher, str(tmp_path / "LibriSpeech"), layers=(1, 3), cache_dir=str(tmp_path / "k"),
+                                       progress=False))
+    r = CliRunner().invoke(main, [*_args(s.path, tmp_path / "run", "--valid-fraction", "0"), "--corpus", corpus])
+    assert r.exit_code == 0, r.stderr
+    import json
+    cfg_ids = json.load(open(tmp_path / "run" / "config.json"))
+    assert cfg_ids["corpus"] == corpus
+    from store import open_cache as oc
+    from train.sources import subset_ids
+
+    assert sorted(subset_ids(oc(s.path), corpus)) == sorted(u for u in oc(s.path).utterance_ids if u.startswith("train-clean-100/"))
+    other = build_corpus(str(tmp_path / "elsewhere"), n=1)
+    r = CliRunner().invoke(main, [*_args(s.path, tmp_path / "run2"), "--corpus", other])
+    assert r.exit_code == 2 and "none of its 1 files" in r.stderr
