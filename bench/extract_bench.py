@@ -73,14 +73,26 @@ def _sync(teacher) -> None:
 
 
 def peak_rss(teacher_dir: str, corpus: str, root: str, device: str) -> float:
-    """Peak RSS (MB) of a whole extract-features run in a fresh process."""
-    code = ("import resource, sys; from extract.cli import main; sys.argv=sys.argv[1:];\n"
+    """Peak RSS (MB) of a whole extract-features run in a fresh process.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of this (model-holding)
+    process reported the parent's peak when that was higher (707 MB measured one day, 1,201 MB another)."""
+    code = ("import sys; from extract.cli import main; sys.argv=sys.argv[1:];\n"
             "try: main()\nexcept SystemExit: pass\n"
-            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print('RSS', [int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')][0] / 1024)")
     out = subprocess.run([sys.executable, "-c", code, "x", "--teacher", teacher_dir, "--corpus", corpus, "--cache-dir", root,
                           "--layers", "1,2", "--device", device, "--quiet", "--part-seconds", "30"],
                          capture_output=True, text=True, check=True).stdout
     return float(out.split("RSS")[-1])
+
+
+def rss_table(tmp: str, n: int, device: str) -> str:
+    """Peak RSS of whole runs on N and 4N utterances: flat means memory does not grow with the corpus."""
+    small = hubert_base_teacher(os.path.join(tmp, "hubert-2-layers"), layers=2)
+    rss_n = peak_rss(small, speech_corpus(os.path.join(tmp, "rss-n"), n, (1.0, 4.0)), os.path.join(tmp, "c1"), device)
+    rss_4n = peak_rss(small, speech_corpus(os.path.join(tmp, "rss-4n"), 4 * n, (1.0, 4.0)), os.path.join(tmp, "c2"), device)
+    return (f"peak RSS (VmHWM), whole extract-features run (2-layer HuBERT-base-width teacher, {device}): {n} utterances "
+            f"{rss_n:.0f} MB, {4 * n} utterances {rss_4n:.0f} MB (ratio {rss_4n / rss_n:.2f})")
 
 
 def main() -> None:
@@ -91,12 +103,19 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=None, help="default: extract-features' (200 on GPU, 0 on CPU)")
     ap.add_argument("--rss-utterances", type=int, default=40)
     ap.add_argument("--json", default=None, help="also write the numbers here")
+    ap.add_argument("--rss-only", action="store_true", help="only the peak-RSS comparison (N vs 4N utterances)")
     ap.add_argument("--bf16", action="store_true", help="also bf16 compute on CPU (emulated there: very slow; on by default on GPU)")
     args = ap.parse_args()
     from extract import load_teacher
     from extract.pipeline import auto_batch_seconds
 
     tmp = tempfile.mkdtemp(prefix="distilcache-bench-")
+    if args.rss_only:
+        try:
+            print(rss_table(tmp, args.rss_utterances, "cpu" if args.device == "auto" else args.device))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     try:
         teacher_dir = hubert_base_teacher(os.path.join(tmp, "hubert-base-shaped"))
         corpus = speech_corpus(os.path.join(tmp, "corpus"), args.utterances)
@@ -120,10 +139,7 @@ def main() -> None:
             if slow:
                 res["naive_float32"] = min(slow)
         device = str(teacher.device)
-        small = hubert_base_teacher(os.path.join(tmp, "hubert-2-layers"), layers=2)
-        n = args.rss_utterances
-        rss_n = peak_rss(small, speech_corpus(os.path.join(tmp, "rss-n"), n, (1.0, 4.0)), os.path.join(tmp, "c1"), device)
-        rss_4n = peak_rss(small, speech_corpus(os.path.join(tmp, "rss-4n"), 4 * n, (1.0, 4.0)), os.path.join(tmp, "c2"), device)
+        rss_line = rss_table(tmp, args.rss_utterances, device)
         rows = [
             ["bare teacher forward, fp32", f"{audio / res['bare_float32']:.1f}x", "1.00"],
             ["pipeline (decode + forward + write), fp32", f"{audio / res['pipeline_float32']:.1f}x",
@@ -145,10 +161,9 @@ def main() -> None:
             print(f"\npipeline bf16 / bare bf16 forward: **{res['bare_bfloat16'] / res['pipeline_bfloat16']:.2f}**")
         else:
             print("\nbf16 compute: not run on this CPU (no native bf16; pass --bf16 to force it)")
-        print(f"\npeak RSS, whole extract-features run (2-layer HuBERT-base-width teacher): {n} utterances {rss_n:.0f} MB, "
-              f"{4 * n} utterances {rss_4n:.0f} MB (ratio {rss_4n / rss_n:.2f})")
+        print("\n" + rss_line)
         if args.json:
-            json.dump({**res, "audio_seconds": audio, "rss_n_mb": rss_n, "rss_4n_mb": rss_4n}, open(args.json, "w"))
+            json.dump({**res, "audio_seconds": audio}, open(args.json, "w"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
