@@ -104,3 +104,19 @@ def test_bfloat16_storage_round_trip(tmp_path):
     got = open_cache(path).read("u", 2)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, truth["u"][0][2], rtol=2**-8, atol=1e-6)
+
+
+def test_open_arrays_are_bounded_per_process(tmp_path):
+    from store import Layout, create_cache
+    from store.reader import MAX_OPEN_ARRAYS
+    from tests.conftest import make_spec, write_parts
+
+    layout = Layout(chunk_frames=8, shard_frames=32)
+    path = create_cache(str(tmp_path), make_spec(), layout=layout)
+    write_parts(path, {f"p{i:03d}": [(f"u{i}", 3)] for i in range(40)}, layout=layout)
+    cache = open_cache(path)
+    for uid in cache.utterance_ids:  # 40 parts x (3 layers + audio) = 160 arrays touched
+        for layer in cache.layers:
+            cache.read(uid, layer)
+        cache.read_audio(uid)
+    assert len(cache._handles) == MAX_OPEN_ARRAYS
