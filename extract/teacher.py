@@ -15,11 +15,21 @@ import numpy as np
 # default cache of 1024 grew RSS with the corpus (measured +50% for 4x the files); 32 keeps it flat.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 
+import torch  # noqa: E402 - after the oneDNN setting
+from torch import nn
+
+from extract.audio import MONO, RESAMPLER, normalize
+from extract.errors import ExtractError
+from extract.exact import conv_lengths, install_masked_groupnorm, valid_lengths
+from extract.identity import forward_config, weights_digest
+from extract.layers import LAYER_DEFINITION, capture_layers, install_layer_hooks
+from store import FORMAT_VERSION
+
 
 def _cap_malloc_arenas(n: int = 2) -> None:
     """glibc gives each thread that allocates (decoders, writer, torch's pool) its own arena, and freed buffers of
-    ever-new sizes stay in them: peak RSS grew 1.13x for 4x the files (654 -> 740 MB); with 2 arenas, 1.05x
-    (bench.extract_bench --rss-only). Same effect as MALLOC_ARENA_MAX=2, set at run time; a no-op off glibc."""
+    ever-new sizes stay in them: peak RSS grew 1.13x for 4x the files (654 -> 740 MB); with 2 arenas, flat
+    (bench.extract_bench --rss-only: 0.97-1.05x over two runs). MALLOC_ARENA_MAX=2 set at run time; a no-op off glibc."""
     import ctypes
     import ctypes.util
 
@@ -32,15 +42,7 @@ def _cap_malloc_arenas(n: int = 2) -> None:
 
 
 _cap_malloc_arenas()
-import torch  # noqa: E402 - after the oneDNN setting
-from torch import nn
 
-from extract.audio import MONO, RESAMPLER, normalize
-from extract.errors import ExtractError
-from extract.exact import conv_lengths, install_masked_groupnorm, valid_lengths
-from extract.identity import forward_config, weights_digest
-from extract.layers import LAYER_DEFINITION, capture_layers, install_layer_hooks
-from store import FORMAT_VERSION
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
