@@ -30,7 +30,8 @@ def parse_layers(value: str) -> tuple[int, ...]:
 @click.option("--revision", default=None, help="hub revision of the teacher")
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help="teacher compute dtype")
-@click.option("--storage-dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16")
+@click.option("--storage", "--storage-dtype", "storage_dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16",
+              help="how targets are stored (--storage-dtype is the older name)")
 @click.option("--codec", type=click.Choice(CODECS), default="blosc-zstd")
 @click.option("--batch-seconds", type=click.FloatRange(min=0), default=None,
               help="padded audio seconds per teacher batch [default: 200 on GPU; 0 = one utterance per forward on CPU]")
