@@ -10,6 +10,7 @@ import click
 from extract.run import ExtractConfig, extract_features
 from store.cli import OneLineCommand, cli_errors
 from store.layout import CODECS
+from store.modes import AUDIO_MODES, TARGET_MODES
 
 
 def parse_layers(value: str) -> tuple[int, ...]:
@@ -30,8 +31,10 @@ def parse_layers(value: str) -> tuple[int, ...]:
 @click.option("--revision", default=None, help="hub revision of the teacher")
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help="teacher compute dtype")
-@click.option("--storage", "--storage-dtype", "storage_dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16",
-              help="how targets are stored (--storage-dtype is the older name)")
+@click.option("--storage", "--storage-dtype", "storage_dtype", type=click.Choice(list(TARGET_MODES)), default="float16",
+              help="how targets are stored: int8/int4 are lossy, with their error measured and kept (--storage-dtype: older name)")
+@click.option("--audio", type=click.Choice(AUDIO_MODES), default="float32",
+              help="how the teacher's input is kept: int16 is exact for 16-bit sources; none keeps none (training reads the files)")
 @click.option("--codec", type=click.Choice(CODECS), default="blosc-zstd")
 @click.option("--batch-seconds", type=click.FloatRange(min=0), default=None,
               help="padded audio seconds per teacher batch [default: 200 on GPU; 0 = one utterance per forward on CPU]")
@@ -47,11 +50,11 @@ def parse_layers(value: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: one JSON summary")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @cli_errors(kept="every committed part is kept; re-run the same command to continue")
-def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, codec, batch_seconds, part_seconds,
+def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, audio, codec, batch_seconds, part_seconds,
          max_seconds, workers, scheduler, on_error, allow_pickle, repair, as_json, quiet) -> None:
     """Run TEACHER once over CORPUS and cache its LAYERS; prints the cache path last."""
     cfg = ExtractConfig(teacher=teacher, corpus=corpus, layers=parse_layers(layers), cache_dir=cache_dir, revision=revision,
-                        device=device, dtype=dtype, storage_dtype=storage_dtype, codec=codec, batch_seconds=batch_seconds,
+                        device=device, dtype=dtype, storage_dtype=storage_dtype, audio=audio, codec=codec, batch_seconds=batch_seconds,
                         part_seconds=part_seconds, max_seconds=max_seconds, on_error=on_error, workers=workers,
                         scheduler=scheduler, allow_pickle=allow_pickle, repair=repair, progress=not quiet)
     s = extract_features(cfg)

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+from extract.compact import existing_stats, fit_and_measure
 from extract.corpus import scan
 from extract.errors import ExtractError
 from extract.pipeline import extract_part
@@ -20,6 +21,7 @@ from store import Cache, Layout, create_cache, default_cache_dir, fs
 from store.index import consolidate, read_index, read_markers, uncommit
 from store.layout import CODECS, part_path
 from store.lock import exclusive
+from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
 from store.verify import damaged_parts, source_changed
 
 
@@ -32,7 +34,8 @@ class ExtractConfig:
     revision: str | None = None  # hub revision of the teacher
     device: str = "auto"  # auto | cpu | cuda[:N]
     dtype: str = "float32"  # teacher compute dtype (bfloat16/float16 are faster on GPU, part of the spec)
-    storage_dtype: str = "float16"  # float16 | bfloat16 | float32
+    storage_dtype: str = "float16"  # float16 | bfloat16 | float32 | int8 | int4 (store/modes.py)
+    audio: str = "float32"  # float32 | int16 | none (no audio kept: the trainer reads the corpus files)
     codec: str = "blosc-zstd"  # see docs/benchmarks.md
     batch_seconds: float | None = None  # padded audio per teacher batch; None: 200 on GPU, 0 (one utterance) on CPU
     part_seconds: float = 600.0  # audio per part: the unit of commit, resume and dask task
@@ -47,6 +50,9 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if self.on_error not in ("fail", "skip"):
             raise ExtractError(f"--on-error {self.on_error}: choose fail or skip")
+        if self.storage_dtype not in TARGET_MODES or self.audio not in AUDIO_MODES:
+            raise ExtractError(f"--storage {self.storage_dtype} / --audio {self.audio}: choose from {', '.join(TARGET_MODES)} "
+                               f"and {', '.join(AUDIO_MODES)}")
         if self.codec not in CODECS:
             raise ExtractError(f"--codec {self.codec}: choose one of {', '.join(CODECS)}")
         if (self.batch_seconds or 0) < 0 or self.part_seconds <= 0:
@@ -82,7 +88,7 @@ def extract_features(cfg: ExtractConfig) -> Summary:
 def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     """extract_features() with a teacher already loaded (benchmarks time this part)."""
     t0 = time.time()
-    spec = teacher.spec(list(cfg.layers), cfg.storage_dtype)
+    spec = teacher.spec(list(cfg.layers), cfg.storage_dtype, cfg.audio)
     root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, cfg.max_seconds)
     if bad and cfg.on_error == "fail":
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
@@ -95,7 +101,12 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])
     provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "batching_probe": probe}
-    path = create_cache(cache_root, spec, provenance, layout)
+    stats = None
+    if TARGET_MODES[cfg.storage_dtype].needs_stats:  # fit on a sample first (or keep the existing cache's), then one pass
+        stats, provenance["fidelity"] = existing_stats(cache_root, spec) or fit_and_measure(teacher, utts, spec["layers"],
+                                                                                            cfg.storage_dtype)
+        spec["storage_stats"] = stats_digest(stats)
+    path = create_cache(cache_root, spec, provenance, layout, stats)
     with exclusive(path):
         cache = Cache(path)
         if not fs.is_remote(path):

@@ -105,7 +105,7 @@ class Teacher:
             )
         return sorted(set(layers))
 
-    def spec(self, layers: list[int], storage_dtype: str) -> dict:
+    def spec(self, layers: list[int], storage_dtype: str, audio: str = "float32") -> dict:
         return {
             "format_version": FORMAT_VERSION,
             "teacher": {"digest": self.digest, "class": type(self.model).__name__,
@@ -114,6 +114,7 @@ class Teacher:
             "dim": int(self.config.hidden_size),
             "compute_dtype": self.compute_dtype,
             "storage_dtype": storage_dtype,
+            "audio": audio,
             "preprocessing": {"sample_rate": self.sample_rate, "mono": MONO, "resampler": RESAMPLER,
                               "normalize": self.do_normalize, "batching": "exact-masked-groupnorm-v1"},
             "frame": {"window": self.window, "hop": self.hop},

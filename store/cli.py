@@ -12,8 +12,10 @@ import threading
 import click
 
 from store import fs
+from store.convert import convert_cache
 from store.errors import CacheError, NotACacheError
 from store.hdf5 import export_hdf5, import_hdf5
+from store.modes import AUDIO_MODES, TARGET_MODES
 from store.reader import default_cache_dir, open_cache
 from store.registry import describe, list_caches, remove_cache
 from store.spec import FORMAT_VERSION
@@ -195,6 +197,26 @@ def import_(src: str, fmt: str, cache_dir: str | None) -> None:
     """Create (or extend) the cache described by an exported file."""
     cache = import_hdf5(src, cache_dir)
     click.echo(cache.path)
+
+
+@main.command()
+@click.argument("src")
+@click.option("--storage", type=click.Choice(list(TARGET_MODES)), required=True, help="how the new cache stores targets")
+@click.option("--audio", type=click.Choice(AUDIO_MODES), default=None, help="how it keeps audio [default: as the source]")
+@cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="last stdout line: one JSON summary")
+@cli_errors(kept="every converted part is kept; re-run the same command to continue")
+def convert(src: str, storage: str, audio: str | None, cache_dir: str | None, as_json: bool) -> None:
+    """A derived cache of SRC in another storage mode (its own fingerprint; no teacher run); prints its path last."""
+    source = open_cache(src, cache_dir)
+    with click.progressbar(length=len(source.parts), label="converting", file=sys.stderr) as bar:
+        dst = convert_cache(source.path, storage, audio, cache_dir, progress=lambda _p: bar.update(1))
+    fid = (dst.provenance.get("fidelity") or {}).get("layers", {})
+    for layer, m in fid.items():
+        click.echo(f"layer {layer}: rel L2 mean {m['rel_l2_mean']:.4f} worst {m['rel_l2_worst']:.4f}, cos min {m['cos_min']:.5f}", err=True)
+    summary = {"path": dst.path, "fingerprint": dst.fingerprint, "source": source.fingerprint, "utterances": len(dst),
+               "frames": dst.total_frames, "storage": storage, "audio": dst.audio_mode, "fidelity": fid}
+    click.echo(json.dumps(summary) if as_json else dst.path)
 
 
 @main.command()

@@ -15,9 +15,10 @@ import numpy as np
 from store import fs
 from store.errors import CacheError
 from store.index import consolidate
-from store.layout import Layout, from_storage, layer_key, part_name
+from store.layout import Layout, layer_key, part_name
 from store.lock import exclusive
-from store.reader import Cache, default_cache_dir
+from store.modes import TARGET_MODES, stats_from_json
+from store.reader import Cache, default_cache_dir, read_meta
 from store.spec import validate_spec
 from store.writer import PartWriter, create_cache
 
@@ -46,14 +47,17 @@ def export_hdf5(path: str, out: str) -> int:
     """Write every committed utterance of the cache at `path` to `out`; returns the count."""
     h5py = _h5py()
     cache = Cache(path)
-    meta = {"fingerprint": cache.fingerprint, "spec": cache.spec, "provenance": cache.provenance, "layout": cache.layout.to_dict()}
+    if cache.audio_mode == "none":
+        raise CacheError(f"{path}: keeps no audio (--audio none); HDF5 export needs it: convert it with --audio float32 first")
+    meta = {"fingerprint": cache.fingerprint, "spec": cache.spec, "provenance": cache.provenance, "layout": cache.layout.to_dict(),
+            "stats": read_meta(cache.path).get("stats")}
     try:
         with h5py.File(out, "w") as f:
             f.attrs["distilcache"] = json.dumps(meta)
             for uid in cache.utterance_ids:
-                for layer in cache.layers:
-                    part, f0, nf, _, _ = cache._locate(uid)
-                    f[f"{layer_key(layer)}/{_escape(uid)}"] = cache._read(part, layer_key(layer), f0, f0 + nf)
+                for layer in cache.layers:  # float modes as stored (bfloat16 as uint16 bits); int8/int4 decoded to float32
+                    x = cache.read(uid, layer)
+                    f[f"{layer_key(layer)}/{_escape(uid)}"] = x if cache.mode.needs_stats else cache.mode.encode(x, None)[""]
                 f[f"audio/{_escape(uid)}"] = cache.read_audio(uid)
     except OSError as e:
         raise CacheError(f"{out}: cannot write it ({e}); check the path and free space") from None
@@ -74,7 +78,7 @@ def _read_meta(f, src: str) -> dict:
         raise ImportError_(f"{src}: no 'distilcache' attribute with spec and layout; not an export of feature-cache") from None
     except (ValueError, TypeError) as e:
         raise ImportError_(f"{src}: its 'distilcache' attribute is not a valid export header ({str(e)[:120]})") from None
-    return {"spec": spec, "layout": layout, "provenance": provenance}
+    return {"spec": spec, "layout": layout, "provenance": provenance, "stats": stats_from_json(meta.get("stats"))}
 
 
 def _utterances(f, src: str, spec: dict) -> list[str]:
@@ -120,7 +124,7 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
                     raise ImportError_(f"{src}: {g}/{name} holds NaN or infinite values")
         root = cache_dir or default_cache_dir()
         fs.makedirs(root)
-        cache = Cache(create_cache(root, spec, meta["provenance"], layout))
+        cache = Cache(create_cache(root, spec, meta["provenance"], layout, meta["stats"]))
         with exclusive(cache.path):
             cache.refresh()
             _write(f, cache, [n for n in names if _unescape(n) not in cache], part_frames)
@@ -139,7 +143,7 @@ def _write(f, cache: Cache, names: list[str], part_frames: int) -> None:
             start = i + 1
     for group in groups:
         writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],
-                            cache.layout)
+                            cache.layout, cache.stats, cache.audio_mode)
         for name in group:
             feats = {k: _as_float(f[layer_key(k)][name][()], spec["storage_dtype"]) for k in layers}
             writer.add(_unescape(name), feats, f["audio"][name][()].astype(np.float32))
@@ -147,4 +151,5 @@ def _write(f, cache: Cache, names: list[str], part_frames: int) -> None:
 
 
 def _as_float(x: np.ndarray, storage_dtype: str) -> np.ndarray:
-    return from_storage(x, storage_dtype).astype(np.float32)
+    mode = TARGET_MODES[storage_dtype]
+    return (x if mode.needs_stats else mode.decode({"": x}, None)).astype(np.float32)

@@ -17,7 +17,6 @@ import os
 import uuid
 from dataclasses import asdict, dataclass
 
-import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from store.fs import read_json, write_json_atomic  # noqa: F401 - re-exported: where JSON lives is the fs's job
@@ -88,22 +87,3 @@ def compressors(codec: str, itemsize: int, chunk_bytes: int) -> list:
     if codec == "zstd":
         return [ZstdCodec(level=3), Crc32cCodec()]
     return [Crc32cCodec()]
-
-
-def storage_numpy_dtype(storage_dtype: str) -> np.dtype:
-    """numpy has no bfloat16: it is stored as its raw uint16 bits (attrs say so)."""
-    return np.dtype({"float16": "float16", "bfloat16": "uint16", "float32": "float32"}[storage_dtype])
-
-
-def to_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
-    if storage_dtype != "bfloat16":
-        return np.ascontiguousarray(x, dtype=storage_numpy_dtype(storage_dtype))
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))  # round to nearest even
-    return (rounded >> 16).astype(np.uint16)
-
-
-def from_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
-    if storage_dtype != "bfloat16":
-        return x
-    return (x.astype(np.uint32) << 16).view(np.float32)

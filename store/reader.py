@@ -16,7 +16,8 @@ from store import fs
 from store.chunks import ShardedRows
 from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
 from store.index import list_markers, read_index, read_markers
-from store.layout import Layout, from_storage, layer_key, part_path, plan_path, read_json
+from store.layout import Layout, layer_key, part_path, plan_path, read_json
+from store.modes import TARGET_MODES, decode_audio, stats_from_json
 from store.spec import FORMAT_VERSION
 
 MAX_OPEN_ARRAYS = 64  # per process: ~16 parts' layers and audio
@@ -32,6 +33,11 @@ def check_format(path: str, version) -> None:
     raise FormatVersionError(f"{path}: cache format {version} was written by an older distilcache (this one reads "
                              f"{FORMAT_VERSION}); re-run extract-features to build a format-{FORMAT_VERSION} cache, then remove "
                              "this one with feature-cache rm")
+
+
+def read_meta(path: str) -> dict:
+    """The root attributes of the cache at `path` (spec, layout, stats), without loading its index."""
+    return read_json(os.path.join(fs.resolve(path), "zarr.json"))["attributes"]["distilcache"]
 
 
 def default_cache_dir() -> str:
@@ -59,6 +65,9 @@ class Cache:
             self.provenance: dict = meta.get("provenance", {})
             self.layout = Layout(**meta["layout"])
             self.layers: list[int] = list(self.spec["layers"])
+            self.mode = TARGET_MODES[self.spec["storage_dtype"]]
+            self.audio_mode: str = self.spec.get("audio", "float32")
+            self.stats: dict | None = stats_from_json(meta.get("stats"))
         except (KeyError, TypeError, ValueError) as e:
             raise NotACacheError(f"{meta_file}: damaged cache metadata ({type(e).__name__}: {e}); remove the cache with "
                                  "feature-cache rm and re-extract") from None
@@ -99,6 +108,7 @@ class Cache:
         self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
         self._dir_part = None
+        self._sources = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -116,6 +126,14 @@ class Cache:
             return self._where[uid]
         except KeyError:
             raise MissingDataError(f"{self.path}: utterance '{uid}' is not in this cache ({len(self)} utterances)") from None
+
+    def ids_by_part(self) -> dict[str, list[str]]:
+        """Every committed part's utterance ids, in the order the part holds them."""
+        dir_part = {d: p for p, d in self.part_dirs.items()}
+        out: dict[str, list[tuple[int, str]]] = {p: [] for p in self.parts}
+        for uid, (d, _, _, s0, _) in self._where.items():
+            out[dir_part[d]].append((s0, uid))
+        return {p: [u for _, u in sorted(v)] for p, v in out.items()}
 
     def part_of(self, uid: str) -> str:
         """The committed part holding `uid`."""
@@ -162,8 +180,9 @@ class Cache:
             raise MissingDataError(f"'{uid}': {what} {start}:{stop} is out of range (it has {n})")
         return start, stop
 
-    def read(self, uid: str, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """[frames, dim] targets of one layer; reads only the chunks that hold start:stop."""
+    def read_stored(self, uid: str, layer: int, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """The stored form of read(): the arrays the storage mode keeps ({"": codes, "_scale": ...} for int8/int4),
+        for a loader that ships them as they are and decodes on the training device (decode())."""
         if layer not in self.layers:
             raise MissingDataError(
                 f"{self.path}: layer {layer} is not in this cache (it has {', '.join(map(str, self.layers))}); "
@@ -171,13 +190,38 @@ class Cache:
             )
         part, f0, nf, _, _ = self._locate(uid)
         start, stop = self._bounds(uid, "frames", nf, start, stop)
-        return from_storage(self._read(part, layer_key(layer), f0 + start, f0 + stop), self.spec["storage_dtype"])
+        key = layer_key(layer)
+        return {sfx: self._read(part, key + sfx, f0 + start, f0 + stop) for sfx in self.mode.arrays(self.spec["dim"])}
+
+    def decode(self, layer: int, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """Float rows from read_stored()'s arrays."""
+        return self.mode.decode(stored, self.stats[layer] if self.stats else None)
+
+    def read(self, uid: str, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """[frames, dim] targets of one layer as floats (float16 for float16 caches, else float32); reads only the
+        chunks that hold start:stop."""
+        return self.decode(layer, self.read_stored(uid, layer, start, stop))
 
     def read_audio(self, uid: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """float32 mono samples at the teacher's rate: exactly the teacher's input for this utterance."""
+        """float32 mono samples at the teacher's rate: exactly the teacher's input (int16 caches: to 1/32768)."""
         part, _, _, s0, ns = self._locate(uid)
         start, stop = self._bounds(uid, "samples", ns, start, stop)
-        return self._read(part, "audio", s0 + start, s0 + stop)
+        if self.audio_mode == "none":
+            raise MissingDataError(f"{self.path}: keeps no audio (--audio none); read '{uid}' from its source file "
+                                   "(cache.source(uid)), as train-student does")
+        return decode_audio(self._read(part, "audio", s0 + start, s0 + stop), self.audio_mode)
+
+    def source(self, uid: str) -> dict | None:
+        """The record of the file `uid` was extracted from: {path, size, mtime_ns, sha256} (None if not recorded)."""
+        if getattr(self, "_sources", None) is None:
+            from store.index import read_index
+
+            records = read_index(self.path, "sources")
+            todo = [p for p in self.parts if p not in records]
+            records.update({p: m for p, m in read_markers(self.path, todo).items() if isinstance(m, dict)})
+            self._sources = {u: r for e in records.values() for u, r in zip(e.get("ids", []), e.get("sources") or [], strict=False)}
+        self._locate(uid)
+        return self._sources.get(uid)
 
     def _plan(self) -> dict:
         """plan.json (small: counts, pending part names and files refused up front), read only when asked.

@@ -53,8 +53,11 @@ def closest_refusal(spec: dict, cache_dir: str | None = None) -> str:
 
 def describe(cache: Cache) -> dict:
     """What `feature-cache info` prints: totals come from the index (no file listing, no plan of 281k files)."""
-    bytes_per_value = 4 if cache.spec["storage_dtype"] == "float32" else 2
-    raw = cache.total_frames * len(cache.layers) * cache.spec.get("dim", 0) * bytes_per_value + cache.total_samples * 4
+    import numpy as np
+
+    frame_bytes = sum(width * np.dtype(a.dtype).itemsize for a, width in cache.mode.arrays(cache.spec["dim"]).values())
+    sample_bytes = {"float32": 4, "int16": 2, "none": 0}[cache.audio_mode]
+    raw = cache.total_frames * len(cache.layers) * frame_bytes + cache.total_samples * sample_bytes
     sr = cache.spec["preprocessing"]["sample_rate"]
     pending = cache.pending()
     return {
@@ -70,6 +73,8 @@ def describe(cache: Cache) -> dict:
         "parts_pending": pending["parts"],
         "utterances_pending": pending["utterances"],
         "damaged_markers": len(cache.damaged),
+        "storage": f"{cache.spec['storage_dtype']} targets ({frame_bytes} B per layer-frame before the codec), {cache.audio_mode} audio",
+        "fidelity": cache.provenance.get("fidelity"),
         "skipped": cache.skipped,
     }
 

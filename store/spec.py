@@ -54,9 +54,16 @@ def validate_spec(spec: dict) -> dict:
     layers = spec["layers"]
     if not layers or any(not isinstance(k, int) or k < 0 for k in layers) or len(set(layers)) != len(layers):
         raise SpecMismatchError(f"layers must be distinct non-negative integers, got {layers}")
-    for key in ("compute_dtype", "storage_dtype"):
-        if spec[key] not in DTYPES:
-            raise SpecMismatchError(f"{key} must be one of {', '.join(DTYPES)}, got {spec[key]!r}")
+    from store.modes import AUDIO_MODES, TARGET_MODES
+
+    if spec["compute_dtype"] not in DTYPES:
+        raise SpecMismatchError(f"compute_dtype must be one of {', '.join(DTYPES)}, got {spec['compute_dtype']!r}")
+    if spec["storage_dtype"] not in TARGET_MODES:
+        raise SpecMismatchError(f"storage must be one of {', '.join(TARGET_MODES)}, got {spec['storage_dtype']!r}")
+    if spec.get("audio", "float32") not in AUDIO_MODES:
+        raise SpecMismatchError(f"audio must be one of {', '.join(AUDIO_MODES)}, got {spec['audio']!r}")
+    if TARGET_MODES[spec["storage_dtype"]].needs_stats and not spec.get("storage_stats"):
+        raise SpecMismatchError(f"storage {spec['storage_dtype']} needs fitted statistics (storage_stats)")
     out = _canonical(spec)
     out["layers"] = sorted(layers)
     return out

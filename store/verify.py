@@ -16,7 +16,7 @@ from store import fs
 from store.chunks import _MISSING, ShardedRows
 from store.errors import CorruptDataError
 from store.index import read_index, read_markers
-from store.layout import layer_key, part_path, read_json, storage_numpy_dtype
+from store.layout import layer_key, part_path, read_json
 from store.reader import Cache
 
 _CHAINS = {"blosc-zstd": ["bytes", "blosc", "crc32c"], "zstd": ["bytes", "zstd", "crc32c"], "none": ["bytes", "crc32c"]}
@@ -47,11 +47,14 @@ def source_changed(record: dict | None) -> str | None:
 
 
 def expected_arrays(cache: Cache) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
-    """key -> (data_type, row tail shape, chunk rows, shard rows), as store.writer makes them."""
+    """key -> (data_type, row tail shape, chunk rows, shard rows), as store.writer makes them for the storage modes."""
     lay, spec = cache.layout, cache.spec
-    dtype = str(storage_numpy_dtype(spec["storage_dtype"]))
-    out = {layer_key(k): (dtype, (spec["dim"],), lay.chunk_frames, lay.shard_frames) for k in cache.layers}
-    out["audio"] = ("float32", (), lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
+    out = {}
+    for k in cache.layers:
+        for suffix, (array, width) in cache.mode.arrays(spec["dim"]).items():
+            out[layer_key(k) + suffix] = (array.dtype, (width,) if array.per_channel else (), lay.chunk_frames, lay.shard_frames)
+    if cache.audio_mode != "none":
+        out["audio"] = ("int16" if cache.audio_mode == "int16" else "float32", (), lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
     return out
 
 
@@ -95,11 +98,10 @@ def check_array(array_dir: str, expected: tuple, rows: int, codec: str, full: bo
 def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
     """Problems with one committed part (structure only when full=False: cheap enough for every extraction run)."""
     frames, samples = cache.part_rows[part]
-    rows = {"audio": samples} | {layer_key(k): frames for k in cache.layers}
     problems = []
     for key, expected in expected_arrays(cache).items():
         array_dir = os.path.join(part_path(cache.path, cache.part_dirs[part]), key)
-        problems += check_array(array_dir, expected, rows[key], cache.layout.codec, full)
+        problems += check_array(array_dir, expected, samples if key == "audio" else frames, cache.layout.codec, full)
     return problems
 
 

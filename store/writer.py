@@ -22,22 +22,16 @@ import zarr
 from store import fs
 from store.chunks import encode_shard, encoder, shard_file
 from store.errors import NotACacheError, SpecMismatchError, WriteError
-from store.layout import (
-    Layout,
-    attempt_dir,
-    commit_path,
-    compressors,
-    layer_key,
-    part_path,
-    read_json,
-    storage_numpy_dtype,
-    to_storage,
-)
+from store.layout import Layout, attempt_dir, commit_path, compressors, layer_key, part_path, read_json
+from store.modes import TARGET_MODES, encode_audio, stats_to_json
 from store.spec import FORMAT_VERSION, fingerprint, validate_spec
 
 
-def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: Layout | None = None) -> str:
-    """Return the cache directory for `spec` under `root`, creating it if needed (race-safe)."""
+def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: Layout | None = None,
+                 stats: dict | None = None) -> str:
+    """Return the cache directory for `spec` under `root`, creating it if needed (race-safe).
+
+    `stats` (int8/int4: per-layer channel statistics) are kept beside the spec, which holds their digest."""
     spec = validate_spec(spec)
     fp = fingerprint(spec)
     root = fs.resolve(root)
@@ -49,7 +43,7 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
         return path
     layout = layout or Layout()
     meta = {"format_version": FORMAT_VERSION, "fingerprint": fp, "spec": spec, "provenance": provenance or {},
-            "layout": layout.to_dict()}
+            "layout": layout.to_dict(), "stats": stats_to_json(stats) if stats else None}
     if fs.is_remote(root):  # no rename on object stores: parts first, the root metadata (what readers look for) last
         with fs.remote_errors(root):
             zarr.open_group(os.path.join(path, "parts"), mode="a")  # never "w": that would clear a concurrent creator's parts
@@ -91,10 +85,15 @@ class PartWriter:
     process, never touches another attempt's files; the commit marker names the directory that counts,
     and a part is published at most once (store.fs.publish_json)."""
 
-    def __init__(self, cache: str, part: str, layers: list[int], dim: int, storage_dtype: str, layout: Layout):
+    def __init__(self, cache: str, part: str, layers: list[int], dim: int, storage_dtype: str, layout: Layout,
+                 stats: dict | None = None, audio: str = "float32"):
         self.cache, self.part, self.layers, self.dim = cache, part, list(layers), dim
-        self.storage_dtype, self.layout = storage_dtype, layout
+        self.storage_dtype, self.layout, self.stats, self.audio = storage_dtype, layout, stats, audio
+        self.mode = TARGET_MODES[storage_dtype]
+        if self.mode.needs_stats and not stats:
+            raise ValueError(f"storage {storage_dtype} needs per-layer statistics")
         self.index: dict[str, list] = {"ids": [], "frames": [], "samples": [], "sha256": [], "sources": []}
+        self.clipped = 0
         self.dir = attempt_dir(part)
         self._path = part_path(cache, self.dir)
         self._guard(self._create)
@@ -109,15 +108,19 @@ class PartWriter:
 
     def _create(self) -> None:
         group = zarr.open_group(self._path, mode="w")
-        lay, dtype = self.layout, storage_numpy_dtype(self.storage_dtype)
+        lay = self.layout
         self._arrays, self._buffers, self._rows, self._encoders = {}, {}, {}, {}
         for layer in self.layers:
-            self._make(group, layer_key(layer), (self.dim,), dtype, lay.chunk_frames, lay.shard_frames)
-        self._make(group, "audio", (), np.dtype("float32"), lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
+            for suffix, (array, width) in self.mode.arrays(self.dim).items():
+                tail = (width,) if array.per_channel else ()
+                self._make(group, layer_key(layer) + suffix, tail, np.dtype(array.dtype), lay.chunk_frames, lay.shard_frames)
+        if self.audio != "none":
+            dtype = np.dtype("int16" if self.audio == "int16" else "float32")
+            self._make(group, "audio", (), dtype, lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
 
     def _make(self, group, key: str, tail: tuple, dtype: np.dtype, chunk: int, shard: int) -> None:
         chunk_bytes = chunk * int(np.prod(tail or (1,))) * dtype.itemsize
-        attrs = {"storage_dtype": self.storage_dtype} if key != "audio" else {"storage_dtype": "float32"}
+        attrs = {"storage_dtype": self.storage_dtype} if key != "audio" else {"storage_dtype": self.audio}
         self._arrays[key] = group.create_array(
             key, shape=(0, *tail), dtype=dtype, chunks=(chunk, *tail), shards=(shard, *tail),
             compressors=compressors(self.layout.codec, dtype.itemsize, chunk_bytes), fill_value=0, attributes=attrs,
@@ -132,8 +135,12 @@ class PartWriter:
         if len(frames) != 1 or set(feats) != set(self.layers):
             raise ValueError(f"{uid}: expected layers {self.layers} with equal frame counts, got {sorted(feats)} {frames}")
         for layer, f in feats.items():
-            self._buffers[layer_key(layer)].append(to_storage(f, self.storage_dtype))
-        self._buffers["audio"].append(np.ascontiguousarray(audio, dtype=np.float32))
+            for suffix, stored in self.mode.encode(f, self.stats[layer] if self.stats else None).items():
+                self._buffers[layer_key(layer) + suffix].append(stored)
+        stored_audio, clipped = encode_audio(audio, self.audio)
+        self.clipped += clipped
+        if stored_audio is not None:
+            self._buffers["audio"].append(stored_audio)
         for col, val in zip(self.index, (uid, frames.pop(), len(audio), audio_digest(audio), source), strict=True):
             self.index[col].append(val)
         self._guard(self._flush, False)
@@ -158,8 +165,8 @@ class PartWriter:
     def commit(self, skipped: list[dict] | None = None) -> dict:
         """Write the tail, then publish the marker; returns the part's marker (another attempt's, if it won)."""
         self._guard(self._flush, True)
-        marker = {"part": self.part, "dir": self.dir, **self.index, "skipped": skipped or [],
-                  "total_frames": self._rows[layer_key(self.layers[0])], "total_samples": self._rows["audio"]}
+        marker = {"part": self.part, "dir": self.dir, **self.index, "skipped": skipped or [], "audio_clipped": self.clipped,
+                  "total_frames": self._rows[layer_key(self.layers[0])], "total_samples": sum(self.index["samples"])}
         if not self._guard(self._publish, marker):
             self.abort()  # another attempt committed this part first: its files are the part, ours go
             return read_json(commit_path(self.cache, self.part))

@@ -65,10 +65,37 @@ class CachedCrops(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         uid, k, length = self.crop(key)
-        wave = self.cache.read_audio(uid, k * self.hop, k * self.hop + length)
+        if self.cache.audio_mode == "none":  # the cache keeps no audio: the source file, if it is still what was extracted
+            wave = source_audio(self.cache, uid)[k * self.hop : k * self.hop + length]
+        else:
+            wave = self.cache.read_audio(uid, k * self.hop, k * self.hop + length)
         frames = (length - self.window) // self.hop + 1
         targets = np.stack([self.cache.read(uid, layer, k, k + frames) for layer in self.layers])
         return torch.from_numpy(wave), torch.from_numpy(targets)
+
+
+def source_audio(cache: Cache, uid: str) -> np.ndarray:
+    """The teacher's input for `uid`, decoded again from its source file; refused if the file changed since extraction."""
+    import io
+
+    from extract.audio import load_audio
+    from store import CorruptDataError
+
+    record = cache.source(uid)
+    if not record:
+        raise CorruptDataError(f"{cache.path}: keeps no audio and records no source file for '{uid}'; re-extract with --audio float32")
+    try:
+        data = open(record["path"], "rb").read()
+    except OSError as e:
+        raise CorruptDataError(f"{record['path']}: source of '{uid}' cannot be read ({e.strerror}); this cache keeps no audio "
+                               "(--audio none), so its corpus must stay in place") from None
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise CorruptDataError(f"{record['path']}: changed since it was extracted (sha256 differs); re-run extract-features "
+                               "on the corpus to re-extract it")
+    wave = load_audio(io.BytesIO(data), cache.spec["preprocessing"]["sample_rate"])
+    if len(wave) != cache.num_samples(uid):
+        raise CorruptDataError(f"{record['path']}: decodes to {len(wave)} samples, the cache says {cache.num_samples(uid)}")
+    return wave
 
 
 class BucketBatches:

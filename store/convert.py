@@ -1,0 +1,74 @@
+"""Derived caches: another storage mode from an existing cache, without running the teacher again.
+
+The derived cache's identity chains onto its source's, like datasets' fingerprints: its spec is the
+source's with the new modes, plus `derived_from` = {source fingerprint, transform name@version}. Parts
+keep their source's utterances and so their names: a killed conversion resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from store.errors import CacheError
+from store.lock import exclusive
+from store.modes import AUDIO_MODES, TARGET_MODES, fidelity, fit_stats, stats_digest
+from store.reader import Cache
+from store.writer import PartWriter, create_cache
+
+TRANSFORM = "convert@1"  # bump when the bytes a conversion writes for the same arguments would change
+FIT_UTTERANCES, HELD_OUT = 32, 16
+
+
+def _sample(cache: Cache) -> list[str]:
+    return sorted(cache.utterance_ids, key=lambda u: hashlib.sha1(u.encode()).hexdigest())[: FIT_UTTERANCES + HELD_OUT]
+
+
+def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_dir: str | None = None, progress=None) -> Cache:
+    """Write (or finish) the cache derived from `src_path` with targets as `storage` and audio as `audio`."""
+    src = Cache(src_path)
+    audio = audio or src.audio_mode
+    if storage not in TARGET_MODES or audio not in AUDIO_MODES:
+        raise CacheError(f"--storage {storage} / --audio {audio}: choose from {', '.join(TARGET_MODES)} and {', '.join(AUDIO_MODES)}")
+    if src.audio_mode == "none":
+        raise CacheError(f"{src.path}: keeps no audio (--audio none), so it cannot be converted; convert the cache it came from")
+    if src.pending()["parts"]:
+        raise CacheError(f"{src.path}: its extraction is unfinished; finish it with extract-features, then convert")
+    spec = {k: v for k, v in src.spec.items() if k != "storage_stats"} | {"storage_dtype": storage, "audio": audio}
+    spec["derived_from"] = {"fingerprint": src.fingerprint, "transform": TRANSFORM}
+    stats, measured = None, None
+    if TARGET_MODES[storage].needs_stats:
+        sample = _sample(src)
+        fit, held = sample[:FIT_UTTERANCES], sample[FIT_UTTERANCES:] or sample[:FIT_UTTERANCES]
+        stats = {k: fit_stats([src.read(u, k) for u in fit]) for k in src.layers}
+        measured = {"held_out_utterances": len(held), "against": f"source cache {src.fingerprint} ({src.spec['storage_dtype']})",
+                    "layers": {str(k): fidelity(storage, stats[k], [src.read(u, k).astype(np.float32) for u in held])
+                               for k in src.layers}}
+        spec["storage_stats"] = stats_digest(stats)
+    provenance = {**src.provenance, "derived_from": src.path, "fidelity": measured}
+    dst = Cache(create_cache(cache_dir or os.path.dirname(src.path), spec, provenance, src.layout, stats))
+    with exclusive(dst.path):
+        dst.refresh()
+        for part, ids in src.ids_by_part().items():  # the source's part names: same utterances, same name
+            if part not in dst.part_dirs:
+                _convert_part(src, dst, part, ids, stats, audio)
+            if progress:
+                progress(part)
+        from store.index import consolidate
+
+        consolidate(dst.path)
+    dst.refresh()
+    return dst
+
+
+def _convert_part(src: Cache, dst: Cache, name: str, ids: list[str], stats: dict | None, audio: str) -> None:
+    writer = PartWriter(dst.path, name, src.layers, src.spec["dim"], dst.spec["storage_dtype"], dst.layout, stats, audio)
+    try:
+        for uid in ids:
+            writer.add(uid, {k: src.read(uid, k).astype(np.float32) for k in src.layers}, src.read_audio(uid), src.source(uid))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()

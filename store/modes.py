@@ -1,0 +1,157 @@
+"""Storage modes: how a layer's targets and an utterance's audio are kept, one registry for every reader and writer.
+
+Each target mode names the arrays it keeps per layer (a suffix each: "" holds the codes, "_scale" a per-row
+scale), how to encode float32 rows into them and how to decode them back. The writer, the reader, verify
+and the spec all consult TARGET_MODES, so a new mode (a codebook one, say: its codebooks would be stats
+too) is one class here. int8/int4 standardise each channel with statistics fitted on a sample of the
+corpus (part of the spec, by digest) and keep one absmax scale per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    dtype: str  # numpy dtype of the stored array
+    per_channel: bool  # [rows, width] (True) or [rows] (False)
+
+
+class TargetMode:
+    name = ""
+    lossy = False
+    needs_stats = False
+
+    def arrays(self, dim: int) -> dict[str, tuple[ArraySpec, int]]:
+        """suffix -> (array spec, row width) of what one layer keeps."""
+        raise NotImplementedError
+
+    def encode(self, x: np.ndarray, stats: dict | None) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def decode(self, stored: dict[str, np.ndarray], stats: dict | None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FloatMode(TargetMode):
+    def __init__(self, name: str, dtype: str):
+        self.name, self.dtype, self.lossy = name, dtype, name != "float32"
+
+    def arrays(self, dim):
+        return {"": (ArraySpec(self.dtype, True), dim)}
+
+    def encode(self, x, stats):
+        if self.name != "bfloat16":
+            return {"": np.ascontiguousarray(x, dtype=self.dtype)}
+        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+        rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))  # round to nearest even
+        return {"": (rounded >> 16).astype(np.uint16)}
+
+    def decode(self, stored, stats):
+        x = stored[""]
+        return (x.astype(np.uint32) << 16).view(np.float32) if self.name == "bfloat16" else x
+
+
+class IntMode(TargetMode):
+    """Per-channel standardisation (stats), then a per-row absmax scale and `bits`-bit signed codes."""
+
+    needs_stats = lossy = True
+
+    def __init__(self, name: str, bits: int):
+        self.name, self.bits, self.levels = name, bits, 2 ** (bits - 1) - 1
+
+    def arrays(self, dim):
+        codes = ArraySpec("int8", True) if self.bits == 8 else ArraySpec("uint8", True)
+        return {"": (codes, dim if self.bits == 8 else (dim + 1) // 2), "_scale": (ArraySpec("float32", False), 1)}
+
+    def encode(self, x, stats):
+        z = (np.asarray(x, np.float32) - stats["mean"]) / stats["std"]
+        scale = np.abs(z).max(axis=1) / self.levels
+        scale[scale == 0] = 1.0
+        codes = np.clip(np.rint(z / scale[:, None]), -self.levels, self.levels).astype(np.int8)
+        if self.bits == 4:  # two signed nibbles per byte, low first
+            if codes.shape[1] % 2:
+                codes = np.concatenate([codes, np.zeros((len(codes), 1), np.int8)], axis=1)
+            u = (codes & 0x0F).astype(np.uint8)
+            codes = u[:, 0::2] | (u[:, 1::2] << 4)
+        return {"": np.ascontiguousarray(codes), "_scale": scale.astype(np.float32)}
+
+    def decode(self, stored, stats):
+        codes, dim = stored[""], len(stats["mean"])
+        if self.bits == 4:
+            lo = (codes & 0x0F).astype(np.int8)
+            hi = (codes >> 4).astype(np.int8)
+            both = np.empty((len(codes), 2 * codes.shape[1]), np.int8)
+            both[:, 0::2], both[:, 1::2] = lo, hi
+            codes = np.where(both > 7, both - 16, both)[:, :dim]
+        z = codes.astype(np.float32) * stored["_scale"][:, None]
+        return z * stats["std"] + stats["mean"]
+
+
+TARGET_MODES: dict[str, TargetMode] = {m.name: m for m in (
+    FloatMode("float16", "float16"), FloatMode("bfloat16", "uint16"), FloatMode("float32", "float32"),
+    IntMode("int8", 8), IntMode("int4", 4))}
+AUDIO_MODES = ("float32", "int16", "none")
+
+
+def encode_audio(wave: np.ndarray, mode: str) -> tuple[np.ndarray | None, int]:
+    """(stored samples, how many were clipped). int16 scales by 32768: bit-exact for 16-bit sources."""
+    if mode == "float32":
+        return np.ascontiguousarray(wave, np.float32), 0
+    if mode == "int16":
+        scaled = np.rint(np.asarray(wave, np.float64) * 32768)
+        clipped = int(((scaled > 32767) | (scaled < -32768)).sum())
+        return np.clip(scaled, -32768, 32767).astype(np.int16), clipped
+    return None, 0
+
+
+def decode_audio(stored: np.ndarray, mode: str) -> np.ndarray:
+    return stored if mode == "float32" else stored.astype(np.float32) / 32768
+
+
+# ---- statistics and fidelity ------------------------------------------------------------------------
+
+
+def fit_stats(samples: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-channel mean and std of one layer over sample utterances ([frames, dim] each)."""
+    x = np.concatenate([np.asarray(s, np.float64) for s in samples])
+    return {"mean": x.mean(0).astype(np.float32), "std": np.maximum(x.std(0), 1e-6).astype(np.float32)}
+
+
+def stats_to_json(stats: dict[int, dict]) -> dict:
+    return {str(k): {"mean": v["mean"].tolist(), "std": v["std"].tolist()} for k, v in sorted(stats.items())}
+
+
+def stats_from_json(data: dict | None) -> dict[int, dict] | None:
+    if not data:
+        return None
+    return {int(k): {"mean": np.asarray(v["mean"], np.float32), "std": np.asarray(v["std"], np.float32)} for k, v in data.items()}
+
+
+def stats_digest(stats: dict[int, dict] | None) -> str | None:
+    """What the spec hashes: the exact float32 bytes of every statistic."""
+    if not stats:
+        return None
+    h = hashlib.sha256(json.dumps(sorted(stats)).encode())
+    for k in sorted(stats):
+        h.update(stats[k]["mean"].tobytes())
+        h.update(stats[k]["std"].tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def fidelity(mode: str, stats: dict | None, exact: list[np.ndarray]) -> dict:
+    """Reconstruction error of `mode` on held-out utterances of one layer: what `feature-cache info` shows."""
+    m = TARGET_MODES[mode]
+    x = np.concatenate(exact).astype(np.float32)
+    y = m.decode(m.encode(x, stats), stats).astype(np.float32)
+    rel = np.linalg.norm(y - x, axis=1) / np.maximum(np.linalg.norm(x, axis=1), 1e-12)
+    cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
+    logsig = lambda c: np.log1p(np.exp(-c))  # noqa: E731 - -log sigmoid(c)
+    return {"frames": len(x), "rel_l2_mean": float(rel.mean()), "rel_l2_worst": float(rel.max()),
+            "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "l1": float(np.abs(y - x).mean()),
+            "neg_log_sigmoid_cos_gap": float(logsig(cos).mean() - logsig(np.ones(1))[0])}

@@ -1,0 +1,105 @@
+"""Issue 11: compact storage modes, their error bounds, derived caches, audio modes, training on them."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from extract import ExtractConfig, extract_features
+from store import open_cache, verify_cache
+from store.cli import main as cache_cli
+from store.modes import TARGET_MODES, fidelity, fit_stats
+from tests.conftest import build_corpus, write_wav
+
+
+def _features(n=4000, d=768, seed=0):
+    """Post-LayerNorm-like rows with per-channel offsets and a few outlier channels (what breaks per-row-only scaling)."""
+    channels = np.random.default_rng(1234)  # the same channels for fitting and held-out rows
+    scale, offset = channels.uniform(0.3, 1.5, d), channels.normal(0, 0.5, d)
+    scale[:3] *= 8
+    x = np.random.default_rng(seed).standard_normal((n, d)) * scale + offset
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("mode,rel_mean,rel_worst,cos_min", [
+    ("float32", 0, 0, 0.99999), ("float16", 1e-3, 2e-3, 0.99999), ("bfloat16", 6e-3, 1e-2, 0.9999),
+    ("int8", 0.01, 0.025, 0.999), ("int4", 0.2, 0.35, 0.95)])
+def test_each_mode_round_trips_within_its_bound(mode, rel_mean, rel_worst, cos_min):
+    x, held = _features(seed=0), _features(n=1000, seed=1)
+    stats = fit_stats([x]) if TARGET_MODES[mode].needs_stats else None
+    m = fidelity(mode, stats, [held])
+    assert m["rel_l2_mean"] <= rel_mean and m["rel_l2_worst"] <= rel_worst and m["cos_min"] >= cos_min, m
+
+
+def test_int4_packs_odd_widths():
+    x = _features(n=50, d=7)
+    mode, stats = TARGET_MODES["int4"], fit_stats([_features(n=500, d=7)])
+    stored = mode.encode(x, stats)
+    assert stored[""].shape == (50, 4) and stored[""].dtype == np.uint8 and stored["_scale"].shape == (50,)
+    assert mode.decode(stored, stats).shape == (50, 7)
+
+
+def test_int8_extraction_records_its_error_and_reads_floats(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=6)
+    exact = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"),
+                                           storage_dtype="float32", progress=False))
+    small = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), storage_dtype="int8",
+                                           audio="int16", progress=False))
+    a, b = open_cache(exact.path), open_cache(small.path)
+    assert a.fingerprint != b.fingerprint and b.spec["storage_stats"].startswith("sha256:")
+    fid = b.provenance["fidelity"]["layers"]
+    assert set(fid) == {"1", "3"} and all(m["rel_l2_mean"] < 0.02 and m["cos_min"] > 0.998 for m in fid.values())
+    for uid in a.utterance_ids:
+        x, y = a.read(uid, 3), b.read(uid, 3)
+        assert y.dtype == np.float32 and np.linalg.norm(y - x) / np.linalg.norm(x) < 0.02
+        stored = b.read_stored(uid, 3, 2, 9)
+        assert stored[""].dtype == np.int8 and stored["_scale"].shape == (7,)
+        np.testing.assert_array_equal(b.decode(3, stored), b.read(uid, 3, 2, 9))
+        np.testing.assert_array_equal(b.read_audio(uid), sf.read(f"{corpus}/{uid}.wav", dtype="float32")[0])  # 16-bit: exact
+    assert verify_cache(b.path) == []
+    info = CliRunner().invoke(cache_cli, ["info", b.path, "--json"])
+    shown = json.loads(info.stdout)
+    assert shown["fidelity"]["layers"]["3"]["cos_min"] > 0.99 and "int8 targets (36 B" in shown["storage"]  # 32 codes + a float32 scale
+    write_wav(f"{corpus}/spk5/new.wav", 1.0, seed=55)  # growth keeps the statistics, so the same cache
+    grown = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), storage_dtype="int8",
+                                           audio="int16", progress=False))
+    assert grown.path == small.path and grown.utterances == 7
+
+
+def test_convert_derives_a_cache_without_the_teacher(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=5)
+    src = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), storage_dtype="float32",
+                                         progress=False))
+    r = CliRunner().invoke(cache_cli, ["convert", src.path, "--storage", "int4", "--audio", "int16", "--json"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    dst = open_cache(out["path"])
+    assert dst.spec["derived_from"] == {"fingerprint": src.fingerprint, "transform": "convert@1"}
+    assert dst.fingerprint not in (src.fingerprint,) and dst.utterance_ids == open_cache(src.path).utterance_ids
+    assert sorted(dst.parts) == sorted(open_cache(src.path).parts) and verify_cache(dst.path) == []
+    again = CliRunner().invoke(cache_cli, ["convert", src.path, "--storage", "int4", "--audio", "int16", "--json"])
+    assert json.loads(again.stdout.strip().splitlines()[-1])["fingerprint"] == dst.fingerprint  # same source + args: same cache
+    assert {p: d for p, d in open_cache(dst.path).part_dirs.items()} == dst.part_dirs  # nothing rewritten
+    r = CliRunner().invoke(cache_cli, ["convert", src.path, "--storage", "int9"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+
+
+def test_audio_none_trains_from_the_sources_and_refuses_a_changed_one(tmp_path, tiny_teacher):
+    from train.cli import main as train_cli
+
+    corpus = build_corpus(str(tmp_path / "c"), n=5)
+    s = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), storage_dtype="int8",
+                                       audio="none", progress=False))
+    cache = open_cache(s.path)
+    assert not any(os.path.exists(os.path.join(s.path, "parts", d, "audio")) for d in cache.part_dirs.values())
+    args = ["--cache", s.path, "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--max-crop-samples", "8000",
+            "--num-workers", "0", "--valid-fraction", "0", "--quiet"]
+    r = CliRunner().invoke(train_cli, args)
+    assert r.exit_code == 0, r.stderr
+    for f in os.listdir(f"{corpus}/spk0"):
+        write_wav(f"{corpus}/spk0/{f}", 0.9, seed=99)
+    r = CliRunner().invoke(train_cli, [*args[:3], str(tmp_path / "run2"), *args[4:]])
+    assert r.exit_code == 2 and "changed since it was extracted" in r.stderr and r.stderr.count("\n") == 1, r.stderr
