@@ -17,6 +17,7 @@ BENCHES = {
     "extract": ["bench.extract_bench"],
     "train": ["bench.train_bench", "--crop-samples", "250000", "--batch-size", "2", "--steps", "5", "--workers", "0"],
     "scale": ["bench.scale_bench"],
+    "compact": ["bench.compact_bench"],
 }
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")
 
