@@ -3,6 +3,7 @@
   pure    student step with the targets already in memory (the floor)
   cached  student step fed by the DataLoader from the cache (what train-student --cache does)
   online  the teacher's forward on the batch, then the student step (what s3prl does)
+  int8    cached, from an int8 copy of the cache: the loader ships codes, the step decodes them on its device
 
     python -m bench.train_bench [--batch-size 4] [--crop-samples 64000] [--steps 8]
 
@@ -61,9 +62,17 @@ def main() -> None:
         init_from_teacher(student, teacher.model)
         opt = torch.optim.AdamW(_param_groups(student, 0.01), lr=2e-4, betas=(0.9, 0.98), eps=1e-6)
 
+        from store.convert import convert_cache
+        from train.decode import DeviceDecoder
+
+        cache8 = convert_cache(cache.path, "int8")
+        ds8 = CachedCrops(cache8, cache8.utterance_ids, layers, args.crop_samples, seed=0)
+        decode8 = DeviceDecoder(cache8, layers, device)
+
         def step(batch: dict) -> None:
             wave, lengths = batch["wave"].to(device), batch["lengths"].to(device)
-            targets, frames = batch["targets"].to(device), batch["frames"].to(device)
+            frames = batch["frames"].to(device)
+            targets = decode8(batch["codes"].to(device), batch["scales"].to(device)) if "codes" in batch else batch["targets"].to(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 pred = student(wave, lengths)
             mask = torch.arange(targets.shape[2], device=device)[None, :] < frames[:, None]
@@ -80,7 +89,9 @@ def main() -> None:
         loader = DataLoader(ds, batch_sampler=_Batches(batches.from_step(1), args.steps), collate_fn=collate,
                             num_workers=args.workers, prefetch_factor=4 if args.workers else None)
         it = iter(loader)
-        times: dict[str, list[float]] = {"pure": [], "cached": [], "online": []}
+        it8 = iter(DataLoader(ds8, batch_sampler=_Batches(batches.from_step(1), args.steps), collate_fn=collate,
+                              num_workers=args.workers, prefetch_factor=4 if args.workers else None))
+        times: dict[str, list[float]] = {"pure": [], "cached": [], "online": [], "int8": []}
         waited = 0.0
         for b in in_memory[1:]:  # interleaved rounds: the machine's noise hits all three alike
             t = time.perf_counter()
@@ -94,7 +105,10 @@ def main() -> None:
             t = time.perf_counter()
             step({**b, **online_targets(teacher, {"wave": b["wave"], "lengths": b["lengths"]}, layers)})
             times["online"].append(time.perf_counter() - t)
-        pure, cached, online = (float(np.median(times[k])) for k in ("pure", "cached", "online"))
+            t = time.perf_counter()
+            step(next(it8))
+            times["int8"].append(time.perf_counter() - t)
+        pure, cached, online, int8 = (float(np.median(times[k])) for k in ("pure", "cached", "online", "int8"))
         wait_fraction = waited / sum(times["cached"])
 
         print(f"machine: {machine()}; device {device}\ncommand: python -m bench.train_bench --batch-size {args.batch_size} "
@@ -105,10 +119,12 @@ def main() -> None:
             ["pure student (targets in memory)", f"{pure:.3f}", "1.00"],
             ["cached (DataLoader from the cache)", f"{cached:.3f}", f"cached / pure = **{cached / pure:.3f}**"],
             ["online teacher + student", f"{online:.3f}", f"online / cached = **{online / cached:.2f}**"],
+            ["cached from int8 (decoded in the step)", f"{int8:.3f}", f"int8 / pure = **{int8 / pure:.3f}**"],
         ]))
         print(f"\nloader-wait fraction of the cached steps: {wait_fraction:.3f}")
         if args.json:
-            json.dump({"pure": pure, "cached": cached, "online": online, "wait_fraction": wait_fraction}, open(args.json, "w"))
+            json.dump({"pure": pure, "cached": cached, "online": online, "int8": int8, "wait_fraction": wait_fraction},
+                      open(args.json, "w"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -70,6 +70,10 @@ class CachedCrops(Dataset):
         else:
             wave = self.cache.read_audio(uid, k * self.hop, k * self.hop + length)
         frames = (length - self.window) // self.hop + 1
+        if self.cache.mode.needs_stats:  # int8/int4: ship the stored form, the step decodes it on its device
+            stored = [self.cache.read_stored(uid, layer, k, k + frames) for layer in self.layers]
+            codes, scales = np.stack([s[""] for s in stored]), np.stack([s["_scale"] for s in stored])
+            return torch.from_numpy(wave), (torch.from_numpy(codes), torch.from_numpy(scales))
         targets = np.stack([self.cache.read(uid, layer, k, k + frames) for layer in self.layers])
         return torch.from_numpy(wave), torch.from_numpy(targets)
 
@@ -139,14 +143,17 @@ class BucketBatches:
             e, offset = e + 1, 0
 
 
-def collate(items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
-    """Zero-pad waves and targets; masks say what is real."""
+def collate(items: list[tuple[torch.Tensor, torch.Tensor | tuple | None]]) -> dict[str, torch.Tensor]:
+    """Zero-pad waves and targets (or compact codes and scales, decoded later on the device); masks say what is real."""
     lengths = torch.tensor([w.shape[0] for w, _ in items])
     wave = torch.zeros(len(items), int(lengths.max()))
     for i, (w, _) in enumerate(items):
         wave[i, : w.shape[0]] = w
     out = {"wave": wave, "lengths": lengths}
-    if items[0][1] is not None:
+    if isinstance(items[0][1], tuple):
+        out["codes"], out["frames"] = _pad([c for _, (c, _) in items])
+        out["scales"], _ = _pad([s for _, (_, s) in items])
+    elif items[0][1] is not None:
         n, _, d = items[0][1].shape
         frames = torch.tensor([t.shape[1] for _, t in items])
         targets = torch.zeros(len(items), n, int(frames.max()), d, dtype=items[0][1].dtype)
@@ -154,6 +161,15 @@ def collate(items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, 
             targets[i, :, : t.shape[1]] = t
         out["targets"], out["frames"] = targets, frames
     return out
+
+
+def _pad(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack [N, F_i, ...] tensors into [B, N, max F, ...], zero-padded along frames; returns it and the F_i."""
+    frames = torch.tensor([t.shape[1] for t in tensors])
+    out = torch.zeros(len(tensors), tensors[0].shape[0], int(frames.max()), *tensors[0].shape[2:], dtype=tensors[0].dtype)
+    for i, t in enumerate(tensors):
+        out[i, :, : t.shape[1]] = t
+    return out, frames
 
 
 class CorpusCrops(CachedCrops):

@@ -26,6 +26,7 @@ from train import distributed
 from train.checkpoint import RESUMABLE_CHANGES, load_checkpoint, resume_differences, rng_state, save_checkpoint, set_rng_state
 from train.config import ConfigError, TrainConfig, save_config
 from train.data import BucketBatches, collate
+from train.decode import DeviceDecoder
 from train.export import export_student, plot_losses
 from train.loss import distill_loss
 from train.model import Student, count_parameters, init_from_teacher, student_config
@@ -125,6 +126,7 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if cfg.num_workers else None,
                         generator=torch.Generator().manual_seed(cfg.seed + step))  # own RNG: dropout's stays resumable
+    decoder = DeviceDecoder(src.cache, layers, device) if src.cache is not None and src.cache.mode.needs_stats else None
     metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if ranks.main else None
     tb = _tensorboard(cfg.out) if ranks.main else None
 
@@ -137,7 +139,10 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         if "targets" not in batch:
             batch = {**batch, **online_targets(src.teacher, batch, layers)}
         wave, lengths = batch["wave"].to(device, non_blocking=True), batch["lengths"].to(device)
-        targets = batch["targets"].to(device, non_blocking=True)
+        if "codes" in batch:  # compact cache: decoded here, on the training device
+            targets = decoder(batch["codes"].to(device, non_blocking=True), batch["scales"].to(device, non_blocking=True))
+        else:
+            targets = batch["targets"].to(device, non_blocking=True)
         frames = batch["frames"].to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             pred = net(wave, lengths)

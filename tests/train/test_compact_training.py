@@ -1,0 +1,31 @@
+"""Compact caches in training: the loader ships codes and scales, the step decodes them to what cache.read() gives."""
+
+import numpy as np
+import pytest
+import torch
+
+from extract import ExtractConfig, extract_features
+from store import open_cache
+from store.convert import convert_cache
+from train.data import CachedCrops, collate
+from train.decode import DeviceDecoder
+
+
+@pytest.mark.parametrize("storage", ["int8", "int4"])
+def test_device_decoding_equals_the_reader(cached, tmp_path, storage):
+    src = extract_features(ExtractConfig(cached["teacher"], cached["corpus"], layers=(1, 3), cache_dir=str(tmp_path / "k"),
+                                         storage_dtype="float32", progress=False))
+    cache = convert_cache(src.path, storage, "int16")
+    ds = CachedCrops(cache, cache.utterance_ids, [1, 3], max_samples=12000, seed=0)
+    batch = collate([ds[(0, i)] for i in range(len(ds))])
+    assert batch["codes"].dtype == (torch.int8 if storage == "int8" else torch.uint8) and "targets" not in batch
+    targets = DeviceDecoder(cache, [1, 3], torch.device("cpu"))(batch["codes"], batch["scales"])
+    for i in range(len(ds)):
+        uid, k, _ = ds.crop((0, i))
+        n = int(batch["frames"][i])
+        for j, layer in enumerate((1, 3)):
+            np.testing.assert_allclose(targets[i, j, :n].numpy(), cache.read(uid, layer, k, k + n), rtol=1e-5, atol=1e-5)
+    exact = open_cache(src.path)
+    uid = cache.utterance_ids[0]
+    rel = np.linalg.norm(cache.read(uid, 3) - exact.read(uid, 3)) / np.linalg.norm(exact.read(uid, 3))
+    assert rel < (0.02 if storage == "int8" else 0.3)

@@ -1,0 +1,27 @@
+"""Compact targets decoded on the training device: the loader ships int8/int4 codes and per-row scales (a half or
+a quarter of fp16's bytes through pinned memory and PCIe) and the step turns them into floats where it runs."""
+
+from __future__ import annotations
+
+import torch
+
+from store import Cache
+
+
+class DeviceDecoder:
+    """codes [B, N, F, W] and scales [B, N, F] -> targets [B, N, F, D] float32, as store.modes.IntMode.decode."""
+
+    def __init__(self, cache: Cache, layers: list[int], device: torch.device):
+        self.bits = cache.mode.bits
+        self.dim = cache.spec["dim"]
+        self.mean = torch.stack([torch.from_numpy(cache.stats[k]["mean"]) for k in layers]).to(device)[None, :, None, :]
+        self.std = torch.stack([torch.from_numpy(cache.stats[k]["std"]) for k in layers]).to(device)[None, :, None, :]
+
+    def __call__(self, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        if self.bits == 4:  # two signed nibbles per byte, low first
+            lo, hi = (codes & 0x0F).to(torch.int16), (codes >> 4).to(torch.int16)
+            both = torch.stack([lo, hi], dim=-1).flatten(-2)[..., : self.dim]
+            values = torch.where(both > 7, both - 16, both).float()
+        else:
+            values = codes.float()
+        return values * scales.unsqueeze(-1) * self.std + self.mean
