@@ -38,6 +38,7 @@ from train.loop import train
 @click.option("--seed", type=int, default=None)
 @click.option("--resume", is_flag=True, default=None,
               help="continue the run dir's checkpoint (refused if layers, cache, teacher or hyper-parameters differ)")
+@click.option("--eval-cache", default=None, help="held-out targets from this cache (same teacher), e.g. exact ones while training on int8")
 @click.option("--allow-pickle", is_flag=True, default=None, help="accept a teacher with pickle (.bin) weights; only if you trust it")
 @click.option("--allow-partial", is_flag=True, default=None, help="train on a cache whose extraction is unfinished or running")
 @click.option("--quiet", is_flag=True, help="no progress bar")

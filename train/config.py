@@ -48,6 +48,7 @@ class TrainConfig:
     num_workers: int = 4  # DataLoader workers; each opens the cache itself
     seed: int = 0
     resume: bool = False  # continue the run dir's checkpoint; refused if anything that changes training differs
+    eval_cache: str | None = None  # held-out targets from this cache (e.g. exact fp32) while training on another (int8)
     allow_partial: bool = False  # train on a cache whose extraction is unfinished (or running)
     allow_pickle: bool = False  # load a .bin (pickle) teacher for init/online targets; only teachers you trust
     progress: bool = True

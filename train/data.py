@@ -43,8 +43,9 @@ def split_ids(ids: list[str], valid_fraction: float) -> tuple[list[str], list[st
 class CachedCrops(Dataset):
     """Items are (epoch, index) pairs from BucketBatches; returns (wave, targets [N, F, D])."""
 
-    def __init__(self, cache: Cache, ids: list[str], layers: list[int], max_samples: int, seed: int, random_crop: bool = True):
-        self.cache, self.ids, self.layers = cache, ids, layers
+    def __init__(self, cache: Cache, ids: list[str], layers: list[int], max_samples: int, seed: int, random_crop: bool = True,
+                 ship_stored: bool = True):
+        self.cache, self.ids, self.layers, self.ship_stored = cache, ids, layers, ship_stored
         self.max_samples, self.seed, self.random_crop = max_samples, seed, random_crop
         self.hop = cache.layout.hop
         self.window = cache.spec.get("frame", {}).get("window", 400)
@@ -70,7 +71,7 @@ class CachedCrops(Dataset):
         else:
             wave = self.cache.read_audio(uid, k * self.hop, k * self.hop + length)
         frames = (length - self.window) // self.hop + 1
-        if self.cache.mode.needs_stats:  # int8/int4: ship the stored form, the step decodes it on its device
+        if self.ship_stored and self.cache.mode.needs_stats:  # int8/int4: ship the stored form, the step decodes it on its device
             stored = [self.cache.read_stored(uid, layer, k, k + frames) for layer in self.layers]
             codes, scales = np.stack([s[""] for s in stored]), np.stack([s["_scale"] for s in stored])
             return torch.from_numpy(wave), (torch.from_numpy(codes), torch.from_numpy(scales))

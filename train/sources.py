@@ -118,7 +118,20 @@ def load_sources(cfg: TrainConfig) -> Sources:
         ids = subset_ids(cache, cfg.corpus)
     train_ids, valid_ids = split_ids(ids, cfg.valid_fraction)
     pre = cache.spec["preprocessing"]
+    judge = eval_cache(cfg, cache, layers) if cfg.eval_cache else cache
+    valid_ids = [u for u in valid_ids if u in judge]
     return Sources(cache.spec["teacher"]["config"], layers, pre["sample_rate"], pre["normalize"],
                    CachedCrops(cache, train_ids, layers, cfg.max_crop_samples, cfg.seed),
-                   CachedCrops(cache, valid_ids, layers, cfg.max_crop_samples, cfg.seed, random_crop=False) if valid_ids else None,
+                   CachedCrops(judge, valid_ids, layers, cfg.max_crop_samples, cfg.seed, random_crop=False, ship_stored=False)
+                   if valid_ids else None,
                    cache, teacher)
+
+
+def eval_cache(cfg: TrainConfig, cache: Cache, layers: list[int]) -> Cache:
+    """The cache held-out targets come from when it is not the training cache: e.g. train on int8, judge on exact targets.
+    It must hold the same teacher's targets for these layers."""
+    judge = open_cache(cfg.eval_cache, cfg.cache_dir)
+    if judge.spec["teacher"]["digest"] != cache.spec["teacher"]["digest"] or not set(layers) <= set(judge.layers):
+        raise SpecMismatchError(f"--eval-cache {cfg.eval_cache}: holds another teacher's targets or lacks layers "
+                                f"{','.join(map(str, layers))}; give a cache of the same teacher with those layers")
+    return judge

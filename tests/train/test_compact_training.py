@@ -29,3 +29,31 @@ def test_device_decoding_equals_the_reader(cached, tmp_path, storage):
     uid = cache.utterance_ids[0]
     rel = np.linalg.norm(cache.read(uid, 3) - exact.read(uid, 3)) / np.linalg.norm(exact.read(uid, 3))
     assert rel < (0.02 if storage == "int8" else 0.3)
+
+
+def test_train_on_int8_and_judge_against_exact_targets(cached, tmp_path, tiny_teacher):
+    import json
+
+    from click.testing import CliRunner
+
+    from train.cli import main
+
+    exact = extract_features(ExtractConfig(cached["teacher"], cached["corpus"], layers=(1, 3), cache_dir=str(tmp_path / "k"),
+                                           storage_dtype="float32", progress=False))
+    small = convert_cache(exact.path, "int8")
+    args = ["--cache", small.path, "--steps", "2", "--batch-size", "2", "--max-crop-samples", "8000", "--num-workers", "0",
+            "--valid-fraction", "0.3", "--quiet"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a"), "--eval-cache", exact.path])
+    assert r.exit_code == 0, r.stderr
+    judged = json.load(open(tmp_path / "a" / "eval.json"))
+    assert judged["utterances"] >= 1 and judged["loss"] > 0
+    other = build_other_teacher_cache(tmp_path, cached["corpus"])
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--eval-cache", other])
+    assert r.exit_code == 2 and "another teacher" in r.stderr
+
+
+def build_other_teacher_cache(tmp_path, corpus) -> str:
+    from tests.conftest import build_tiny_teacher
+
+    teacher = build_tiny_teacher(str(tmp_path / "other-teacher"), seed=7)
+    return extract_features(ExtractConfig(teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k2"), progress=False)).path
