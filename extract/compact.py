@@ -11,8 +11,7 @@ import hashlib
 import sys
 
 from extract.audio import load_audio
-from store import list_caches
-from store.modes import fidelity, fit_stats
+from store.modes import fidelity, fit_stats, stats_from_json
 from store.spec import differences
 
 FIT_UTTERANCES = 32  # ~20k frames of LibriSpeech: plenty for a mean and a std per channel
@@ -24,10 +23,22 @@ def _by_hash(utts: list) -> list:
 
 
 def existing_stats(cache_root: str, spec: dict):
-    """(stats, fidelity) of a cache that differs from `spec` only by its fitted statistics, or None."""
-    for cache in list_caches(cache_root):
-        if cache.stats and _only_stats_differ(cache.spec, spec):
-            return cache.stats, cache.provenance.get("fidelity")
+    """(stats, fidelity) of a cache that differs from `spec` only by its fitted statistics, or None.
+
+    Reads each cache's root metadata only (not its index): this runs before every int8/int4 extraction."""
+    import os
+
+    from store import fs
+    from store.reader import read_meta
+
+    for name in fs.listdir(cache_root):
+        try:
+            meta = read_meta(os.path.join(cache_root, name))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a cache (or not readable): not ours to judge here
+        stats = stats_from_json(meta.get("stats")) if isinstance(meta, dict) else None
+        if stats and _only_stats_differ(meta["spec"], spec):
+            return stats, meta.get("provenance", {}).get("fidelity")
     return None
 
 
