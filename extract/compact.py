@@ -57,4 +57,4 @@ def fit_and_measure(teacher, utts: list, layers: list[int], mode: str) -> tuple[
     feats = {u.uid: teacher.forward([load_audio(u.path, teacher.sample_rate)], layers, dtype="float32")[0] for u in sample}
     stats = {k: fit_stats([feats[u.uid][k] for u in fit]) for k in layers}
     measured = {str(k): fidelity(mode, stats[k], [feats[u.uid][k] for u in held]) for k in layers}
-    return stats, {"held_out_utterances": len(held), "layers": measured}
+    return stats, {"held_out_utterances": len(sample) - len(fit), "measured_on": len(held), "layers": measured}

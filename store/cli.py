@@ -147,8 +147,14 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
         return
     spec = d.pop("spec")
     skipped = d.pop("skipped")
+    fid = d.pop("fidelity") or {}
     for key, value in d.items():
         click.echo(f"{key:18} {value}")
+    where = (f"on {fid.get('held_out_utterances')} held-out utterances" if fid.get("held_out_utterances")
+             else f"on the {fid.get('measured_on')} fitting utterances: too few to hold any out")
+    for layer, m in fid.get("layers", {}).items():  # lossy modes: the error measured when the cache was made
+        click.echo(f"{'error layer ' + layer:18} rel L2 mean {m['rel_l2_mean']:.4f} worst {m['rel_l2_worst']:.4f}, "
+                   f"cos mean {m['cos_mean']:.5f} min {m['cos_min']:.5f}, L1 {m['l1']:.4g} ({where})")
     click.echo(f"{'layers':18} {spec['layers']}  dim={spec['dim']}  compute={spec['compute_dtype']}  storage={spec['storage_dtype']}")
     click.echo(f"{'preprocessing':18} {json.dumps(spec['preprocessing'])}")
     click.echo(f"{'teacher digest':18} {spec['teacher'].get('digest')}")

@@ -43,7 +43,8 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
         sample = _sample(src)
         fit, held = sample[:FIT_UTTERANCES], sample[FIT_UTTERANCES:] or sample[:FIT_UTTERANCES]
         stats = {k: fit_stats([src.read(u, k) for u in fit]) for k in src.layers}
-        measured = {"held_out_utterances": len(held), "against": f"source cache {src.fingerprint} ({src.spec['storage_dtype']})",
+        measured = {"held_out_utterances": len(sample) - len(fit), "measured_on": len(held),
+                    "against": f"source cache {src.fingerprint} ({src.spec['storage_dtype']})",
                     "layers": {str(k): fidelity(storage, stats[k], [src.read(u, k).astype(np.float32) for u in held])
                                for k in src.layers}}
         spec["storage_stats"] = stats_digest(stats)
