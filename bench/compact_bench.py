@@ -2,7 +2,8 @@
 
     python -m bench.compact_bench [--utterances 60]
 
-One fp32 extraction with a HuBERT-base-shaped teacher (random weights: real HuBERT activations differ),
+One fp32 extraction (the demo's corpus: espeak-ng speech when installed) with a HuBERT-base-shaped teacher
+(random weights: real HuBERT activations differ),
 then `feature-cache convert` to every other mode, so each mode's error is measured against exact targets.
 """
 
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-from bench.common import hubert_base_teacher, machine, speech_corpus, table
+from bench.common import hubert_base_teacher, machine, table
 
 LAYERS = (4, 8, 12)
 LIBRISPEECH_SECONDS = 960 * 3600
@@ -48,20 +49,22 @@ def main() -> None:
     from extract import ExtractConfig, extract_features
     from store import open_cache
     from store.convert import convert_cache
+    from train.demo import make_corpus
 
     tmp = tempfile.mkdtemp(prefix="compact-bench-")
     try:
         teacher = hubert_base_teacher(os.path.join(tmp, "teacher"))
-        corpus = speech_corpus(os.path.join(tmp, "corpus"), args.utterances, (2.0, 6.0))
+        corpus = os.path.join(tmp, "corpus")
+        kind = make_corpus(corpus, args.utterances)  # espeak-ng speech when installed: audio bytes like real speech
         src = open_cache(extract_features(ExtractConfig(teacher, corpus, layers=LAYERS, cache_dir=os.path.join(tmp, "k"),
                                                         storage_dtype="float32", device="cpu", progress=False)).path)
         audio_s = src.total_samples / 16000
         rows = []
         for storage, audio in [("float32", "float32"), ("float16", "float32"), ("bfloat16", "float32"), ("int8", "float32"),
-                               ("int8", "int16"), ("int4", "int16"), ("int8", "none")]:
+                               ("int8", "int16"), ("int8", "flac"), ("int4", "flac"), ("int8", "none")]:
             cache = src if storage == "float32" else convert_cache(src.path, storage, audio)
             targets = sum(_bytes(os.path.join(cache.path, "parts", d), "layer_") for d in cache.part_dirs.values())
-            audio_b = sum(_bytes(os.path.join(cache.path, "parts", d), "audio") for d in cache.part_dirs.values())
+            audio_b = sum(_bytes(os.path.join(cache.path, "parts", d), "audio") for d in cache.part_dirs.values())  # audio, audio_flac
             if storage == "float32":
                 err = "exact"
             else:
@@ -74,7 +77,7 @@ def main() -> None:
             rows.append([f"{storage} + {audio} audio", f"{targets / audio_s:,.0f}", f"{audio_b / audio_s:,.0f}", f"{per_s:,.0f}",
                          f"{per_s * LIBRISPEECH_SECONDS / 1e9:,.0f}", err, f"{_crop_speed(cache):,.0f}"])
         print(f"machine: {machine()}\ncommand: python -m bench.compact_bench --utterances {args.utterances}\n"
-              f"teacher: HuBERT-base-shaped, random weights; layers 4,8,12; {len(src)} utterances, {audio_s:.0f} s of audio; "
+              f"teacher: HuBERT-base-shaped, random weights; layers 4,8,12; {len(src)} utterances ({kind}), {audio_s:.0f} s; "
               "codec blosc-zstd (default)\n")
         print(table(["mode", "target B/s", "audio B/s", "total B/s", "LibriSpeech 960 h, GB", "layer 12 rel L2 mean / worst / cos min",
                      "crop reads, frames/s (3 layers, 1 process)"], rows))

@@ -17,7 +17,7 @@ from store.chunks import ShardedRows
 from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
 from store.index import list_markers, read_index, read_markers
 from store.layout import Layout, layer_key, part_path, plan_path, read_json
-from store.modes import TARGET_MODES, decode_audio, stats_from_json
+from store.modes import FLAC_DIR, TARGET_MODES, decode_audio, read_flac, stats_from_json
 from store.spec import FORMAT_VERSION
 
 MAX_OPEN_ARRAYS = 64  # per process: ~16 parts' layers and audio
@@ -80,6 +80,8 @@ class Cache:
         markers = {p: index[p] for p in names if p in index}
         markers.update(read_markers(self.path, [p for p in names if p not in index]))
         self._where: dict[str, tuple[str, int, int, int, int]] = {}
+        self._position: dict[str, int] = {}
+        self._ids_by_dir: dict[str, list[str]] = {}
         self.parts: list[str] = []
         self.part_dirs: dict[str, str] = {}
         self.part_rows: dict[str, tuple[int, int]] = {}  # part -> (frames, samples)
@@ -96,10 +98,12 @@ class Cache:
             self.part_dirs[part] = marker["dir"]
             self._skipped_in_parts.extend(marker.get("skipped", []))
             f0 = s0 = 0
-            for uid, nf, ns in zip(marker["ids"], marker["frames"], marker["samples"], strict=True):
+            for i, (uid, nf, ns) in enumerate(zip(marker["ids"], marker["frames"], marker["samples"], strict=True)):
                 if uid in self._where:
                     self.duplicates.append(f"utterance '{uid}' is in parts {self._where[uid][0]} and {marker['dir']}")
                 self._where[uid] = (marker["dir"], f0, nf, s0, ns)
+                self._position[uid] = i  # its FLAC file's name, for --audio flac
+                self._ids_by_dir.setdefault(marker["dir"], []).append(uid)
                 f0, s0 = f0 + nf, s0 + ns
             self.total_frames += f0
             self.total_samples += s0
@@ -129,11 +133,10 @@ class Cache:
 
     def ids_by_part(self) -> dict[str, list[str]]:
         """Every committed part's utterance ids, in the order the part holds them."""
-        dir_part = {d: p for p, d in self.part_dirs.items()}
-        out: dict[str, list[tuple[int, str]]] = {p: [] for p in self.parts}
-        for uid, (d, _, _, s0, _) in self._where.items():
-            out[dir_part[d]].append((s0, uid))
-        return {p: [u for _, u in sorted(v)] for p, v in out.items()}
+        return {p: self.part_uids(p) for p in self.parts}
+
+    def part_uids(self, part: str) -> list[str]:
+        return list(self._ids_by_dir.get(self.part_dirs[part], []))
 
     def part_of(self, uid: str) -> str:
         """The committed part holding `uid`."""
@@ -209,6 +212,13 @@ class Cache:
         if self.audio_mode == "none":
             raise MissingDataError(f"{self.path}: keeps no audio (--audio none); read '{uid}' from its source file "
                                    "(cache.source(uid)), as train-student does")
+        if self.audio_mode == "flac":
+            name = os.path.join(part_path(self.path, part), FLAC_DIR, f"{self._position[uid]}.flac")
+            try:
+                with fs.open_file(name, "rb") as f:
+                    return decode_audio(read_flac(f, start, stop), "flac")
+            except FileNotFoundError:
+                raise CorruptDataError(f"{name}: missing; run feature-cache verify, then extract-features to redo the part") from None
         return decode_audio(self._read(part, "audio", s0 + start, s0 + stop), self.audio_mode)
 
     def source(self, uid: str) -> dict | None:

@@ -56,7 +56,7 @@ def describe(cache: Cache) -> dict:
     import numpy as np
 
     frame_bytes = sum(width * np.dtype(a.dtype).itemsize for a, width in cache.mode.arrays(cache.spec["dim"]).values())
-    sample_bytes = {"float32": 4, "int16": 2, "none": 0}[cache.audio_mode]
+    sample_bytes = {"float32": 4, "int16": 2, "flac": 2, "none": 0}[cache.audio_mode]  # flac: before its own compression
     raw = cache.total_frames * len(cache.layers) * frame_bytes + cache.total_samples * sample_bytes
     sr = cache.spec["preprocessing"]["sample_rate"]
     pending = cache.pending()

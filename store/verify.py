@@ -17,6 +17,7 @@ from store.chunks import _MISSING, ShardedRows
 from store.errors import CorruptDataError
 from store.index import read_index, read_markers
 from store.layout import layer_key, part_path, read_json
+from store.modes import FLAC_DIR
 from store.reader import Cache
 
 _CHAINS = {"blosc-zstd": ["bytes", "blosc", "crc32c"], "zstd": ["bytes", "zstd", "crc32c"], "none": ["bytes", "crc32c"]}
@@ -53,7 +54,7 @@ def expected_arrays(cache: Cache) -> dict[str, tuple[str, tuple[int, ...], int, 
     for k in cache.layers:
         for suffix, (array, width) in cache.mode.arrays(spec["dim"]).items():
             out[layer_key(k) + suffix] = (array.dtype, (width,) if array.per_channel else (), lay.chunk_frames, lay.shard_frames)
-    if cache.audio_mode != "none":
+    if cache.audio_mode in ("float32", "int16"):
         out["audio"] = ("int16" if cache.audio_mode == "int16" else "float32", (), lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
     return out
 
@@ -102,6 +103,30 @@ def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
     for key, expected in expected_arrays(cache).items():
         array_dir = os.path.join(part_path(cache.path, cache.part_dirs[part]), key)
         problems += check_array(array_dir, expected, samples if key == "audio" else frames, cache.layout.codec, full)
+    if cache.audio_mode == "flac":
+        problems += check_flac(cache, part, full)
+    return problems
+
+
+def check_flac(cache: Cache, part: str, full: bool) -> list[str]:
+    """Every utterance's FLAC file is there; with full, it decodes to the samples its marker says."""
+    import soundfile as sf
+
+    problems = []
+    flac_dir = os.path.join(part_path(cache.path, cache.part_dirs[part]), FLAC_DIR)
+    for uid in cache.part_uids(part):
+        name = os.path.join(flac_dir, f"{cache._position[uid]}.flac")
+        if not fs.exists(name):
+            problems.append(f"{name}: audio file of '{uid}' is missing")
+        elif full:
+            try:
+                with fs.open_file(name, "rb") as f:
+                    n = sf.info(f).frames
+            except (RuntimeError, OSError) as e:
+                problems.append(f"{name}: damaged ({str(e)[:120]})")
+                continue
+            if n != cache.num_samples(uid):
+                problems.append(f"{name}: holds {n} samples, the commit marker says {cache.num_samples(uid)}")
     return problems
 
 

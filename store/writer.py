@@ -23,7 +23,7 @@ from store import fs
 from store.chunks import encode_shard, encoder, shard_file
 from store.errors import NotACacheError, SpecMismatchError, WriteError
 from store.layout import Layout, attempt_dir, commit_path, compressors, layer_key, part_path, read_json
-from store.modes import TARGET_MODES, encode_audio, stats_to_json
+from store.modes import FLAC_DIR, TARGET_MODES, encode_audio, flac_bytes, stats_to_json
 from store.spec import FORMAT_VERSION, fingerprint, validate_spec
 
 
@@ -114,7 +114,7 @@ class PartWriter:
             for suffix, (array, width) in self.mode.arrays(self.dim).items():
                 tail = (width,) if array.per_channel else ()
                 self._make(group, layer_key(layer) + suffix, tail, np.dtype(array.dtype), lay.chunk_frames, lay.shard_frames)
-        if self.audio != "none":
+        if self.audio in ("float32", "int16"):
             dtype = np.dtype("int16" if self.audio == "int16" else "float32")
             self._make(group, "audio", (), dtype, lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
 
@@ -139,11 +139,21 @@ class PartWriter:
                 self._buffers[layer_key(layer) + suffix].append(stored)
         stored_audio, clipped = encode_audio(audio, self.audio)
         self.clipped += clipped
-        if stored_audio is not None:
+        if stored_audio is not None and self.audio != "flac":
             self._buffers["audio"].append(stored_audio)
         for col, val in zip(self.index, (uid, frames.pop(), len(audio), audio_digest(audio), source), strict=True):
             self.index[col].append(val)
+        if self.audio == "flac":
+            name = os.path.join(self._path, FLAC_DIR, f"{len(self.index['ids']) - 1}.flac")
+            self._guard(fs.write_bytes, name, flac_bytes(stored_audio, self._sample_rate()))
         self._guard(self._flush, False)
+
+    def _sample_rate(self) -> int:
+        """The teacher's sample rate, for FLAC headers (from the cache's spec, read once)."""
+        if not hasattr(self, "_rate"):
+            self._rate = int(read_json(os.path.join(self.cache, "zarr.json"))["attributes"]["distilcache"]["spec"]
+                             ["preprocessing"]["sample_rate"])
+        return self._rate
 
     def _flush(self, final: bool) -> None:
         for key, buf in self._buffers.items():

@@ -103,3 +103,23 @@ def test_audio_none_trains_from_the_sources_and_refuses_a_changed_one(tmp_path, 
         write_wav(f"{corpus}/spk0/{f}", 0.9, seed=99)
     r = CliRunner().invoke(train_cli, [*args[:3], str(tmp_path / "run2"), *args[4:]])
     assert r.exit_code == 2 and "changed since it was extracted" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_flac_audio_is_bit_exact_to_int16_reads_crops_and_is_verified(tmp_path, tiny_teacher):
+    from extract.cli import main as extract_cli
+
+    corpus = build_corpus(str(tmp_path / "c"), n=4)
+    r = CliRunner().invoke(extract_cli, ["--teacher", tiny_teacher, "--corpus", corpus, "--layers", "1,3", "--cache-dir",
+                                         str(tmp_path / "k"), "--storage", "int8", "--audio", "flac", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    flac = open_cache(r.stdout.strip().splitlines()[-1])
+    int16 = open_cache(extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"),
+                                                      storage_dtype="int8", audio="int16", progress=False)).path)
+    for uid in flac.utterance_ids:
+        np.testing.assert_array_equal(flac.read_audio(uid), int16.read_audio(uid))
+        np.testing.assert_array_equal(flac.read_audio(uid, 1000, 5000), int16.read_audio(uid, 1000, 5000))
+    assert verify_cache(flac.path) == []
+    part = flac.parts[0]
+    victim = os.path.join(flac.path, "parts", flac.part_dirs[part], "audio_flac", "0.flac")
+    os.remove(victim)
+    assert any("audio file" in p and "missing" in p for p in verify_cache(flac.path))
