@@ -185,7 +185,7 @@ class _Progress:
 
     def __call__(self, n_utts: int, n_samples: int) -> None:
         self.utts += n_utts
-        self.bar.update(n_samples / self.rate)
+        self.bar.update(min(n_samples / self.rate, self.bar.total - self.bar.n))  # float sums must not overshoot the total
         rtf = self.bar.n / max(time.time() - self.t0, 1e-9)
         self.bar.set_postfix_str(f"{self.utts} utts, {self.bar.n / 3600:.2f} h, {rtf:.1f}x real time", refresh=False)
 
