@@ -7,30 +7,21 @@ spec keeps its statistics: growing a corpus adds parts to the same cache instead
 
 from __future__ import annotations
 
-import hashlib
+import os
 import sys
 
 from extract.audio import load_audio
-from store.modes import fidelity, fit_stats, stats_from_json
+from store import fs
+from store.modes import fit_and_measure as fit_on_sample
+from store.modes import stats_from_json, stats_sample
+from store.reader import read_meta
 from store.spec import differences
-
-FIT_UTTERANCES = 32  # ~20k frames of LibriSpeech: plenty for a mean and a std per channel
-HELD_OUT = 16
-
-
-def _by_hash(utts: list) -> list:
-    return sorted(utts, key=lambda u: hashlib.sha1(u.uid.encode()).hexdigest())
 
 
 def existing_stats(cache_root: str, spec: dict):
     """(stats, fidelity) of a cache that differs from `spec` only by its fitted statistics, or None.
 
     Reads each cache's root metadata only (not its index): this runs before every int8/int4 extraction."""
-    import os
-
-    from store import fs
-    from store.reader import read_meta
-
     for name in fs.listdir(cache_root):
         try:
             meta = read_meta(os.path.join(cache_root, name))
@@ -50,11 +41,13 @@ def _only_stats_differ(a: dict, b: dict) -> bool:
 
 
 def fit_and_measure(teacher, utts: list, layers: list[int], mode: str) -> tuple[dict, dict]:
-    """One teacher forward per sampled utterance: statistics from the first FIT_UTTERANCES, error on the next HELD_OUT."""
-    sample = _by_hash(utts)[: FIT_UTTERANCES + HELD_OUT]
-    fit, held = sample[:FIT_UTTERANCES], sample[FIT_UTTERANCES:] or sample[:FIT_UTTERANCES]
-    print(f"fitting {mode} statistics on {len(fit)} utterances, measuring on {len(held)} held out", file=sys.stderr)
-    feats = {u.uid: teacher.forward([load_audio(u.path, teacher.sample_rate)], layers, dtype="float32")[0] for u in sample}
-    stats = {k: fit_stats([feats[u.uid][k] for u in fit]) for k in layers}
-    measured = {str(k): fidelity(mode, stats[k], [feats[u.uid][k] for u in held]) for k in layers}
-    return stats, {"held_out_utterances": len(sample) - len(fit), "measured_on": len(held), "layers": measured}
+    """One fp32 teacher forward per sampled utterance (store.modes.stats_sample), then store.modes.fit_and_measure."""
+    by_id = {u.uid: u for u in utts}
+    fit, held = stats_sample(list(by_id))
+    print(f"fitting {mode} statistics on {len(fit)} utterances, measuring on {len(held) or len(fit)}"
+          f"{' held out' if held else ' of them (too few to hold any out)'}", file=sys.stderr)
+
+    def features(uid: str) -> dict:
+        return teacher.forward([load_audio(by_id[uid].path, teacher.sample_rate)], layers, dtype="float32")[0]
+
+    return fit_on_sample(mode, layers, list(by_id), features)

@@ -18,7 +18,7 @@ from extract.plan import orphan_attempts, plan_parts
 from extract.probe import probe_batching
 from extract.teacher import load_teacher
 from store import Cache, Layout, create_cache, default_cache_dir, fs
-from store.index import consolidate, read_index, read_markers, uncommit
+from store.index import consolidate, uncommit
 from store.layout import CODECS, part_path
 from store.lock import exclusive
 from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
@@ -112,7 +112,7 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         if not fs.is_remote(path):
             for d in orphan_attempts(cache):  # interrupted attempts: no marker names them, and we hold the lock
                 fs.rmtree(part_path(path, d))
-        sources = committed_sources(cache)
+        sources = cache.sources()
         retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path))
         cache.refresh()
         sources = {u: r for u, r in sources.items() if u in cache}
@@ -125,19 +125,6 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     return Summary(path, cache.fingerprint, len(cache), cache.total_frames,
                    round(cache.total_samples / teacher.sample_rate / 3600, 4), cache.skipped,
                    len(pending), len(cache.parts), round(time.time() - t0, 2), bool(pending))
-
-
-def committed_sources(cache: Cache) -> dict[str, dict]:
-    """uid -> the record of the file it was extracted from (consolidated sources plus newer markers)."""
-    records = read_index(cache.path, "sources")
-    for part, marker in read_markers(cache.path, [p for p in cache.parts if p not in records]).items():
-        if isinstance(marker, dict):
-            records[part] = marker
-    out: dict[str, dict] = {}
-    for part in cache.parts:
-        entry = records.get(part) or {}
-        out.update(zip(entry.get("ids", []), entry.get("sources") or [], strict=False))
-    return out
 
 
 def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool) -> None:

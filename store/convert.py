@@ -7,23 +7,18 @@ keep their source's utterances and so their names: a killed conversion resumes w
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 
 from store.errors import CacheError
+from store.index import consolidate
 from store.lock import exclusive
-from store.modes import AUDIO_MODES, TARGET_MODES, fidelity, fit_stats, stats_digest
+from store.modes import AUDIO_MODES, TARGET_MODES, fit_and_measure, stats_digest
 from store.reader import Cache
 from store.writer import PartWriter, create_cache
 
 TRANSFORM = "convert@1"  # bump when the bytes a conversion writes for the same arguments would change
-FIT_UTTERANCES, HELD_OUT = 32, 16
-
-
-def _sample(cache: Cache) -> list[str]:
-    return sorted(cache.utterance_ids, key=lambda u: hashlib.sha1(u.encode()).hexdigest())[: FIT_UTTERANCES + HELD_OUT]
 
 
 def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_dir: str | None = None, progress=None) -> Cache:
@@ -40,13 +35,9 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
     spec["derived_from"] = {"fingerprint": src.fingerprint, "transform": TRANSFORM}
     stats, measured = None, None
     if TARGET_MODES[storage].needs_stats:
-        sample = _sample(src)
-        fit, held = sample[:FIT_UTTERANCES], sample[FIT_UTTERANCES:] or sample[:FIT_UTTERANCES]
-        stats = {k: fit_stats([src.read(u, k) for u in fit]) for k in src.layers}
-        measured = {"held_out_utterances": len(sample) - len(fit), "measured_on": len(held),
-                    "against": f"source cache {src.fingerprint} ({src.spec['storage_dtype']})",
-                    "layers": {str(k): fidelity(storage, stats[k], [src.read(u, k).astype(np.float32) for u in held])
-                               for k in src.layers}}
+        stats, measured = fit_and_measure(storage, src.layers, src.utterance_ids,
+                                          lambda u: {k: src.read(u, k).astype(np.float32) for k in src.layers})
+        measured["against"] = f"source cache {src.fingerprint} ({src.spec['storage_dtype']})"
         spec["storage_stats"] = stats_digest(stats)
     provenance = {**src.provenance, "derived_from": src.path, "fidelity": measured}
     dst = Cache(create_cache(cache_dir or os.path.dirname(src.path), spec, provenance, src.layout, stats))
@@ -57,8 +48,6 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
                 _convert_part(src, dst, part, ids, stats, audio)
             if progress:
                 progress(part)
-        from store.index import consolidate
-
         consolidate(dst.path)
     dst.refresh()
     return dst

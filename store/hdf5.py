@@ -135,12 +135,15 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
 
 def _write(f, cache: Cache, names: list[str], part_frames: int) -> None:
     spec, layers = cache.spec, cache.layers
-    groups, start = [], 0
-    frames = [(f["audio"][n].shape[0] - spec["frame"]["window"]) // spec["frame"]["hop"] + 1 for n in names]
-    for i in range(len(names)):  # parts of about part_frames, named by their contents like every part
-        if sum(frames[start : i + 1]) >= part_frames or i == len(names) - 1:
-            groups.append(names[start : i + 1])
-            start = i + 1
+    groups, group, frames = [], [], 0
+    for name in names:  # parts of about part_frames, named by their contents like every part
+        group.append(name)
+        frames += (f["audio"][name].shape[0] - spec["frame"]["window"]) // spec["frame"]["hop"] + 1
+        if frames >= part_frames:
+            groups.append(group)
+            group, frames = [], 0
+    if group:
+        groups.append(group)
     for group in groups:
         writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],
                             cache.layout, cache.stats, cache.audio_mode)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,20 @@ AUDIO_MODES = ("float32", "int16", "flac", "none")
 FLAC_DIR = "audio_flac"  # flac: one PCM_16 FLAC file per utterance in the part, <index in the part>.flac
 
 
+def part_arrays(layers: list[int], dim: int, storage: str, audio: str, layout) -> dict[str, tuple[str, tuple, int, int]]:
+    """key -> (numpy dtype, row tail shape, chunk rows, shard rows) of every zarr array a part holds: what the
+    writer creates and what verify expects. flac and none audio keep no audio array."""
+    from store.layout import layer_key
+
+    out = {}
+    for k in layers:
+        for suffix, (array, width) in TARGET_MODES[storage].arrays(dim).items():
+            out[layer_key(k) + suffix] = (array.dtype, (width,) if array.per_channel else (), layout.chunk_frames, layout.shard_frames)
+    if audio in ("float32", "int16"):
+        out["audio"] = (audio, (), layout.chunk_frames * layout.hop, layout.shard_frames * layout.hop)
+    return out
+
+
 def encode_audio(wave: np.ndarray, mode: str) -> tuple[np.ndarray | None, int]:
     """(stored samples, how many were clipped). int16 scales by 32768: bit-exact for 16-bit sources."""
     if mode == "float32":
@@ -136,6 +151,27 @@ def read_flac(f, start: int, stop: int) -> np.ndarray:
 
 
 # ---- statistics and fidelity ------------------------------------------------------------------------
+
+
+STATS_FIT, STATS_HELD_OUT = 32, 16  # utterances: ~20k LibriSpeech frames for a mean and std per channel, 16 to measure on
+
+
+def stats_sample(ids: list[str]) -> tuple[list[str], list[str]]:
+    """(fitting ids, held-out ids), chosen by id hash: the same sample however the corpus is ordered or grows."""
+    ranked = sorted(ids, key=lambda u: hashlib.sha1(u.encode()).hexdigest())[: STATS_FIT + STATS_HELD_OUT]
+    return ranked[:STATS_FIT], ranked[STATS_FIT:]
+
+
+def fit_and_measure(mode: str, layers: list[int], ids: list[str], features: Callable[[str], dict]) -> tuple[dict, dict]:
+    """Statistics of every layer fitted on the sample, and `mode`'s error on the held-out utterances (on the
+    fitting ones when the corpus is too small to hold any out). `features(uid)` gives {layer: [frames, dim]}
+    exact (or source) targets: the teacher's during extraction, the source cache's in a conversion."""
+    fit, held = stats_sample(ids)
+    feats = {u: features(u) for u in fit + held}
+    stats = {k: fit_stats([feats[u][k] for u in fit]) for k in layers}
+    measured_on = held or fit
+    return stats, {"held_out_utterances": len(held), "measured_on": len(measured_on),
+                   "layers": {str(k): fidelity(mode, stats[k], [feats[u][k] for u in measured_on]) for k in layers}}
 
 
 def fit_stats(samples: list[np.ndarray]) -> dict[str, np.ndarray]:

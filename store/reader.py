@@ -108,11 +108,11 @@ class Cache:
             self.total_frames += f0
             self.total_samples += s0
             self.part_rows[part] = (f0, s0)
+        self._part_of_dir = {d: p for p, d in self.part_dirs.items()}
         self.utterance_ids: list[str] = sorted(self._where)
         self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
-        self._dir_part = None
-        self._sources = None
+        self._sources: dict[str, dict] | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -140,9 +140,7 @@ class Cache:
 
     def part_of(self, uid: str) -> str:
         """The committed part holding `uid`."""
-        if getattr(self, "_dir_part", None) is None or len(self._dir_part) != len(self.part_dirs):
-            self._dir_part = {d: p for p, d in self.part_dirs.items()}
-        return self._dir_part[self._locate(uid)[0]]
+        return self._part_of_dir[self._locate(uid)[0]]
 
     def num_frames(self, uid: str) -> int:
         return self._locate(uid)[2]
@@ -221,17 +219,21 @@ class Cache:
                 raise CorruptDataError(f"{name}: missing; run feature-cache verify, then extract-features to redo the part") from None
         return decode_audio(self._read(part, "audio", s0 + start, s0 + stop), self.audio_mode)
 
-    def source(self, uid: str) -> dict | None:
-        """The record of the file `uid` was extracted from: {path, size, mtime_ns, sha256} (None if not recorded)."""
-        if getattr(self, "_sources", None) is None:
-            from store.index import read_index
-
+    def sources(self) -> dict[str, dict]:
+        """uid -> the record of the file it was extracted from ({path, size, mtime_ns, sha256}), for every committed
+        utterance that has one: the consolidated sources.json plus the markers it does not cover, read once."""
+        if self._sources is None:
             records = read_index(self.path, "sources")
             todo = [p for p in self.parts if p not in records]
             records.update({p: m for p, m in read_markers(self.path, todo).items() if isinstance(m, dict)})
-            self._sources = {u: r for e in records.values() for u, r in zip(e.get("ids", []), e.get("sources") or [], strict=False)}
+            self._sources = {u: r for p in self.parts for u, r in zip(records.get(p, {}).get("ids", []),
+                                                                      records.get(p, {}).get("sources") or [], strict=False) if r}
+        return self._sources
+
+    def source(self, uid: str) -> dict | None:
+        """The record of the file `uid` was extracted from (None if not recorded)."""
         self._locate(uid)
-        return self._sources.get(uid)
+        return self.sources().get(uid)
 
     def _plan(self) -> dict:
         """plan.json (small: counts, pending part names and files refused up front), read only when asked.

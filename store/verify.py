@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from store import fs
 from store.chunks import _MISSING, ShardedRows
 from store.errors import CorruptDataError
-from store.index import read_index, read_markers
-from store.layout import layer_key, part_path, read_json
-from store.modes import FLAC_DIR
+from store.index import read_markers
+from store.layout import part_path, read_json
+from store.modes import FLAC_DIR, part_arrays
 from store.reader import Cache
 
 _CHAINS = {"blosc-zstd": ["bytes", "blosc", "crc32c"], "zstd": ["bytes", "zstd", "crc32c"], "none": ["bytes", "crc32c"]}
@@ -45,18 +45,6 @@ def source_changed(record: dict | None) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return None if h.hexdigest() == record["sha256"] else f"{path}: source file changed since it was extracted"
-
-
-def expected_arrays(cache: Cache) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
-    """key -> (data_type, row tail shape, chunk rows, shard rows), as store.writer makes them for the storage modes."""
-    lay, spec = cache.layout, cache.spec
-    out = {}
-    for k in cache.layers:
-        for suffix, (array, width) in cache.mode.arrays(spec["dim"]).items():
-            out[layer_key(k) + suffix] = (array.dtype, (width,) if array.per_channel else (), lay.chunk_frames, lay.shard_frames)
-    if cache.audio_mode in ("float32", "int16"):
-        out["audio"] = ("int16" if cache.audio_mode == "int16" else "float32", (), lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
-    return out
 
 
 def check_array(array_dir: str, expected: tuple, rows: int, codec: str, full: bool) -> list[str]:
@@ -100,7 +88,8 @@ def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
     """Problems with one committed part (structure only when full=False: cheap enough for every extraction run)."""
     frames, samples = cache.part_rows[part]
     problems = []
-    for key, expected in expected_arrays(cache).items():
+    expected_arrays = part_arrays(cache.layers, cache.spec["dim"], cache.spec["storage_dtype"], cache.audio_mode, cache.layout)
+    for key, expected in expected_arrays.items():
         array_dir = os.path.join(part_path(cache.path, cache.part_dirs[part]), key)
         problems += check_array(array_dir, expected, samples if key == "audio" else frames, cache.layout.codec, full)
     if cache.audio_mode == "flac":
@@ -169,15 +158,4 @@ def verify_cache(path: str, progress=None, sources: bool = False, full: bool = T
 
 
 def changed_sources(cache: Cache) -> list[str]:
-    records = read_index(cache.path, "sources")
-    missing = [p for p in cache.parts if p not in records]
-    for part, marker in read_markers(cache.path, missing).items():
-        if isinstance(marker, dict):
-            records[part] = marker
-    found = []
-    for part in cache.parts:
-        for record in (records.get(part) or {}).get("sources") or []:
-            why = source_changed(record)
-            if why:
-                found.append(why)
-    return found
+    return [why for record in cache.sources().values() if (why := source_changed(record))]

@@ -23,7 +23,7 @@ from store import fs
 from store.chunks import encode_shard, encoder, shard_file
 from store.errors import NotACacheError, SpecMismatchError, WriteError
 from store.layout import Layout, attempt_dir, commit_path, compressors, layer_key, part_path, read_json
-from store.modes import FLAC_DIR, TARGET_MODES, encode_audio, flac_bytes, stats_to_json
+from store.modes import FLAC_DIR, TARGET_MODES, encode_audio, flac_bytes, part_arrays, stats_to_json
 from store.spec import FORMAT_VERSION, fingerprint, validate_spec
 
 
@@ -108,15 +108,10 @@ class PartWriter:
 
     def _create(self) -> None:
         group = zarr.open_group(self._path, mode="w")
-        lay = self.layout
         self._arrays, self._buffers, self._rows, self._encoders = {}, {}, {}, {}
-        for layer in self.layers:
-            for suffix, (array, width) in self.mode.arrays(self.dim).items():
-                tail = (width,) if array.per_channel else ()
-                self._make(group, layer_key(layer) + suffix, tail, np.dtype(array.dtype), lay.chunk_frames, lay.shard_frames)
-        if self.audio in ("float32", "int16"):
-            dtype = np.dtype("int16" if self.audio == "int16" else "float32")
-            self._make(group, "audio", (), dtype, lay.chunk_frames * lay.hop, lay.shard_frames * lay.hop)
+        arrays = part_arrays(self.layers, self.dim, self.storage_dtype, self.audio, self.layout)
+        for key, (dtype, tail, chunk, shard) in arrays.items():
+            self._make(group, key, tail, np.dtype(dtype), chunk, shard)
 
     def _make(self, group, key: str, tail: tuple, dtype: np.dtype, chunk: int, shard: int) -> None:
         chunk_bytes = chunk * int(np.prod(tail or (1,))) * dtype.itemsize

@@ -155,12 +155,7 @@ def collate(items: list[tuple[torch.Tensor, torch.Tensor | tuple | None]]) -> di
         out["codes"], out["frames"] = _pad([c for _, (c, _) in items])
         out["scales"], _ = _pad([s for _, (_, s) in items])
     elif items[0][1] is not None:
-        n, _, d = items[0][1].shape
-        frames = torch.tensor([t.shape[1] for _, t in items])
-        targets = torch.zeros(len(items), n, int(frames.max()), d, dtype=items[0][1].dtype)
-        for i, (_, t) in enumerate(items):
-            targets[i, :, : t.shape[1]] = t
-        out["targets"], out["frames"] = targets, frames
+        out["targets"], out["frames"] = _pad([t for _, t in items])
     return out
 
 
