@@ -109,9 +109,7 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     path = create_cache(cache_root, spec, provenance, layout, stats)
     with exclusive(path):
         cache = Cache(path)
-        if not fs.is_remote(path):
-            for d in orphan_attempts(cache):  # interrupted attempts: no marker names them, and we hold the lock
-                fs.rmtree(part_path(path, d))
+        remove_orphans(cache)
         sources = cache.sources()
         retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path))
         cache.refresh()
@@ -122,9 +120,17 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
             run(cfg, path, pending, teacher, spec, cache.layout)
         consolidate(path)
         cache.refresh()
+        remove_orphans(cache)  # attempts of workers that died during this run (a dask retry committed the part)
     return Summary(path, cache.fingerprint, len(cache), cache.total_frames,
                    round(cache.total_samples / teacher.sample_rate / 3600, 4), cache.skipped,
                    len(pending), len(cache.parts), round(time.time() - t0, 2), bool(pending))
+
+
+def remove_orphans(cache: Cache) -> None:
+    """Delete attempt directories no marker names: interrupted attempts. Local caches only, under the cache's lock."""
+    if not fs.is_remote(cache.path):
+        for d in orphan_attempts(cache):
+            fs.rmtree(part_path(cache.path, d))
 
 
 def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool) -> None:
