@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from bench.common import hubert_base_teacher, machine, speech_corpus, table
-from store import Layout, PartWriter, create_cache, open_cache
+from store import FORMAT_VERSION, Layout, PartWriter, create_cache, open_cache
 
 CROP = 780  # frames in a 250,000-sample crop
 
@@ -37,7 +37,7 @@ def activations(tmp: str, seconds: float = 120.0) -> np.ndarray:
 
 def build(root: str, codec: str, feats: np.ndarray, frames: int, utt_frames: int = 600) -> tuple[str, float]:
     """A 3-layer cache of `frames` frames tiled from `feats`; returns (path, seconds spent writing)."""
-    spec = {"format_version": 1, "teacher": {"digest": "bench", "config": {}}, "layers": [4, 8, 12], "dim": 768,
+    spec = {"format_version": FORMAT_VERSION, "teacher": {"digest": "bench", "config": {}}, "layers": [4, 8, 12], "dim": 768,
             "compute_dtype": "float32", "storage_dtype": "float16", "preprocessing": {"sample_rate": 16000, "codec": codec},
             "frame": {"window": 400, "hop": 320}}
     layout = Layout(codec=codec)
@@ -88,7 +88,8 @@ def zarr_python_crops(path: str, seconds: float = 3.0) -> float:
     import zarr
 
     cache = open_cache(path)
-    arrays = {k: zarr.open_array(os.path.join(path, "parts", "p000000", f"layer_{k}"), mode="r") for k in (4, 8, 12)}
+    part = os.path.join(path, "parts", cache.part_dirs["p000000"])  # the attempt directory the marker names
+    arrays = {k: zarr.open_array(os.path.join(part, f"layer_{k}"), mode="r") for k in (4, 8, 12)}
     rows = arrays[4].shape[0]
     rng = np.random.default_rng(0)
     n, t0 = 0, time.perf_counter()

@@ -66,6 +66,7 @@ class Cache:
             self.layout = Layout(**meta["layout"])
             self.layers: list[int] = list(self.spec["layers"])
             self.mode = TARGET_MODES[self.spec["storage_dtype"]]
+            self._suffixes = tuple(self.mode.arrays(self.spec["dim"]))  # the arrays each layer keeps; asked on every read
             self.audio_mode: str = self.spec.get("audio", "float32")
             self.stats: dict | None = stats_from_json(meta.get("stats"))
         except (KeyError, TypeError, ValueError) as e:
@@ -153,8 +154,10 @@ class Cache:
         unbounded handles (with their shard indexes) grew ~0.3 GB per DataLoader worker per epoch."""
         if self._pid != os.getpid():
             self._handles, self._pid = OrderedDict(), os.getpid()
-        handle = self._handles.pop((part_dir, key), None)
-        if handle is None:
+        handle = self._handles.get((part_dir, key))
+        if handle is not None:
+            self._handles.move_to_end((part_dir, key))
+        else:
             array_dir = os.path.join(part_path(self.path, part_dir), key)
             try:
                 meta = read_json(os.path.join(array_dir, "zarr.json"))
@@ -165,9 +168,9 @@ class Cache:
                 handle = ShardedRows(array_dir, meta, fs.open_file)
             except (ValueError, KeyError):  # not our codec chain: let zarr read it
                 handle = zarr.open_array(array_dir, mode="r")
-        self._handles[(part_dir, key)] = handle
-        while len(self._handles) > MAX_OPEN_ARRAYS:
-            self._handles.popitem(last=False)
+            self._handles[(part_dir, key)] = handle
+            while len(self._handles) > MAX_OPEN_ARRAYS:
+                self._handles.popitem(last=False)
         return handle
 
     def _read(self, part: str, key: str, start: int, stop: int) -> np.ndarray:
@@ -192,7 +195,7 @@ class Cache:
         part, f0, nf, _, _ = self._locate(uid)
         start, stop = self._bounds(uid, "frames", nf, start, stop)
         key = layer_key(layer)
-        return {sfx: self._read(part, key + sfx, f0 + start, f0 + stop) for sfx in self.mode.arrays(self.spec["dim"])}
+        return {sfx: self._read(part, key + sfx, f0 + start, f0 + stop) for sfx in self._suffixes}
 
     def decode(self, layer: int, stored: dict[str, np.ndarray]) -> np.ndarray:
         """Float rows from read_stored()'s arrays."""
