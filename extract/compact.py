@@ -12,8 +12,7 @@ import sys
 
 from extract.audio import load_audio
 from store import fs
-from store.modes import fit_and_measure as fit_on_sample
-from store.modes import stats_from_json, stats_sample
+from store.modes import fit_and_measure, stats_from_json, stats_sample
 from store.reader import read_meta
 from store.spec import differences
 
@@ -40,7 +39,7 @@ def _only_stats_differ(a: dict, b: dict) -> bool:
     return not differences(strip(a), strip(b), layer_subset=False)
 
 
-def fit_and_measure(teacher, utts: list, layers: list[int], mode: str) -> tuple[dict, dict]:
+def fit_with_teacher(teacher, utts: list, layers: list[int], mode: str) -> tuple[dict, dict]:
     """One fp32 teacher forward per sampled utterance (store.modes.stats_sample), then store.modes.fit_and_measure."""
     by_id = {u.uid: u for u in utts}
     fit, held = stats_sample(list(by_id))
@@ -50,4 +49,4 @@ def fit_and_measure(teacher, utts: list, layers: list[int], mode: str) -> tuple[
     def features(uid: str) -> dict:
         return teacher.forward([load_audio(by_id[uid].path, teacher.sample_rate)], layers, dtype="float32")[0]
 
-    return fit_on_sample(mode, layers, list(by_id), features)
+    return fit_and_measure(mode, layers, list(by_id), features)

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from extract.compact import existing_stats, fit_and_measure
+from extract.compact import existing_stats, fit_with_teacher
 from extract.corpus import scan
 from extract.errors import ExtractError
 from extract.pipeline import extract_part
@@ -103,8 +103,8 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "batching_probe": probe}
     stats = None
     if TARGET_MODES[cfg.storage_dtype].needs_stats:  # fit on a sample first (or keep the existing cache's), then one pass
-        stats, provenance["fidelity"] = existing_stats(cache_root, spec) or fit_and_measure(teacher, utts, spec["layers"],
-                                                                                            cfg.storage_dtype)
+        stats, provenance["fidelity"] = existing_stats(cache_root, spec) or fit_with_teacher(teacher, utts, spec["layers"],
+                                                                                             cfg.storage_dtype)
         spec["storage_stats"] = stats_digest(stats)
     path = create_cache(cache_root, spec, provenance, layout, stats)
     with exclusive(path):

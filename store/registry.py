@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from store import fs
 from store.errors import CacheError, FormatVersionError, NotACacheError
 from store.reader import Cache, default_cache_dir
@@ -53,8 +55,6 @@ def closest_refusal(spec: dict, cache_dir: str | None = None) -> str:
 
 def describe(cache: Cache) -> dict:
     """What `feature-cache info` prints: totals come from the index (no file listing, no plan of 281k files)."""
-    import numpy as np
-
     frame_bytes = sum(width * np.dtype(a.dtype).itemsize for a, width in cache.mode.arrays(cache.spec["dim"]).values())
     sample_bytes = {"float32": 4, "int16": 2, "flac": 2, "none": 0}[cache.audio_mode]  # flac: before its own compression
     raw = cache.total_frames * len(cache.layers) * frame_bytes + cache.total_samples * sample_bytes
