@@ -25,7 +25,8 @@ def parse_layers(value: str) -> tuple[int, ...]:
 
 @click.command("extract-features", cls=OneLineCommand, context_settings={"show_default": True})
 @click.option("--teacher", required=True, help="hub name (e.g. facebook/hubert-base-ls960) or local model directory")
-@click.option("--corpus", required=True, type=click.Path(exists=True), help="audio directory (recursive) or fairseq TSV")
+@click.option("--corpus", required=True, type=click.Path(exists=True),
+              help="audio directory (recursive), fairseq TSV, Kaldi data dir (wav.scp [+ segments]) or lhotse manifest (*.jsonl.gz)")
 @click.option("--layers", default="4,8,12", help="teacher layers to cache (0 = input to layer 1)")
 @click.option("--cache-dir", default=None, help="cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]")
 @click.option("--revision", default=None, help="hub revision of the teacher")
@@ -40,7 +41,12 @@ def parse_layers(value: str) -> tuple[int, ...]:
               help="padded audio seconds per teacher batch [default: 200 on GPU; 0 = one utterance per forward on CPU]")
 @click.option("--part-seconds", type=click.FloatRange(min=0, min_open=True), default=600.0,
               help="audio per part (unit of commit and resume)")
-@click.option("--max-seconds", type=click.FloatRange(min=0), default=60.0, help="longer files are bad input (0: no limit)")
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=60.0,
+              help="longer files are bad input (0: no limit); not used with --segment-seconds")
+@click.option("--segment-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="cut longer utterances into windows of S seconds, each its own utterance (15.625 = 250,000 samples, "
+                   "the official crop); the last window ends at the end")
+@click.option("--segment-overlap", type=click.FloatRange(min=0), default=0.0, help="seconds shared by neighbouring windows")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="start a dask LocalCluster with N worker processes")
 @click.option("--scheduler", default=None, help="address of an existing dask scheduler (tcp://host:8786)")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", help="bad input files")
@@ -51,11 +57,12 @@ def parse_layers(value: str) -> tuple[int, ...]:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @cli_errors(kept="every committed part is kept; re-run the same command to continue")
 def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, audio, codec, batch_seconds, part_seconds,
-         max_seconds, workers, scheduler, on_error, allow_pickle, repair, as_json, quiet) -> None:
+         max_seconds, segment_seconds, segment_overlap, workers, scheduler, on_error, allow_pickle, repair, as_json, quiet) -> None:
     """Run TEACHER once over CORPUS and cache its LAYERS; prints the cache path last."""
     cfg = ExtractConfig(teacher=teacher, corpus=corpus, layers=parse_layers(layers), cache_dir=cache_dir, revision=revision,
                         device=device, dtype=dtype, storage_dtype=storage_dtype, audio=audio, codec=codec, batch_seconds=batch_seconds,
-                        part_seconds=part_seconds, max_seconds=max_seconds, on_error=on_error, workers=workers,
+                        part_seconds=part_seconds, max_seconds=max_seconds,
+                        segment_seconds=segment_seconds or 0.0, segment_overlap=segment_overlap, on_error=on_error, workers=workers,
                         scheduler=scheduler, allow_pickle=allow_pickle, repair=repair, progress=not quiet)
     s = extract_features(cfg)
     if not s.teacher_work:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from extract.audio import load_audio
+from extract.audio import load_utterance
 from store import fs
 from store.modes import fit_and_measure, stats_from_json, stats_sample
 from store.reader import read_meta
@@ -47,6 +47,6 @@ def fit_with_teacher(teacher, utts: list, layers: list[int], mode: str) -> tuple
           f"{' held out' if held else ' of them (too few to hold any out)'}", file=sys.stderr)
 
     def features(uid: str) -> dict:
-        return teacher.forward([load_audio(by_id[uid].path, teacher.sample_rate)], layers, dtype="float32")[0]
+        return teacher.forward([load_utterance(by_id[uid], teacher.sample_rate)], layers, dtype="float32")[0]
 
     return fit_and_measure(mode, layers, list(by_id), features)

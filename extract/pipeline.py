@@ -6,7 +6,6 @@ the teacher waits on neither.
 
 from __future__ import annotations
 
-import io
 import os
 from collections import deque
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from extract.teacher import Teacher
 from store import Layout, PartWriter
 from store.modes import TARGET_MODES, stats_from_json
 from store.reader import read_meta
-from store.verify import source_record
+from store.verify import file_sha256, source_record, unchanged_since
 
 LOOKAHEAD = 3  # batches decoded ahead of the teacher
 GPU_BATCH_SECONDS = 200.0  # padded audio per batch on a GPU
@@ -35,26 +34,25 @@ def auto_batch_seconds(value: float | None, teacher: Teacher) -> float:
     return GPU_BATCH_SECONDS if teacher.device.type == "cuda" else 0.0
 
 
-def _decode(teacher: Teacher, path: str) -> tuple[np.ndarray, dict] | str:
-    """(wave, source record), or the reason the file cannot be used.
+def _decode(teacher: Teacher, item: list) -> tuple[np.ndarray, dict] | str:
+    """(wave, source record), or the reason the utterance cannot be used.
 
-    The bytes are read once: hashed for the commit marker (a changed file is noticed later) and decoded
-    from memory, so the hash is of exactly what the teacher heard."""
+    The file is hashed for the commit marker (a changed file is noticed later; once per process for the segments
+    of one recording), its window decoded alone, and the file must be the same one (inode, size, mtime, ctime)
+    after decoding as when hashed: the hash is of what the teacher heard."""
+    path, window = item[1], item[3]
     try:
-        before = os.stat(path)
-        with open(path, "rb") as f:
-            data = f.read()
-        record = source_record(path, data)
-        if (record["size"], record["mtime_ns"]) != (before.st_size, before.st_mtime_ns):
+        st, digest = file_sha256(path)
+        wave = load_audio(path, teacher.sample_rate, window["start"], window["frames"], window["channel"])
+        if not unchanged_since(path, st):
             return "changed while being read; re-run extract-features"
-        wave = load_audio(io.BytesIO(data), teacher.sample_rate)
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types; they become a reason
         return f"cannot decode ({str(e).splitlines()[0][:120]})"
     if len(wave) < teacher.window:
         return f"too short: {len(wave)} samples at {teacher.sample_rate} Hz, the teacher needs at least {teacher.window}"
     if not np.isfinite(wave).all():
         return "contains NaN or infinite samples"
-    return wave, record
+    return wave, source_record(path, st, digest, window)
 
 
 def _skip(uid: str, path: str, reason: str) -> dict:
@@ -83,7 +81,7 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
         try:
             for b in range(len(batches)):
                 while len(ahead) < LOOKAHEAD and b + len(ahead) < len(batches):
-                    ahead.append([decoders.submit(_decode, teacher, items[i][1]) for i in batches[b + len(ahead)]])
+                    ahead.append([decoders.submit(_decode, teacher, items[i]) for i in batches[b + len(ahead)]])
                 decoded = [f.result() for f in ahead.popleft()]
                 good = []
                 for i, res in zip(batches[b], decoded, strict=True):

@@ -25,22 +25,33 @@ def _unchanged(record: dict) -> bool:
     return (st.st_size, st.st_mtime_ns) == (record.get("size"), record.get("mtime_ns"))
 
 
+def _where(path: str, window: dict) -> str:
+    """A file and the window of it an id stands for, comparable between a committed record and the corpus now."""
+    start = window.get("start") or 0
+    stop = window.get("stop", None if window.get("frames") is None else start + window["frames"])
+    if not start and stop is None and window.get("channel") is None:
+        return path
+    channel = "" if window.get("channel") is None else f", channel {window['channel']}"
+    return f"{path}[{start}:{'' if stop is None else stop}{channel}]"
+
+
 def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: int, part_seconds: float,
                sources: dict[str, dict]) -> list[dict]:
     """Parts for every utterance not committed yet; refuse a committed id that now points at another file.
 
     `sources`: uid -> the committed record of its file. Files skipped while decoding are retried only once
     they change (a NaN file fixed later is picked up)."""
-    clashes = [f"{u.path} has id '{u.uid}', already cached from {sources[u.uid]['path']}" for u in utts
-               if u.uid in sources and sources[u.uid] and sources[u.uid]["path"] != u.path]
+    clashes = [f"id '{u.uid}' is now {_where(u.path, u.window)}, but the cache holds it from {_where(r['path'], r)}"
+               for u in utts if (r := sources.get(u.uid)) and _where(r["path"], r) != _where(u.path, u.window)]
     if clashes:
-        raise ExtractError(f"{clashes[0]} ({len(clashes)} such files); use a separate --cache-dir for a second corpus with the same ids")
+        raise ExtractError(f"{clashes[0]} ({len(clashes)} such ids); use a separate --cache-dir for a second corpus with the same "
+                           "ids, or `feature-cache rm` this cache to rebuild it")
     still_bad = {s["path"] for s in cache.skipped if "size" in s and _unchanged(s)}
     fresh = sorted((u for u in utts if u.uid not in cache and u.path not in still_bad), key=lambda u: u.uid)
     budget = int(part_seconds * rate)
     parts, items, samples = [], [], 0
     for i, u in enumerate(fresh):
-        items.append([u.uid, u.path, u.samples_at(rate)])
+        items.append([u.uid, u.path, u.samples_at(rate), u.window])
         samples += items[-1][2]
         if samples >= budget or i == len(fresh) - 1:
             parts.append({"name": part_name([it[0] for it in items]), "items": items})

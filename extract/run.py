@@ -16,6 +16,9 @@ from extract.errors import ExtractError
 from extract.pipeline import extract_part
 from extract.plan import orphan_attempts, plan_parts
 from extract.probe import probe_batching
+from extract.segments import PLACEMENT as SEGMENT_PLACEMENT
+from extract.segments import check as check_segments
+from extract.segments import segment
 from extract.teacher import load_teacher
 from store import Cache, Layout, create_cache, default_cache_dir, fs
 from store.index import consolidate, uncommit
@@ -28,7 +31,7 @@ from store.verify import damaged_parts, source_changed
 @dataclass(frozen=True)
 class ExtractConfig:
     teacher: str  # hub name or local directory
-    corpus: str  # directory or fairseq TSV manifest
+    corpus: str  # directory, fairseq TSV, Kaldi data dir or lhotse manifest (extract/corpora)
     layers: tuple[int, ...] = (4, 8, 12)  # DistilHuBERT's targets
     cache_dir: str | None = None  # default: $DISTILCACHE_HOME or ~/.cache/distilcache
     revision: str | None = None  # hub revision of the teacher
@@ -39,7 +42,9 @@ class ExtractConfig:
     codec: str = "blosc-zstd"  # see docs/benchmarks.md
     batch_seconds: float | None = None  # padded audio per teacher batch; None: 200 on GPU, 0 (one utterance) on CPU
     part_seconds: float = 600.0  # audio per part: the unit of commit, resume and dask task
-    max_seconds: float = 60.0  # longer files are bad input (attention is quadratic in length)
+    max_seconds: float = 60.0  # longer files are bad input (attention is quadratic in length); not used when segmenting
+    segment_seconds: float = 0.0  # >0: longer utterances become windows of this length (extract/segments.py), part of the spec
+    segment_overlap: float = 0.0  # seconds shared by neighbouring windows
     on_error: str = "fail"  # fail: stop before teacher work | skip: cache the rest, record the skipped
     workers: int = 0  # >0: a dask LocalCluster with that many worker processes
     scheduler: str | None = None  # address of an existing dask scheduler
@@ -57,6 +62,8 @@ class ExtractConfig:
             raise ExtractError(f"--codec {self.codec}: choose one of {', '.join(CODECS)}")
         if (self.batch_seconds or 0) < 0 or self.part_seconds <= 0:
             raise ExtractError("--batch-seconds must be >= 0 and --part-seconds positive")
+        if self.segment_seconds < 0 or self.segment_overlap and not self.segment_seconds:
+            raise ExtractError("--segment-overlap needs --segment-seconds, and --segment-seconds must be positive")
         if self.workers and self.scheduler:
             raise ExtractError("--workers and --scheduler are exclusive: --workers starts a local cluster")
 
@@ -89,10 +96,15 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     """extract_features() with a teacher already loaded (benchmarks time this part)."""
     t0 = time.time()
     spec = teacher.spec(list(cfg.layers), cfg.storage_dtype, cfg.audio)
-    root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, cfg.max_seconds)
+    root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, 0 if cfg.segment_seconds else cfg.max_seconds)
+    if cfg.segment_seconds:
+        check_segments(cfg.segment_seconds, cfg.segment_overlap, teacher.sample_rate, teacher.window)
+        utts = segment(utts, cfg.segment_seconds, cfg.segment_overlap)
+        spec["preprocessing"]["segments"] = {"seconds": cfg.segment_seconds, "overlap": cfg.segment_overlap,
+                                             "placement": SEGMENT_PLACEMENT}
     if bad and cfg.on_error == "fail":
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
-        raise ExtractError(f"{len(bad)} bad file(s) in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
+        raise ExtractError(f"{len(bad)} bad file(s) or entries in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
     cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
     try:
         fs.makedirs(cache_root)
@@ -139,10 +151,14 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
     damaged = damaged_parts(cache, full=full) if check else {p: [why] for p, why in cache.damaged.items()}
     in_corpus = {u.uid for u in utts}
     changed: dict[str, list[str]] = {}
+    verdicts: dict[tuple, str | None] = {}  # the segments of one recording share a file: judge it once
     for uid in sorted(in_corpus & set(sources)):
-        why = source_changed(sources[uid])
-        if why:
-            changed.setdefault(cache.part_of(uid), []).append(why)
+        r = sources[uid]
+        key = (r["path"], r["size"], r["mtime_ns"], r["sha256"])
+        if key not in verdicts:
+            verdicts[key] = source_changed(r)
+        if verdicts[key]:
+            changed.setdefault(cache.part_of(uid), []).append(verdicts[key])
     for label, found in (("damaged", damaged), ("with changed source files", changed)):
         if found:
             first = next(iter(found.values()))[0]

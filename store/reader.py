@@ -238,6 +238,21 @@ class Cache:
         self._locate(uid)
         return self.sources().get(uid)
 
+    def segment(self, uid: str) -> dict | None:
+        """Where `uid`'s audio came from: {recording, path, start, stop, sample_rate, channel}, start/stop in samples at
+        the file's own rate (stop None: to the end of the file; channel None: the mean of all channels). None when the
+        cache records no source (an HDF5 import). Maps a segment's targets back to its recording."""
+        record = self.source(uid)
+        if record is None:
+            return None
+        return {"recording": record.get("recording", uid), "path": record["path"], "start": record.get("start", 0),
+                "stop": record.get("stop"), "sample_rate": record.get("sample_rate"), "channel": record.get("channel")}
+
+    def recording(self, uid: str) -> str:
+        """The recording `uid` belongs to: the held-out split keeps a recording's segments on one side."""
+        record = self.sources().get(uid)
+        return record.get("recording", uid) if record else uid
+
     def _plan(self) -> dict:
         """plan.json (small: counts, pending part names and files refused up front), read only when asked.
         Progress information only: a lost or damaged plan is rebuilt by the next extract-features."""

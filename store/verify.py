@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from store import fs
@@ -23,10 +25,63 @@ from store.reader import Cache
 _CHAINS = {"blosc-zstd": ["bytes", "blosc", "crc32c"], "zstd": ["bytes", "zstd", "crc32c"], "none": ["bytes", "crc32c"]}
 
 
-def source_record(path: str, data: bytes) -> dict:
-    """What a commit marker keeps of a source file: enough to notice it changed (size/mtime first, then sha256)."""
+def _key(path: str, st: os.stat_result) -> tuple:
+    """A file's identity for the digest memo: any write changes its ctime, which no user can set back."""
+    return path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+_digests: OrderedDict[tuple, str] = OrderedDict()
+_locks: dict[tuple, threading.Lock] = {}
+_memo_lock = threading.Lock()
+
+
+def file_sha256(path: str) -> tuple[os.stat_result, str]:
+    """(stat, sha256) of a file, hashed in 1 MiB blocks (memory flat in file size) and once per process while the
+    file is unchanged: the 720 segments of a 3-hour recording hash it once, not 720 times. Raises OSError."""
     st = os.stat(path)
-    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": hashlib.sha256(data).hexdigest()}
+    key = _key(path, st)
+    with _memo_lock:
+        if key in _digests:
+            _digests.move_to_end(key)
+            return st, _digests[key]
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:  # threads decoding segments of one file wait for a single hash
+        with _memo_lock:
+            if key in _digests:
+                return st, _digests[key]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if _key(path, os.stat(path)) != key:
+            raise OSError(f"{path} changed while being hashed")
+        with _memo_lock:
+            _digests[key] = h.hexdigest()
+            _locks.pop(key, None)
+            while len(_digests) > 4096:
+                _digests.popitem(last=False)
+            return st, _digests[key]
+
+
+def unchanged_since(path: str, st: os.stat_result) -> bool:
+    try:
+        return _key(path, os.stat(path)) == _key(path, st)
+    except OSError:
+        return False
+
+
+def source_record(path: str, st: os.stat_result, sha256: str, window: dict | None = None) -> dict:
+    """What a commit marker keeps of a source: enough to notice the file changed (size/mtime first, then sha256), and
+    for a window of a file (a segment) where it is: start/stop at the file's own rate, channel and recording."""
+    record = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    if window and (window.get("frames") is not None or window.get("start") or window.get("channel") is not None):
+        record.update(start=window["start"], stop=None if window.get("frames") is None else window["start"] + window["frames"],
+                      sample_rate=window["rate"])
+        if window.get("channel") is not None:
+            record["channel"] = window["channel"]
+    if window and window.get("recording"):
+        record["recording"] = window["recording"]
+    return record
 
 
 def source_changed(record: dict | None) -> str | None:
@@ -40,11 +95,11 @@ def source_changed(record: dict | None) -> str | None:
         return f"{path}: source file is gone"
     if (st.st_size, st.st_mtime_ns) == (record["size"], record["mtime_ns"]):
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return None if h.hexdigest() == record["sha256"] else f"{path}: source file changed since it was extracted"
+    try:
+        digest = file_sha256(path)[1]
+    except OSError:
+        return f"{path}: source file cannot be read"
+    return None if digest == record["sha256"] else f"{path}: source file changed since it was extracted"
 
 
 def check_array(array_dir: str, expected: tuple, rows: int, codec: str, full: bool) -> list[str]:

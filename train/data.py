@@ -26,17 +26,19 @@ def crop_start(n_samples: int, max_samples: int, hop: int, rng: np.random.Genera
     return int(rng.integers(0, (n_samples - max_samples) // hop + 1))
 
 
-def split_ids(ids: list[str], valid_fraction: float) -> tuple[list[str], list[str]]:
-    """Deterministic held-out split by id hash: stable when the cache grows."""
-    def bucket(uid: str) -> float:
-        return int(hashlib.sha1(uid.encode()).hexdigest()[:8], 16) / 2**32
+def split_ids(ids: list[str], valid_fraction: float, recording=None) -> tuple[list[str], list[str]]:
+    """Deterministic held-out split by the hash of each id's recording (`recording(uid)`; default: the id itself):
+    stable when the cache grows, and the segments of one recording never straddle it (no train/held-out leakage)."""
+    def bucket(key: str) -> float:
+        return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
 
-    buckets = {u: bucket(u) for u in ids}
-    valid = [u for u in ids if buckets[u] < valid_fraction]
-    if valid_fraction > 0 and not valid and len(ids) > 1:
-        valid = [min(ids, key=buckets.__getitem__)]
-    held = set(valid)  # built once: a set per id made this quadratic (24 s at LibriSpeech size, on every rank)
-    train = [u for u in ids if u not in held]
+    group = {u: recording(u) for u in ids} if recording else {u: u for u in ids}
+    buckets = {g: bucket(g) for g in set(group.values())}
+    held_groups = {g for g, b in buckets.items() if b < valid_fraction}
+    if valid_fraction > 0 and not held_groups and len(buckets) > 1:
+        held_groups = {min(buckets, key=buckets.__getitem__)}
+    valid = [u for u in ids if group[u] in held_groups]  # sets, not lists: a list per id made this quadratic
+    train = [u for u in ids if group[u] not in held_groups]
     return train, valid
 
 
@@ -80,24 +82,26 @@ class CachedCrops(Dataset):
 
 
 def source_audio(cache: Cache, uid: str) -> np.ndarray:
-    """The teacher's input for `uid`, decoded again from its source file; refused if the file changed since extraction."""
-    import io
-
+    """The teacher's input for `uid`, decoded again from its window of its source file; refused if the file changed
+    since extraction. The file is hashed once per process while it stays unchanged (store.verify.file_sha256)."""
     from extract.audio import load_audio
     from store import CorruptDataError
+    from store.verify import file_sha256
 
     record = cache.source(uid)
     if not record:
         raise CorruptDataError(f"{cache.path}: keeps no audio and records no source file for '{uid}'; re-extract with --audio float32")
     try:
-        data = open(record["path"], "rb").read()
+        digest = file_sha256(record["path"])[1]
     except OSError as e:
-        raise CorruptDataError(f"{record['path']}: source of '{uid}' cannot be read ({e.strerror}); this cache keeps no audio "
+        raise CorruptDataError(f"{record['path']}: source of '{uid}' cannot be read ({e.strerror or e}); this cache keeps no audio "
                                "(--audio none), so its corpus must stay in place") from None
-    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+    if digest != record["sha256"]:
         raise CorruptDataError(f"{record['path']}: changed since it was extracted (sha256 differs); re-run extract-features "
                                "on the corpus to re-extract it")
-    wave = load_audio(io.BytesIO(data), cache.spec["preprocessing"]["sample_rate"])
+    start, stop = record.get("start", 0), record.get("stop")
+    wave = load_audio(record["path"], cache.spec["preprocessing"]["sample_rate"], start, None if stop is None else stop - start,
+                      record.get("channel"))
     if len(wave) != cache.num_samples(uid):
         raise CorruptDataError(f"{record['path']}: decodes to {len(wave)} samples, the cache says {cache.num_samples(uid)}")
     return wave
@@ -181,10 +185,10 @@ class CorpusCrops(CachedCrops):
         return [min(self.utts[u].samples_at(self.rate), self.max_samples) for u in self.ids]
 
     def __getitem__(self, key: tuple[int, int]):
-        from extract.audio import load_audio
+        from extract.audio import load_utterance
 
         uid = self.ids[key[1]]
-        wave = load_audio(self.utts[uid].path, self.rate)
+        wave = load_utterance(self.utts[uid], self.rate)
         rng = np.random.default_rng([self.seed, key[0], key[1]])
         k = crop_start(len(wave), self.max_samples, self.hop, rng) if self.random_crop else 0
         return torch.from_numpy(wave[k * self.hop : k * self.hop + self.max_samples].copy()), None

@@ -55,26 +55,28 @@ def check_complete(cache: Cache, allow_partial: bool) -> None:
 
 
 def subset_ids(cache: Cache, corpus: str) -> list[str]:
-    """The cache's ids for the files of `corpus` (a subdirectory or manifest of the corpus the cache was built from).
+    """The cache's ids for the utterances of `corpus`: a subdirectory or manifest of the corpus the cache was built
+    from, or a Kaldi dir / lhotse manifest whose ids it holds. Windows cut by --segment-seconds go with their source.
 
-    Ids are relative to the cache's corpus root, so a file matches by its path under that root, not by the
-    subset's own relative path (train-clean-100/103/... is 103/... relative to the subset)."""
-    from extract.corpus import list_files
+    Files match by their path under the cache's corpus root, not by the subset's own relative path
+    (train-clean-100/103/... is 103/... relative to the subset)."""
+    from extract.corpora import read_corpus
+    from extract.segments import parent
 
     root = cache.provenance.get("corpus")
-    sub_root, rels = list_files(corpus)
-    if not root:
-        raise SpecMismatchError(f"{cache.path}: records no corpus root, so --corpus {corpus} cannot be matched to its ids")
+    _, entries, _ = read_corpus(corpus)
     wanted = set()
-    for rel in rels:
-        path = os.path.realpath(os.path.join(sub_root, rel))
-        under = os.path.relpath(path, os.path.realpath(root))
-        if not under.startswith(".."):
-            wanted.add(os.path.splitext(under)[0].replace(os.sep, "/"))
-    ids = [u for u in cache.utterance_ids if u in wanted]
+    for e in entries:
+        if e.where != e.path:  # a manifest entry (Kaldi, lhotse): its id is the cache's id
+            wanted.add(e.uid)
+        elif root:  # a file of a directory or TSV: its id is its path under the cache's corpus root
+            under = os.path.relpath(os.path.realpath(e.path), os.path.realpath(root))
+            if not under.startswith(".."):
+                wanted.add(os.path.splitext(under)[0].replace(os.sep, "/"))
+    ids = [u for u in cache.utterance_ids if u in wanted or parent(u) in wanted]
     if not ids:
-        raise SpecMismatchError(f"--corpus {corpus}: none of its {len(rels)} files is in {cache.path}, whose corpus root is "
-                                f"{root}; give a directory under that root (or the manifest of one)")
+        raise SpecMismatchError(f"--corpus {corpus}: none of its {len(entries)} utterances is in {cache.path}, whose corpus root is "
+                                f"{root}; give a directory under that root, or a manifest of ids the cache holds")
     return ids
 
 
@@ -89,8 +91,8 @@ def load_sources(cfg: TrainConfig) -> Sources:
     if cfg.cache is None:  # online: the teacher runs every step, on the same crops
         teacher.check_layers(layers)
         _, utts, _ = scan(cfg.corpus, teacher.sample_rate, teacher.window)
-        train_ids, valid_ids = split_ids(sorted(u.uid for u in utts), cfg.valid_fraction)
         by_id = {u.uid: u for u in utts}
+        train_ids, valid_ids = split_ids(sorted(by_id), cfg.valid_fraction, lambda u: by_id[u].recording or u)
 
         def crops(ids, random_crop):
             return CorpusCrops([by_id[i] for i in ids], teacher.sample_rate, teacher.hop, teacher.window, cfg.max_crop_samples,
@@ -116,7 +118,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
     ids = cache.utterance_ids
     if cfg.corpus:
         ids = subset_ids(cache, cfg.corpus)
-    train_ids, valid_ids = split_ids(ids, cfg.valid_fraction)
+    train_ids, valid_ids = split_ids(ids, cfg.valid_fraction, cache.recording)
     pre = cache.spec["preprocessing"]
     judge = eval_cache(cfg, cache, layers) if cfg.eval_cache else cache
     valid_ids = [u for u in valid_ids if u in judge]

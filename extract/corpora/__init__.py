@@ -1,0 +1,78 @@
+"""Corpus inputs: every kind a user keeps (a directory, a fairseq TSV, a Kaldi data dir, a lhotse manifest)
+becomes one list of entries, before any audio header is read.
+
+Adding an input kind is one module with `accepts(corpus)` and `read(corpus)`, listed in READERS.
+Entries say *what* to extract (an id, a file, a time window, a channel); extract.corpus reads the
+headers and resolves the windows to samples.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from extract.errors import ExtractError
+
+
+@dataclass(frozen=True)
+class Entry:
+    uid: str  # the cache's id for it: a corpus-relative path, a Kaldi utterance id, a lhotse cut id
+    path: str  # absolute path of the audio file
+    where: str  # how errors name this entry: the file itself, or 'manifest line N (id)'
+    offset: float = 0.0  # seconds into the file
+    end: float | None = None  # seconds into the file (Kaldi); None: offset + duration, or the end of the file
+    duration: float | None = None  # seconds (lhotse)
+    channel: int | None = None  # one channel of the file; None: the mean of all its channels
+    recording: str | None = None  # entries of one recording stay on one side of the held-out split; None: uid
+
+    @property
+    def whole(self) -> bool:
+        return self.offset == 0 and self.end is None and self.duration is None
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: str  # the audio file, or the manifest entry ('segments line 3 (utt-7)')
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+def to_samples(seconds: float, rate: int) -> int:
+    """Seconds to a sample count, rounding half up after 8 decimals: lhotse's rule (lhotse.utils.compute_num_samples),
+    written out here so that Kaldi inputs, which do not need lhotse installed, round the same way."""
+    return int(Decimal(round(seconds * rate, ndigits=8)).quantize(0, rounding=ROUND_HALF_UP))
+
+
+def absolute(path: str, base: str) -> str:
+    """Kaldi and lhotse manifests hold paths relative to where the recipe runs (the current directory)."""
+    return os.path.abspath(path if os.path.isabs(path) else os.path.join(base, path))
+
+
+def duplicates(entries: list[Entry]) -> tuple[list[Entry], list[BadFile]]:
+    """Drop entries whose id was already used, naming both."""
+    seen: dict[str, Entry] = {}
+    keep, bad = [], []
+    for e in entries:
+        if e.uid in seen:
+            bad.append(BadFile(e.where, f"id '{e.uid}' is also used by {seen[e.uid].where}; ids must be unique"))
+        else:
+            seen[e.uid] = e
+            keep.append(e)
+    return keep, bad
+
+
+def read_corpus(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
+    """(root, entries, bad entries) of any supported corpus input; root is what ids are relative to."""
+    from extract.corpora import directory, kaldi, lhotse_manifest, tsv
+
+    if not os.path.exists(corpus):
+        raise ExtractError(f"--corpus {corpus}: no such directory or manifest")
+    for reader in (kaldi, lhotse_manifest, directory, tsv):
+        if reader.accepts(corpus):
+            root, entries, bad = reader.read(corpus)
+            entries, dup = duplicates(entries)
+            return root, entries, bad + dup
+    raise ExtractError(f"--corpus {corpus}: not a directory, TSV, Kaldi data dir or lhotse manifest")
