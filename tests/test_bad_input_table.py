@@ -27,6 +27,9 @@ def world(tmp_path_factory, tiny_teacher):
     (root / "afile").write_text("not a directory")
     (root / "empty").mkdir()
     (root / "bad.json").write_text("{not json")
+    (root / "kaldi").mkdir()
+    (root / "kaldi/wav.scp").write_text("rec1 sox in.flac -t wav - |\n")
+    (root / "junk.jsonl.gz").write_bytes(b"not gzip")
     return {"root": root, "corpus": corpus, "cache": s.path, "teacher": tiny_teacher, "caches": str(root / "caches")}
 
 
@@ -59,6 +62,10 @@ CASES = [
     (extract_cli, lambda w: [*_extract(w), "--teacher", str(w["root"] / "no-teacher")], "no-teacher"),
     (extract_cli, lambda w: [*_extract(w), "--corpus", str(w["root"] / "empty")], "no audio files"),
     (extract_cli, lambda w: [*_extract(w), "--corpus", str(w["root"] / "bad.json")], "bad.json"),
+    (extract_cli, lambda w: [*_extract(w), "--corpus", str(w["root"] / "kaldi")], "wav.scp line 1 (rec1)"),
+    (extract_cli, lambda w: [*_extract(w), "--corpus", str(w["root"] / "junk.jsonl.gz")], "junk.jsonl.gz"),
+    (extract_cli, lambda w: _extract(w, "--segment-seconds", "2", "--segment-overlap", "3"), "--segment-overlap"),
+    (extract_cli, lambda w: _extract(w, "--segment-overlap", "1"), "--segment-overlap"),
     (train_cli, lambda w: _train(w, "--device", "tpu"), "--device tpu"),
     (train_cli, lambda w: [*_train(w), "--out", str(w["root"] / "afile")], "--out"),
     (train_cli, lambda w: _train(w, "--max-crop-samples", "100"), "--max-crop-samples"),
