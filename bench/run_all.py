@@ -18,6 +18,7 @@ BENCHES = {
     "train": ["bench.train_bench", "--crop-samples", "250000", "--batch-size", "2", "--steps", "5", "--workers", "0"],
     "scale": ["bench.scale_bench"],
     "compact": ["bench.compact_bench"],
+    "crop": ["bench.crop_context"],
 }
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")
 

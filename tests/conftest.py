@@ -107,10 +107,10 @@ def write_wav(path: str, seconds: float, rate: int = 16000, channels: int = 1, s
     sf.write(path, np.stack([data, 0.5 * data], 1) if channels == 2 else data, rate, subtype="PCM_16")
 
 
-def build_corpus(root: str, n: int = 6, seed: int = 0) -> str:
+def build_corpus(root: str, n: int = 6, seed: int = 0, ext: str = "wav") -> str:
     rng = np.random.default_rng(seed)
     for i in range(n):
-        write_wav(f"{root}/spk{i % 2}/utt{i:02d}.wav", float(rng.uniform(0.3, 2.5)), seed=seed * 100 + i)
+        write_wav(f"{root}/spk{i % 2}/utt{i:02d}.{ext}", float(rng.uniform(0.3, 2.5)), seed=seed * 100 + i)
     return root
 
 

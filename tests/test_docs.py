@@ -81,7 +81,7 @@ def doc_world(tmp_path_factory):
     work = tmp_path_factory.mktemp("docs")
     teacher = build_tiny_teacher(str(work / "hubert-base-ls960"), layers=12, hidden=16)
     for i, sub in enumerate(("train-clean-100", "dev-clean")):
-        build_corpus(str(work / "LibriSpeech" / sub), n=3, seed=i)
+        build_corpus(str(work / "LibriSpeech" / sub), n=3, seed=i, ext="flac")  # LibriSpeech is FLAC
     return {"WORK": str(work), "TEACHER": teacher, "CORPUS": str(work / "LibriSpeech")}
 
 

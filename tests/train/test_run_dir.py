@@ -126,4 +126,4 @@ def test_a_subset_of_the_cache_corpus_matches_by_path_under_its_root(tmp_path, t
     assert sorted(subset_ids(oc(s.path), corpus)) == sorted(u for u in oc(s.path).utterance_ids if u.startswith("train-clean-100/"))
     other = build_corpus(str(tmp_path / "elsewhere"), n=1)
     r = CliRunner().invoke(main, [*_args(s.path, tmp_path / "run2"), "--corpus", other])
-    assert r.exit_code == 2 and "none of its 1 files" in r.stderr
+    assert r.exit_code == 2 and "none of its 1 utterances" in r.stderr
