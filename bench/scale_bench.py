@@ -29,8 +29,8 @@ SNIPPETS = {
     "info": "from store import open_cache, describe; d = describe(open_cache(P)); print(d['utterances'])",
     "verify (structure)": "from store.verify import damaged_parts; from store import open_cache; print(len(damaged_parts(open_cache(P))))",
     "verify (every crc32c)": "from store import verify_cache; print(len(verify_cache(P)))",
-    "split_ids": ("from store import open_cache; from train.data import split_ids;"
-                  "print(len(split_ids(open_cache(P).utterance_ids, 0.01)[1]))"),
+    "split_ids (by recording)": ("from store import open_cache; from train.data import split_ids; c = open_cache(P);"
+                                 "print(len(split_ids(c.utterance_ids, 0.01, c.recording)[1]))"),
     "resume skip (100k steps)": ("from store import open_cache; from train.data import BucketBatches; c = open_cache(P);"
                                  "b = BucketBatches([min(c.num_samples(u), 250000) for u in c.utterance_ids], 24, 0);"
                                  "next(b.from_step(100000))"),

@@ -16,6 +16,7 @@ from store import fs
 from store.layout import commit_path, index_path, part_path, read_json, sources_path, write_json_atomic
 
 READER_FIELDS = ("part", "dir", "ids", "frames", "samples", "skipped", "total_frames", "total_samples")
+OPTIONAL_FIELDS = ("recordings",)  # uid -> recording, only for utterances that are segments of a recording
 
 
 def list_markers(cache: str) -> list[str]:
@@ -64,7 +65,7 @@ def consolidate(cache: str) -> int:
     todo = [p for p in names if p not in index or p not in sources]
     for part, marker in read_markers(cache, todo).items():
         if isinstance(marker, dict):
-            index[part] = {k: marker[k] for k in READER_FIELDS}
+            index[part] = {k: marker[k] for k in READER_FIELDS + OPTIONAL_FIELDS if k in marker}
             sources[part] = {"dir": marker["dir"], "ids": marker["ids"], "sources": marker.get("sources") or [None] * len(marker["ids"]),
                              "skipped": marker["skipped"]}
     index = dict(sorted(index.items()))  # the same parts give the same bytes, whatever order they were committed in

@@ -89,6 +89,7 @@ class Cache:
         self.damaged: dict[str, str] = {}  # part -> why its marker cannot be used
         self.duplicates: list[str] = []
         self._skipped_in_parts: list[dict] = []
+        self._recordings: dict[str, str] = {}
         self.total_frames = self.total_samples = 0
         for part in sorted(markers):
             marker = markers[part]
@@ -98,6 +99,9 @@ class Cache:
             self.parts.append(part)
             self.part_dirs[part] = marker["dir"]
             self._skipped_in_parts.extend(marker.get("skipped", []))
+            recordings = marker.get("recordings")
+            if isinstance(recordings, dict):
+                self._recordings.update(recordings)
             f0 = s0 = 0
             for i, (uid, nf, ns) in enumerate(zip(marker["ids"], marker["frames"], marker["samples"], strict=True)):
                 if uid in self._where:
@@ -248,10 +252,14 @@ class Cache:
         return {"recording": record.get("recording", uid), "path": record["path"], "start": record.get("start", 0),
                 "stop": record.get("stop"), "sample_rate": record.get("sample_rate"), "channel": record.get("channel")}
 
+    @property
+    def has_recordings(self) -> bool:
+        """Whether any utterance is a segment of a longer recording (else each is its own recording)."""
+        return bool(self._recordings)
+
     def recording(self, uid: str) -> str:
         """The recording `uid` belongs to: the held-out split keeps a recording's segments on one side."""
-        record = self.sources().get(uid)
-        return record.get("recording", uid) if record else uid
+        return self._recordings.get(uid, uid)
 
     def _plan(self) -> dict:
         """plan.json (small: counts, pending part names and files refused up front), read only when asked.

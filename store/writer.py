@@ -172,6 +172,9 @@ class PartWriter:
         self._guard(self._flush, True)
         marker = {"part": self.part, "dir": self.dir, **self.index, "skipped": skipped or [], "audio_clipped": self.clipped,
                   "total_frames": self._rows[layer_key(self.layers[0])], "total_samples": sum(self.index["samples"])}
+        recordings = {u: s["recording"] for u, s in zip(self.index["ids"], self.index["sources"], strict=True) if s and s.get("recording")}
+        if recordings:  # in the index too (the held-out split needs them; sources.json is not read by training)
+            marker["recordings"] = recordings
         if not self._guard(self._publish, marker):
             self.abort()  # another attempt committed this part first: its files are the part, ours go
             return read_json(commit_path(self.cache, self.part))

@@ -118,7 +118,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
     ids = cache.utterance_ids
     if cfg.corpus:
         ids = subset_ids(cache, cfg.corpus)
-    train_ids, valid_ids = split_ids(ids, cfg.valid_fraction, cache.recording)
+    train_ids, valid_ids = split_ids(ids, cfg.valid_fraction, cache.recording if cache.has_recordings else None)
     pre = cache.spec["preprocessing"]
     judge = eval_cache(cfg, cache, layers) if cfg.eval_cache else cache
     valid_ids = [u for u in valid_ids if u in judge]
