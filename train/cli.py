@@ -9,6 +9,7 @@ import click
 from extract.cli import parse_layers
 from store.cli import OneLineCommand, cli_errors
 from train.config import load_config
+from train.design import PRESETS
 from train.loop import train
 
 
@@ -32,7 +33,15 @@ from train.loop import train
 @click.option("--checkpoint-interval", type=int, default=None, help="[default: 1000]")
 @click.option("--stop-after", type=int, default=None, help="stop (checkpointed) after this step; continue with --resume")
 @click.option("--num-workers", type=int, default=None, help="DataLoader workers [default: 4]")
-@click.option("--init", type=click.Choice(["teacher", "random"]), default=None, help="[default: teacher]")
+@click.option("--init", type=click.Choice(["teacher", "random"]), default=None,
+              help="teacher: copy each part whose shapes fit (said in one line) [default: teacher]")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="student design [default: distilhubert]")
+@click.option("--student-layers", type=int, default=None, help="transformer layers [default: the preset's]")
+@click.option("--student-width", type=int, default=None, help="hidden size [default: the preset's; distilhubert: the teacher's]")
+@click.option("--student-heads", type=int, default=None, help="attention heads [default: the preset's]")
+@click.option("--student-ffn", type=int, default=None, help="feed-forward size [default: the preset's]")
+@click.option("--match", default=None, help="layer-to-layer objective: STUDENT:TEACHER pairs, e.g. 1:4,2:8,3:12 "
+              "[default: DistilHuBERT's heads on the last layer]")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None, help="[default: auto]")
 @click.option("--device", default=None, help="auto | cpu | cuda [default: auto]")
 @click.option("--seed", type=int, default=None)

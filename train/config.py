@@ -25,7 +25,13 @@ class TrainConfig:
     teacher: str | None = None  # for init (and online mode); default: the teacher recorded in the cache
     corpus: str | None = None  # online mode; with a cache: restrict training to these utterances
     layers: tuple[int, ...] = ()  # teacher layers to predict; empty: all of the cache's (finding a cache, online: 4,8,12)
-    init: str = "teacher"  # teacher: copy CNN, projection, pos-conv, layers 1-2 | random
+    init: str = "teacher"  # teacher: copy each part whose shapes fit (CNN, projection, pos-conv, layer i <- i) | random
+    preset: str = "distilhubert"  # student design (train/design.py): distilhubert | deep-thin | small | wide-4
+    student_layers: int = 0  # 0: the preset's
+    student_width: int = 0  # 0: the preset's (distilhubert: the teacher's width)
+    student_heads: int = 0  # 0: the preset's, or the teacher's at its width, else ~64 dims per head
+    student_ffn: int = 0  # 0: the preset's, or the teacher's at its width, else 4 x width
+    match: str = ""  # layer-to-layer objective, STUDENT:TEACHER pairs ("1:4,2:8,3:12"); "": heads on the last layer
     steps: int = 200_000  # paper: 200k
     batch_size: int = 24  # utterances per step (paper: 24)
     max_crop_samples: int = 250_000  # random crop, at most 15.6 s
@@ -81,6 +87,15 @@ class TrainConfig:
             raise ConfigError("--num-workers and --stop-after must be >= 0")
         if any(k < 0 for k in self.layers) or len(set(self.layers)) != len(self.layers):
             raise ConfigError(f"--layers {','.join(map(str, self.layers))}: give distinct non-negative layer numbers")
+        if min(self.student_layers, self.student_width, self.student_heads, self.student_ffn) < 0:
+            raise ConfigError("--student-layers/--student-width/--student-heads/--student-ffn must be >= 0 (0: the preset's)")
+        if self.match:
+            from train.design import parse_match
+
+            pairs = parse_match(self.match)
+            if self.layers and sorted(t for _, t in pairs) != sorted(self.layers):
+                raise ConfigError(f"--match {self.match} predicts teacher layers {','.join(str(t) for _, t in pairs)}, but --layers "
+                                  f"says {','.join(map(str, self.layers))}; leave --layers out (--match sets them)")
         if self.cache is None and not (self.teacher and self.corpus):
             raise ConfigError("online mode (no --cache) needs --teacher and --corpus")
         if self.cache == "" and not self.teacher:

@@ -25,7 +25,8 @@ def export_student(model: Student, out_dir: str, layers: list[int], sample_rate:
     heads = {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
     save_file(heads, os.path.join(out_dir, "heads.safetensors"))
     with open(os.path.join(out_dir, "heads.json"), "w") as f:
-        json.dump({"target_layers": layers, "dim": model.encoder.config.hidden_size}, f)
+        json.dump({"target_layers": layers, "dim": model.encoder.config.hidden_size,
+                   "objective": "layer-to-layer" if model.match else "heads", "match": [list(m) for m in model.match]}, f)
     return student_dir
 
 

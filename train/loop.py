@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -27,9 +28,10 @@ from train.checkpoint import RESUMABLE_CHANGES, load_checkpoint, resume_differen
 from train.config import ConfigError, TrainConfig, save_config
 from train.data import BucketBatches, collate
 from train.decode import DeviceDecoder
+from train.design import resolve as resolve_design
 from train.export import export_student, plot_losses
 from train.loss import distill_loss
-from train.model import Student, count_parameters, init_from_teacher, student_config
+from train.model import Student, count_parameters, describe_parts, init_from_teacher, student_config, weight_groups
 from train.sources import load_sources
 
 
@@ -99,11 +101,24 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
                           f"{f'; and {len(diff) - 3} more' if len(diff) > 3 else ''}); use the checkpoint's settings or another --out")
     if ranks.main:
         os.makedirs(cfg.out, exist_ok=True)
-    # on resume the architecture comes from the checkpoint, so a changed teacher config cannot reshape it
-    model_config = student_config(ckpt["student_config"] if ckpt else src.teacher_config, cfg.dropout)
-    model = Student(model_config, len(layers), cfg.feature_grad_mult)
+    # the student's design (train/design.py); on resume the architecture comes from the checkpoint, so a changed
+    # teacher config cannot reshape it
+    design = resolve_design(cfg.preset, cfg.student_layers, cfg.student_width, cfg.student_heads, cfg.student_ffn, cfg.match,
+                            src.teacher_config)
+    model_config = student_config(ckpt["student_config"], cfg.dropout) if ckpt else student_config(src.teacher_config, cfg.dropout, design)
+    model = Student(model_config, len(layers), cfg.feature_grad_mult, target_dim=src.teacher_config["hidden_size"], match=design.match)
+    init = {"copied": [], "random": list(weight_groups(model.encoder))}
     if cfg.init == "teacher" and not ckpt:
-        init_from_teacher(model, src.teacher.model)
+        copied, fresh = init_from_teacher(model, src.teacher.model)
+        init = {"copied": copied, "random": fresh}
+        if ranks.main:
+            print(f"student {design.layers} x {design.width} ({design.objective}): copied from the teacher: {describe_parts(copied)}; "
+                  f"random (shapes differ from the teacher's): {describe_parts(fresh)}", file=sys.stderr)
+    if ranks.main and not ckpt:
+        with open(os.path.join(cfg.out, "design.json"), "w") as f:
+            json.dump({**design.to_dict(), "target_layers": layers, "teacher_width": src.teacher_config["hidden_size"],
+                       "parameters": count_parameters(model.encoder), "head_parameters": count_parameters(model.heads),
+                       "init": init if cfg.init == "teacher" else "random"}, f, indent=1)
     model.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if ranks.enabled else model  # averages gradients
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)

@@ -28,13 +28,16 @@ STUDENT_OVERRIDES = {
 }
 
 
-def student_config(teacher_config: dict, dropout: float = 0.1):
-    """The student's HubertConfig, derived from the teacher's (sizes, conv stack, pos-conv)."""
+def student_config(teacher_config: dict, dropout: float = 0.1, design=None):
+    """The student's HubertConfig: the teacher's conv stack and pos-conv, the design's sizes (train/design.py;
+    None: DistilHuBERT's, the teacher's width with 2 layers)."""
     from transformers import HubertConfig
 
     keep = {k: v for k, v in teacher_config.items() if k not in ("model_type", "architectures", "num_hidden_layers")}
     drop = {"attention_dropout": dropout, "activation_dropout": dropout, "hidden_dropout": dropout}
-    cfg = HubertConfig(**{**keep, **STUDENT_OVERRIDES, **drop})
+    sizes = {} if design is None else {"num_hidden_layers": design.layers, "hidden_size": design.width,
+                                       "num_attention_heads": design.heads, "intermediate_size": design.ffn}
+    cfg = HubertConfig(**{**keep, **STUDENT_OVERRIDES, **drop, **sizes})
     cfg.architectures = ["HubertModel"]
     return cfg
 
@@ -53,13 +56,14 @@ class GradMultiply(torch.autograd.Function):
 
 
 class PredictionHeads(nn.Module):
-    """Linear(D -> D*N) -> GELU -> one Linear(D -> D) per target layer (s3prl's distiller heads)."""
+    """Linear(D -> D*N) -> GELU -> one Linear(D -> D_teacher) per target layer (s3prl's distiller heads; D_teacher = D
+    for DistilHuBERT, the teacher's width when the student is narrower or wider)."""
 
-    def __init__(self, dim: int, n_targets: int):
+    def __init__(self, dim: int, n_targets: int, target_dim: int | None = None):
         super().__init__()
         self.n = n_targets
         self.proj = nn.Linear(dim, dim * n_targets)
-        self.heads = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_targets))
+        self.heads = nn.ModuleList(nn.Linear(dim, target_dim or dim) for _ in range(n_targets))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, N, T, D]
         b, t, d = h.shape
@@ -67,14 +71,33 @@ class PredictionHeads(nn.Module):
         return torch.stack([head(x[:, :, i]) for i, head in enumerate(self.heads)], dim=1)
 
 
+class LayerProjections(nn.Module):
+    """Layer-to-layer objective: student layer s predicts teacher layer t through Linear(D -> D_teacher), per pair."""
+
+    def __init__(self, dim: int, match: tuple[tuple[int, int], ...], target_dim: int):
+        super().__init__()
+        self.student_layers = [s for s, _ in match]
+        self.proj = nn.ModuleList(nn.Linear(dim, target_dim) for _ in match)
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:  # -> [B, N, T, D_teacher]
+        return torch.stack([p(hidden_states[s]) for p, s in zip(self.proj, self.student_layers, strict=True)], dim=1)
+
+
 class Student(nn.Module):
-    def __init__(self, config, n_targets: int, feature_grad_mult: float = 0.1):
+    """The encoder (a plain HubertModel) and what maps it to the targets: heads on its last layer, or one projection
+    per matched layer. Outputs [B, N, T, D_teacher] in the order of the target layers."""
+
+    def __init__(self, config, n_targets: int, feature_grad_mult: float = 0.1, target_dim: int | None = None,
+                 match: tuple[tuple[int, int], ...] = ()):
         super().__init__()
         from transformers import HubertModel
 
         self.encoder = HubertModel(config)
         install_masked_groupnorm(self.encoder)  # padded batches see what each utterance alone would
-        self.heads = PredictionHeads(config.hidden_size, n_targets)
+        self.match = tuple(match)
+        target_dim = target_dim or config.hidden_size
+        self.heads = LayerProjections(config.hidden_size, self.match, target_dim) if self.match \
+            else PredictionHeads(config.hidden_size, n_targets, target_dim)
         self.feature_grad_mult = feature_grad_mult
         if feature_grad_mult != 1.0:
             self.encoder.feature_extractor.register_forward_hook(self._scale_cnn_grad)
@@ -82,29 +105,64 @@ class Student(nn.Module):
     def _scale_cnn_grad(self, module, inputs, output):
         return GradMultiply.apply(output, self.feature_grad_mult) if self.training else output
 
-    def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(input to layer 1, output of layer 1, ..., output of the last layer): "layer K" as for teachers
+        (extract/layers.py; the student is post-LN, so transformers' hidden_states are exactly these)."""
         mask = (torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]).long()
         with valid_lengths(self.encoder, lengths):
-            hidden = self.encoder(wave, attention_mask=mask).last_hidden_state
-        return self.heads(hidden)
+            return self.encoder(wave, attention_mask=mask, output_hidden_states=True).hidden_states
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden_states(wave, lengths)
+        return self.heads(hidden) if self.match else self.heads(hidden[-1])
 
     def num_frames(self, samples):
         return self.encoder._get_feat_extract_output_lengths(samples)
 
 
-def init_from_teacher(student: Student, teacher: nn.Module) -> list[str]:
-    """Copy CNN, feature projection, positional conv and the first two layers; returns what was copied."""
+def weight_groups(encoder: nn.Module) -> dict[str, list[str]]:
+    """The encoder's state-dict keys by the parts init talks about: CNN, feature projection, positional conv, layer i."""
+    groups: dict[str, list[str]] = {}
+    for name in encoder.state_dict():
+        if name.startswith("feature_extractor."):
+            group = "CNN"
+        elif name.startswith("feature_projection."):
+            group = "feature projection"
+        elif name.startswith("encoder.pos_conv_embed."):
+            group = "positional conv"
+        elif name.startswith("encoder.layers."):
+            group = f"layer {int(name.split('.')[2]) + 1}"
+        else:
+            continue  # encoder.layer_norm (REFERENCE.md: not copied), masked_spec_embed
+        groups.setdefault(group, []).append(name)
+    return groups
+
+
+def init_from_teacher(student: Student, teacher: nn.Module) -> tuple[list[str], list[str]]:
+    """Copy each part whose every tensor has the teacher's shape (CNN, feature projection, positional conv, student
+    layer i from teacher layer i); a part that does not fit stays random as a whole, never half-copied.
+    Returns (copied parts, random parts) for the one line that says so."""
     t, s = teacher.state_dict(), student.encoder.state_dict()
-    copied = []
-    for name, value in s.items():
-        source = name
-        if name.startswith("encoder.layer_norm"):
-            continue  # REFERENCE.md: the encoder-level LayerNorm is not copied
-        if source in t and t[source].shape == value.shape:
-            s[name] = t[source].clone()
-            copied.append(name)
+    copied, fresh = [], []
+    for group, names in weight_groups(student.encoder).items():
+        if all(n in t and t[n].shape == s[n].shape for n in names):
+            for n in names:
+                s[n] = t[n].clone()
+            copied.append(group)
+        else:
+            fresh.append(group)
     student.encoder.load_state_dict(s)
-    return copied
+    return copied, fresh
+
+
+def describe_parts(parts: list[str]) -> str:
+    """'CNN, feature projection, layers 1-2' from the part names."""
+    layers = [int(p.split()[1]) for p in parts if p.startswith("layer ")]
+    rest = [p for p in parts if not p.startswith("layer ")]
+    if layers:
+        rest.append(f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]}"
+                    if layers == list(range(layers[0], layers[-1] + 1)) else "layers " + ",".join(map(str, layers)))
+    return ", ".join(rest) or "nothing"
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -83,8 +83,10 @@ def subset_ids(cache: Cache, corpus: str) -> list[str]:
 def load_sources(cfg: TrainConfig) -> Sources:
     from extract import load_teacher
     from extract.corpus import scan
+    from train.design import parse_match
 
-    layers = sorted(cfg.layers or DISTILHUBERT_LAYERS)
+    asked = cfg.layers or tuple(t for _, t in parse_match(cfg.match))  # --match names the teacher layers it predicts
+    layers = sorted(asked or DISTILHUBERT_LAYERS)
     teacher = None
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher, device="cpu", allow_pickle=cfg.allow_pickle)
@@ -101,7 +103,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
         return Sources(teacher.config.to_dict(), layers, teacher.sample_rate, teacher.do_normalize, crops(train_ids, True),
                        crops(valid_ids, False) if valid_ids else None, None, teacher)
     cache = open_cache(cfg.cache, cfg.cache_dir) if cfg.cache else find_cache_for(cfg, layers, teacher.digest)
-    layers = sorted(cfg.layers or cache.layers)
+    layers = sorted(asked or cache.layers)
     missing = sorted(set(layers) - set(cache.layers))
     if missing:
         raise SpecMismatchError(f"{cache.path}: layers {','.join(map(str, missing))} are not in this cache (it has "

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from extract import load_teacher
 from train.loss import distill_loss
-from train.model import Student, count_parameters, init_from_teacher, student_config
+from train.model import Student, count_parameters, init_from_teacher, student_config, weight_groups
 
 
 def test_student_from_hubert_base_has_the_published_parameter_count():
@@ -38,13 +38,11 @@ def test_loss_matches_a_hand_computation():
 def test_init_copies_teacher_parts_but_not_the_encoder_layer_norm(tiny_teacher):
     teacher = load_teacher(tiny_teacher, device="cpu")
     student = Student(student_config(teacher.config.to_dict()), 2)
-    copied = init_from_teacher(student, teacher.model)
-    t = teacher.model.state_dict()
-    for prefix in ("feature_extractor.conv_layers.0", "feature_projection.projection", "encoder.pos_conv_embed", "encoder.layers.1"):
-        names = [n for n in copied if n.startswith(prefix)]
-        assert names, prefix
-        assert all(torch.equal(student.encoder.state_dict()[n], t[n]) for n in names)
-    assert not any(n.startswith("encoder.layer_norm") for n in copied)
+    copied, fresh = init_from_teacher(student, teacher.model)
+    assert copied == ["CNN", "feature projection", "positional conv", "layer 1", "layer 2"] and not fresh  # REFERENCE.md
+    t, s, groups = teacher.model.state_dict(), student.encoder.state_dict(), weight_groups(student.encoder)
+    assert all(torch.equal(s[n], t[n]) for g in copied for n in groups[g])
+    assert not any(n.startswith("encoder.layer_norm") for g in groups.values() for n in g)
 
 
 def test_padded_student_batch_equals_each_alone(tiny_teacher):
