@@ -10,6 +10,7 @@ from extract.cli import main as extract_cli
 from store.cli import main as cache_cli
 from tests.conftest import build_corpus
 from train.cli import main as train_cli
+from train.compare import main as compare_cli
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,11 @@ CASES = [
     (train_cli, lambda w: _train(w, "--config", str(w["root"] / "bad.json")), "bad.json"),
     (train_cli, lambda w: [*_train(w), "--out", str(w["root"] / "run"), "--resume", "--layers", "3"], "layers"),
     (train_cli, lambda w: [*_train(w), "--out", str(w["root"] / "run"), "--resume", "--batch-size", "3"], "batch_size"),
+    (train_cli, lambda w: _train(w, "--student-width", "30", "--student-heads", "4"), "--student-width 30"),
+    (train_cli, lambda w: _train(w, "--match", "1-4"), "--match 1-4"),
+    (train_cli, lambda w: _train(w, "--match", "9:1"), "student layer 9"),
+    (train_cli, lambda w: _train(w, "--student-layers", "-1"), "--student-layers"),
+    (compare_cli, lambda w: [str(w["root"] / "run"), str(w["root"] / "empty")], "empty: no design.json"),
     (cache_cli, lambda w: ["info", str(w["root"] / "empty")], "empty"),
     (cache_cli, lambda w: ["ls", "--cache-dir", str(w["root"] / "afile")], "afile"),
     (cache_cli, lambda w: ["export", w["cache"], str(w["root"] / "empty")], "empty"),

@@ -18,6 +18,7 @@ from extract.cli import main as extract_cli
 from store.cli import main as cache_cli
 from tests.conftest import build_corpus, build_tiny_teacher
 from train.cli import main as train_cli
+from train.compare import main as compare_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(
@@ -33,7 +34,7 @@ def _options(cmd: click.Command) -> set[str]:
     return found
 
 
-ALL_OPTIONS = _options(extract_cli) | _options(train_cli) | _options(cache_cli)
+ALL_OPTIONS = _options(extract_cli) | _options(train_cli) | _options(cache_cli) | _options(compare_cli)
 
 
 def test_every_cli_option_is_documented_and_every_documented_option_exists():
