@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -35,7 +36,17 @@ def find_cache_for(cfg: TrainConfig, layers: list[int], digest: str) -> Cache:
     if not fits:
         raise SpecMismatchError(f"no cache under {cfg.cache_dir or default_cache_dir()} for --teacher {cfg.teacher} with layers "
                                 f"{','.join(map(str, layers))}; run extract-features with them first (feature-cache ls lists caches)")
+    kinds = {json.dumps(c.spec["preprocessing"].get("segments"), sort_keys=True) for c in fits}
+    if len(kinds) > 1:  # full-context and crop-consistent targets are different experiments: never pick one silently
+        listed = "; ".join(f"{c.path} ({_segments(c)})" for c in fits)
+        raise SpecMismatchError(f"--cache: {len(fits)} caches of --teacher {cfg.teacher} fit, segmented differently ({listed}); "
+                                "give --cache PATH or FINGERPRINT")
     return max(fits, key=lambda c: (c.spec["compute_dtype"] == "float32", len(c)))
+
+
+def _segments(cache: Cache) -> str:
+    seg = cache.spec["preprocessing"].get("segments")
+    return f"--segment-seconds {seg['seconds']:g}" if seg else "whole utterances"
 
 
 def check_complete(cache: Cache, allow_partial: bool) -> None:

@@ -273,3 +273,18 @@ def test_train_student_on_a_segmented_cache_keeps_recordings_whole_and_reads_win
     write_wav(seg["path"], 7.5, seed=99)  # --audio none: a changed source is refused, not read
     with pytest.raises(CorruptDataError, match="changed since it was extracted"):
         src.train[(0, 0)]
+
+
+def test_finding_a_cache_by_teacher_never_picks_between_segmented_and_whole_silently(tmp_path, tiny_teacher):
+    from store import SpecMismatchError
+    from train.config import TrainConfig
+    from train.sources import load_sources
+
+    write_wav(str(tmp_path / "c/a.wav"), 7.0)
+    _extract(tiny_teacher, tmp_path / "c", tmp_path / "k")
+    cfg = TrainConfig(cache="", teacher=tiny_teacher, cache_dir=str(tmp_path / "k"), out=str(tmp_path / "run"), layers=(1, 3))
+    assert load_sources(cfg).cache  # one cache: found
+    _extract(tiny_teacher, tmp_path / "c", tmp_path / "k", segment_seconds=3.0)
+    with pytest.raises(SpecMismatchError, match="segmented differently") as e:
+        load_sources(cfg)
+    assert "--segment-seconds 3" in str(e.value) and "whole utterances" in str(e.value)
