@@ -135,18 +135,24 @@ def test_every_design_trains_and_exports_a_student_transformers_loads(cached, de
     assert heads["objective"] == ("layer-to-layer" if "match" in design else "heads")
 
 
-def test_a_wider_teachers_cache_trains_a_narrower_student(tmp_path):
-    from tests.conftest import build_tiny_teacher
-
-    wide = build_tiny_teacher(str(tmp_path / "wide"), layers=4, hidden=64)  # stands in for a 24-layer, 1024-wide teacher
-    s = extract_features(ExtractConfig(wide, build_corpus(str(tmp_path / "c"), n=6), layers=(2, 4), cache_dir=str(tmp_path / "k"),
-                                       progress=False))
-    run = train(_quick(s.path, tmp_path / "run", student_width=32))
+def test_a_1024_wide_teachers_cache_trains_a_768_wide_student(tmp_path):
+    """wav2vec2-large / WavLM-large are 1024 wide: a tiny teacher of that width (2 layers, small CNN) stands in."""
     from safetensors.torch import load_file
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
+    torch.manual_seed(0)
+    wide = str(tmp_path / "wide")
+    HubertModel(HubertConfig(hidden_size=1024, num_hidden_layers=2, num_attention_heads=16, intermediate_size=128, conv_dim=(32,) * 7,
+                             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=16)).save_pretrained(wide)
+    Wav2Vec2FeatureExtractor(do_normalize=False, sampling_rate=16000).save_pretrained(wide)
+    s = extract_features(ExtractConfig(wide, build_corpus(str(tmp_path / "c"), n=6), layers=(1, 2), cache_dir=str(tmp_path / "k"),
+                                       progress=False))
+    run = train(_quick(s.path, tmp_path / "run", student_width=768))
     heads = load_file(str(tmp_path / "run/heads.safetensors"))
-    assert heads["heads.0.weight"].shape == (64, 32)  # predicts the teacher's 64-wide layers from a 32-wide student
-    assert json.load(open(tmp_path / "run/design.json"))["width"] == 32 and run["eval"]["loss"] > 0
+    assert heads["heads.0.weight"].shape == (1024, 768)  # predicts the teacher's 1024-wide layers from a 768-wide student
+    design = json.load(open(tmp_path / "run/design.json"))
+    assert (design["width"], design["heads"], design["ffn"], design["teacher_width"]) == (768, 12, 3072, 1024)
+    assert run["eval"]["loss"] > 0 and os.path.isdir(run["student"])
 
 
 def test_resume_refuses_a_changed_design(cached, tmp_path):
