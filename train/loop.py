@@ -111,9 +111,9 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     if cfg.init == "teacher" and not ckpt:
         copied, fresh = init_from_teacher(model, src.teacher.model)
         init = {"copied": copied, "random": fresh}
-        if ranks.main:
-            print(f"student {design.layers} x {design.width} ({design.objective}): copied from the teacher: {describe_parts(copied)}; "
-                  f"random (shapes differ from the teacher's): {describe_parts(fresh)}", file=sys.stderr)
+    init_line = (f"student {design.layers} x {design.width} ({design.objective}): copied from the teacher: "
+                 f"{describe_parts(init['copied'])}; random (shapes differ from the teacher's): {describe_parts(init['random'])}"
+                 if cfg.init == "teacher" and not ckpt and ranks.main else None)
     if ranks.main and not ckpt:
         with open(os.path.join(cfg.out, "design.json"), "w") as f:
             json.dump({**design.to_dict(), "target_layers": layers, "teacher_width": src.teacher_config["hidden_size"],
@@ -217,6 +217,9 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         step += 1
         window_steps += 1
         bar.update(1)
+        if init_line:  # said once the first step has run: a run that fails before it keeps its error to one line
+            bar.write(init_line, file=sys.stderr)
+            init_line = None
         # log
         if ranks.main and (step % cfg.log_interval == 0 or step == cfg.steps):
             elapsed = time.perf_counter() - window_t0
