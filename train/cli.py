@@ -50,6 +50,8 @@ from train.loop import train
 @click.option("--eval-cache", default=None, help="held-out targets from this cache (same teacher), e.g. exact ones while training on int8")
 @click.option("--allow-pickle", is_flag=True, default=None, help="accept a teacher with pickle (.bin) weights; only if you trust it")
 @click.option("--allow-partial", is_flag=True, default=None, help="train on a cache whose extraction is unfinished or running")
+@click.option("--follow", is_flag=True, default=None,
+              help="train while the cache is being extracted: each epoch picks up the parts committed since (implies --allow-partial)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @cli_errors(kept="the run dir keeps its last checkpoint; continue with --resume")
 def main(config_file, layers, quiet, **flags) -> None:

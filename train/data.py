@@ -6,6 +6,7 @@ depend on the number of loader workers, and a resumed run sees exactly what it w
 
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import numpy as np
@@ -54,6 +55,12 @@ class CachedCrops(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def with_ids(self, ids: list[str]) -> CachedCrops:
+        """The same crops over other ids (--follow: each epoch's)."""
+        other = copy.copy(self)
+        other.ids = ids
+        return other
 
     def lengths(self) -> list[int]:
         return [min(self.cache.num_samples(u), self.max_samples) for u in self.ids]

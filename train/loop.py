@@ -26,13 +26,14 @@ from store.lock import exclusive
 from train import distributed
 from train.checkpoint import RESUMABLE_CHANGES, load_checkpoint, resume_differences, rng_state, save_checkpoint, set_rng_state
 from train.config import ConfigError, TrainConfig, save_config
-from train.data import BucketBatches, collate
+from train.data import BucketBatches, CachedCrops, collate
 from train.decode import DeviceDecoder
 from train.design import resolve as resolve_design
 from train.export import export_student, plot_losses
+from train.follow import Follower
 from train.loss import distill_loss
 from train.model import Student, count_parameters, describe_parts, init_from_teacher, student_config, weight_groups
-from train.sources import load_sources
+from train.sources import load_sources, subset_ids
 
 
 class _Batches:
@@ -65,8 +66,9 @@ def run_identity(cfg: TrainConfig, src, layers: list[int]) -> dict:
     """Everything that decides what is trained: a resumed run must match it (checkpoint.RESUMABLE_CHANGES may differ)."""
     keep = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
     ids = "\n".join(src.train.ids).encode()
+    train_ids = "grows (--follow; the checkpoint keeps them)" if cfg.follow else hashlib.sha256(ids).hexdigest()[:16]
     return {**keep, "layers": list(layers), "cache_fingerprint": src.cache.fingerprint if src.cache else None,
-            "teacher_digest": src.teacher.digest if src.teacher else None, "train_ids": hashlib.sha256(ids).hexdigest()[:16],
+            "teacher_digest": src.teacher.digest if src.teacher else None, "train_ids": train_ids,
             "betas": list(cfg.betas)}
 
 
@@ -135,12 +137,35 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     if not src.train.ids:
         raise ConfigError(f"no training utterances: {len(src.valid.ids) if src.valid else 0} held out, none left to train on; "
                           "extract more, or lower --valid-fraction")
-    batches = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed, min_batch=ranks.world).from_step(step)
-    stream = (distributed.my_share(b, ranks) for b in batches)  # each rank reads its own share of each global batch
-    loader = DataLoader(src.train, batch_sampler=_Batches(stream, cfg.steps - step), collate_fn=collate,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if cfg.num_workers else None,
-                        generator=torch.Generator().manual_seed(cfg.seed + step))  # own RNG: dropout's stays resumable
+    def loader_over(dataset, batch_sampler, at_step: int) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                          pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.num_workers else None,
+                          generator=torch.Generator().manual_seed(cfg.seed + at_step))  # own RNG: dropout's stays resumable
+
+    follower = None
+    if cfg.follow:  # epoch by epoch, each over the utterances committed when it starts (train/follow.py)
+        if ranks.enabled:
+            raise ConfigError("--follow trains in one process: ranks would see different parts committed; drop it under torchrun")
+        follower = Follower(src.cache, src.train.ids, src.train.with_ids, cfg.valid_fraction,
+                            (lambda: subset_ids(src.cache, cfg.corpus)) if cfg.corpus else None, ckpt.get("follow") if ckpt else None)
+
+        def followed(at: int):
+            left = cfg.steps - at
+            for epoch, crops, epoch_batches in follower.epochs_from(at, CachedCrops.lengths, cfg.batch_size, cfg.seed):
+                if follower.new_in_last:
+                    bar.write(f"epoch {epoch}: {follower.new_in_last} utterances committed since the last epoch; training on "
+                              f"{len(crops)}", file=sys.stderr)
+                    follower.new_in_last = 0
+                yield from loader_over(crops, epoch_batches[:left], at)
+                at, left = at + min(left, len(epoch_batches)), left - len(epoch_batches)
+                if left <= 0:
+                    return
+
+        loader = followed(step)
+    else:
+        batches = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed, min_batch=ranks.world).from_step(step)
+        stream = (distributed.my_share(b, ranks) for b in batches)  # each rank reads its own share of each global batch
+        loader = loader_over(src.train, _Batches(stream, cfg.steps - step), step)
     decoder = DeviceDecoder(src.cache, layers, device) if src.cache is not None and src.cache.mode.needs_stats else None
     metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if ranks.main else None
     tb = _tensorboard(cfg.out) if ranks.main else None
@@ -193,7 +218,7 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         save_checkpoint(cfg.out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                   "rng": rng_state(), "step": step, "config": cfg.to_dict(),
                                   "student_config": model_config.to_dict(), "layers": layers,
-                                  "identity": identity})
+                                  "identity": identity, **({"follow": follower.state()} if follower else {})})
 
     # ---- the loop ----------------------------------------------------------------------
     from tqdm import tqdm

@@ -127,7 +127,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
     if teacher is not None and teacher.digest != cache.spec["teacher"]["digest"]:
         raise SpecMismatchError(f"{cache.path} was made by teacher weights {_short(cache.spec['teacher']['digest'])}, but "
                                 f"--teacher {teacher.name} has {_short(teacher.digest)}; use the cache's teacher or extract a new cache")
-    check_complete(cache, cfg.allow_partial)
+    check_complete(cache, cfg.allow_partial or cfg.follow)
     ids = cache.utterance_ids
     if cfg.corpus:
         ids = subset_ids(cache, cfg.corpus)
