@@ -42,6 +42,52 @@ def _crop_speed(cache, seconds: float = 3.0, crop: int = 780) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def entropy_rows(cache) -> list[list]:
+    """What lossless coders add on top of int8 codes: zstd alone, and blosc with byte or bit shuffle (measured, not stored)."""
+    import numcodecs
+
+    codes = np.concatenate([cache.read_stored(u, 12)[""] for u in cache.utterance_ids])
+    raw = codes.nbytes / len(codes)
+    blosc = numcodecs.Blosc
+    coders = {"none": None, "zstd 3 (--codec zstd)": numcodecs.Zstd(level=3),
+              "blosc zstd 3, byte shuffle (the default codec)": blosc("zstd", 3, blosc.SHUFFLE, blocksize=4096 * 768),
+              "blosc zstd 3, bit shuffle": blosc("zstd", 3, blosc.BITSHUFFLE, blocksize=4096 * 768),
+              "zstd 19": numcodecs.Zstd(level=19)}
+    rows = []
+    for name, coder in coders.items():
+        size = codes.nbytes if coder is None else sum(len(coder.encode(np.ascontiguousarray(codes[i : i + 4096])))
+                                                      for i in range(0, len(codes), 4096))
+        rows.append([name, f"{size / len(codes):.1f}", f"{size / codes.nbytes:.3f}" if coder else f"1 ({raw:.0f} B)"])
+    return rows
+
+
+def pca_int4_rows(src) -> list[list]:
+    """Does rotating each layer onto its principal axes (fitted on the sample) lower int4's error? Measured here only."""
+    from store.modes import TARGET_MODES, fit_stats, stats_sample
+
+    fit, held = stats_sample(src.utterance_ids)
+    held = held or fit
+    x_fit = np.concatenate([src.read(u, 12) for u in fit]).astype(np.float32)
+    x = np.concatenate([src.read(u, 12) for u in held]).astype(np.float32)
+    stats = fit_stats([x_fit])
+    z_fit = (x_fit - stats["mean"]) / stats["std"]
+    _, _, vt = np.linalg.svd(z_fit - z_fit.mean(0), full_matrices=False)  # rows of vt: principal axes
+    mode = TARGET_MODES["int4"]
+
+    def err(y):
+        rel = np.linalg.norm(y - x, axis=1) / np.linalg.norm(x, axis=1)
+        cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+        return [f"{rel.mean():.4f}", f"{rel.max():.4f}", f"{cos.min():.5f}"]
+
+    plain = mode.decode(mode.encode(x, stats), stats)
+    z = (x - stats["mean"]) / stats["std"]
+    rotated = z @ vt.T  # decorrelated channels, most energy first
+    rstats = fit_stats([z_fit @ vt.T])
+    back = mode.decode(mode.encode(rotated, rstats), rstats) @ vt
+    return [["per-channel + per-row (today)", *err(plain)],
+            ["PCA rotation, then per-channel + per-row", *err(back * stats["std"] + stats["mean"])]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--utterances", type=int, default=60)
@@ -61,7 +107,7 @@ def main() -> None:
         audio_s = src.total_samples / 16000
         rows = []
         for storage, audio in [("float32", "float32"), ("float16", "float32"), ("bfloat16", "float32"), ("int8", "float32"),
-                               ("int8", "int16"), ("int8", "flac"), ("int4", "flac"), ("int8", "none")]:
+                               ("int8", "int16"), ("int8", "flac"), ("int4", "flac"), ("pq", "flac"), ("int8", "none")]:
             cache = src if storage == "float32" else convert_cache(src.path, storage, audio)
             targets = sum(_bytes(os.path.join(cache.path, "parts", d), "layer_") for d in cache.part_dirs.values())
             audio_b = sum(_bytes(os.path.join(cache.path, "parts", d), "audio") for d in cache.part_dirs.values())  # audio, audio_flac
@@ -74,6 +120,8 @@ def main() -> None:
                 m = fidelity(storage, cache.stats[12] if cache.stats else None, [src.read(u, 12) for u in held])
                 err = f"{m['rel_l2_mean']:.4f} / {m['rel_l2_worst']:.4f} / {m['cos_min']:.5f}"
             per_s = (targets + audio_b) / audio_s
+            if (storage, audio) == ("int8", "float32"):
+                int8_cache = cache
             rows.append([f"{storage} + {audio} audio", f"{targets / audio_s:,.0f}", f"{audio_b / audio_s:,.0f}", f"{per_s:,.0f}",
                          f"{per_s * LIBRISPEECH_SECONDS / 1e9:,.0f}", err, f"{_crop_speed(cache):,.0f}"])
         print(f"machine: {machine()}\ncommand: python -m bench.compact_bench --utterances {args.utterances}\n"
@@ -81,6 +129,11 @@ def main() -> None:
               "codec blosc-zstd (default)\n")
         print(table(["mode", "target B/s", "audio B/s", "total B/s", "LibriSpeech 960 h, GB", "layer 12 rel L2 mean / worst / cos min",
                      "crop reads, frames/s (3 layers, 1 process)"], rows))
+        print("\nLossless coding of the int8 codes (layer 12, all utterances), bytes per layer-frame (codes only; +4 B scale):\n")
+        print(table(["codec", "B / layer-frame", "÷ raw int8"], entropy_rows(int8_cache)))
+        print("\nint4 with a per-layer rotation (PCA of the standardised fitting sample) before quantising, layer 12, "
+              "held-out utterances:\n")
+        print(table(["int4 variant", "rel L2 mean", "rel L2 worst", "cos min"], pca_int4_rows(src)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

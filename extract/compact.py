@@ -12,8 +12,8 @@ import sys
 
 from extract.audio import load_utterance
 from store import fs
-from store.modes import fit_and_measure, stats_from_json, stats_sample
-from store.reader import read_meta
+from store.modes import fit_and_measure, stats_sample
+from store.reader import read_meta, read_stats
 from store.spec import differences
 
 
@@ -26,9 +26,8 @@ def existing_stats(cache_root: str, spec: dict):
             meta = read_meta(os.path.join(cache_root, name))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a cache (or not readable): not ours to judge here
-        stats = stats_from_json(meta.get("stats")) if isinstance(meta, dict) else None
-        if stats and _only_stats_differ(meta["spec"], spec):
-            return stats, meta.get("provenance", {}).get("fidelity")
+        if isinstance(meta, dict) and meta.get("stats") and _only_stats_differ(meta["spec"], spec):
+            return read_stats(os.path.join(cache_root, name), meta), meta.get("provenance", {}).get("fidelity")
     return None
 
 

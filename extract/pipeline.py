@@ -18,8 +18,8 @@ from extract.batching import plan_batches
 from extract.errors import ExtractError
 from extract.teacher import Teacher
 from store import Layout, PartWriter
-from store.modes import TARGET_MODES, stats_from_json
-from store.reader import read_meta
+from store.modes import TARGET_MODES
+from store.reader import read_meta, read_stats
 from store.verify import file_sha256, source_record, unchanged_since
 
 LOOKAHEAD = 3  # batches decoded ahead of the teacher
@@ -70,7 +70,7 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
     """Write and commit one planned part; returns its commit marker."""
     items = part["items"]
     layers = spec["layers"]
-    stats = stats_from_json(read_meta(cache).get("stats")) if TARGET_MODES[spec["storage_dtype"]].needs_stats else None
+    stats = read_stats(cache, read_meta(cache)) if TARGET_MODES[spec["storage_dtype"]].needs_stats else None
     writer = PartWriter(cache, part["name"], layers, spec["dim"], spec["storage_dtype"], layout, stats, spec.get("audio", "float32"))
     batches = plan_batches([it[2] for it in items], int(auto_batch_seconds(batch_seconds, teacher) * teacher.sample_rate))
     skipped: list[dict] = []

@@ -6,6 +6,7 @@ Cache can be handed to DataLoader workers (pickled or forked) and each opens its
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 
@@ -40,6 +41,21 @@ def read_meta(path: str) -> dict:
     return read_json(os.path.join(fs.resolve(path), "zarr.json"))["attributes"]["distilcache"]
 
 
+def read_stats(path: str, meta: dict) -> dict | None:
+    """A lossy cache's per-layer statistics: mean and std from the root attributes, and a codebook mode's codebooks
+    from their arrays (`codebooks/layer_K`). None for float modes."""
+    stats = stats_from_json(meta.get("stats"))
+    if stats and TARGET_MODES[meta["spec"]["storage_dtype"]].name == "pq":
+        for k in stats:
+            name = os.path.join(fs.resolve(path), "codebooks", f"layer_{k}")
+            try:
+                stats[k]["codebooks"] = np.asarray(zarr.open_array(name, mode="r")[...], np.float32)
+            except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+                raise CorruptDataError(f"{name}: codebooks missing or unreadable ({type(e).__name__}); the cache cannot be "
+                                       "decoded: re-create it (feature-cache rm, then convert or extract again)") from None
+    return stats
+
+
 def default_cache_dir() -> str:
     return os.environ.get("DISTILCACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "distilcache")
 
@@ -68,7 +84,7 @@ class Cache:
             self.mode = TARGET_MODES[self.spec["storage_dtype"]]
             self._suffixes = tuple(self.mode.arrays(self.spec["dim"]))  # the arrays each layer keeps; asked on every read
             self.audio_mode: str = self.spec.get("audio", "float32")
-            self.stats: dict | None = stats_from_json(meta.get("stats"))
+            self._stats_json = meta.get("stats")
         except (KeyError, TypeError, ValueError) as e:
             raise NotACacheError(f"{meta_file}: damaged cache metadata ({type(e).__name__}: {e}); remove the cache with "
                                  "feature-cache rm and re-extract") from None
@@ -200,6 +216,11 @@ class Cache:
         start, stop = self._bounds(uid, "frames", nf, start, stop)
         key = layer_key(layer)
         return {sfx: self._read(part, key + sfx, f0 + start, f0 + stop) for sfx in self._suffixes}
+
+    @functools.cached_property
+    def stats(self) -> dict | None:
+        """Per-layer statistics of int8/int4/pq caches (read when first needed: pq's codebooks are arrays)."""
+        return read_stats(self.path, {"stats": self._stats_json, "spec": self.spec})
 
     def decode(self, layer: int, stored: dict[str, np.ndarray]) -> np.ndarray:
         """Float rows from read_stored()'s arrays."""

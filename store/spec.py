@@ -62,6 +62,9 @@ def validate_spec(spec: dict) -> dict:
         raise SpecMismatchError(f"storage must be one of {', '.join(TARGET_MODES)}, got {spec['storage_dtype']!r}")
     if spec.get("audio", "float32") not in AUDIO_MODES:
         raise SpecMismatchError(f"audio must be one of {', '.join(AUDIO_MODES)}, got {spec['audio']!r}")
+    if spec["storage_dtype"] == "pq" and spec["dim"] % TARGET_MODES["pq"].SUB:
+        raise SpecMismatchError(f"storage pq groups {TARGET_MODES['pq'].SUB} channels per code, but the layers are {spec['dim']} wide; "
+                                "choose int8 or int4")
     if TARGET_MODES[spec["storage_dtype"]].needs_stats and not spec.get("storage_stats"):
         raise SpecMismatchError(f"storage {spec['storage_dtype']} needs fitted statistics (storage_stats)")
     out = _canonical(spec)

@@ -197,6 +197,12 @@ def verify_cache(path: str, progress=None, sources: bool = False, full: bool = T
     """One line per problem; empty means every committed byte (and, with sources, every source file) checked out."""
     cache = Cache(path)
     problems = list(bad_markers(cache).values()) + [f"{cache.path}: {d}" for d in cache.duplicates]
+    try:
+        stats = cache.stats  # a codebook mode's codebooks are arrays of their own: without them nothing decodes
+        if cache.mode.needs_stats and (not stats or set(stats) != set(cache.layers)):
+            problems.append(f"{cache.path}: statistics for layers {cache.layers} are missing; re-create the cache")
+    except CorruptDataError as e:
+        problems.append(str(e))
 
     def one(part: str) -> list[str]:
         found = check_part(cache, part, full)

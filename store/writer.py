@@ -47,6 +47,7 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
     if fs.is_remote(root):  # no rename on object stores: parts first, the root metadata (what readers look for) last
         with fs.remote_errors(root):
             zarr.open_group(os.path.join(path, "parts"), mode="a")  # never "w": that would clear a concurrent creator's parts
+            _write_codebooks(zarr.open_group(path, mode="a"), stats)
             zarr.open_group(path, mode="a").attrs["distilcache"] = meta
         return path
     if fs.isdir(path):
@@ -58,6 +59,7 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
         group = zarr.open_group(tmp, mode="w")
         group.attrs["distilcache"] = meta
         group.create_group("parts")
+        _write_codebooks(group, stats)
         os.makedirs(os.path.join(tmp, "commits"))
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -71,6 +73,14 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
         if not os.path.exists(os.path.join(path, "zarr.json")):
             raise
     return path
+
+
+def _write_codebooks(group, stats: dict | None) -> None:
+    """A codebook mode's codebooks, as arrays codebooks/layer_K beside the parts (too large for the root attributes)."""
+    for k, v in sorted((stats or {}).items()):
+        if "codebooks" in v:
+            cb = np.ascontiguousarray(v["codebooks"], np.float32)
+            group.require_group("codebooks").create_array(f"layer_{k}", shape=cb.shape, dtype="float32", chunks=cb.shape)[...] = cb
 
 
 def audio_digest(audio: np.ndarray) -> str:

@@ -82,8 +82,9 @@ class CachedCrops(Dataset):
         frames = (length - self.window) // self.hop + 1
         if self.ship_stored and self.cache.mode.needs_stats:  # int8/int4: ship the stored form, the step decodes it on its device
             stored = [self.cache.read_stored(uid, layer, k, k + frames) for layer in self.layers]
-            codes, scales = np.stack([s[""] for s in stored]), np.stack([s["_scale"] for s in stored])
-            return torch.from_numpy(wave), (torch.from_numpy(codes), torch.from_numpy(scales))
+            codes = torch.from_numpy(np.stack([s[""] for s in stored]))
+            scales = torch.from_numpy(np.stack([s["_scale"] for s in stored])) if "_scale" in stored[0] else None  # pq: none
+            return torch.from_numpy(wave), (codes, scales)
         targets = np.stack([self.cache.read(uid, layer, k, k + frames) for layer in self.layers])
         return torch.from_numpy(wave), torch.from_numpy(targets)
 
@@ -164,7 +165,8 @@ def collate(items: list[tuple[torch.Tensor, torch.Tensor | tuple | None]]) -> di
     out = {"wave": wave, "lengths": lengths}
     if isinstance(items[0][1], tuple):
         out["codes"], out["frames"] = _pad([c for _, (c, _) in items])
-        out["scales"], _ = _pad([s for _, (_, s) in items])
+        if items[0][1][1] is not None:
+            out["scales"], _ = _pad([s for _, (_, s) in items])
     elif items[0][1] is not None:
         out["targets"], out["frames"] = _pad([t for _, t in items])
     return out

@@ -9,15 +9,25 @@ from store import Cache
 
 
 class DeviceDecoder:
-    """codes [B, N, F, W] and scales [B, N, F] -> targets [B, N, F, D] float32, as store.modes.IntMode.decode."""
+    """codes [B, N, F, W] and scales [B, N, F] (int8/int4; None for pq) -> targets [B, N, F, D] float32, as
+    store.modes.IntMode.decode and ProductMode.decode."""
 
     def __init__(self, cache: Cache, layers: list[int], device: torch.device):
-        self.bits = cache.mode.bits
+        self.bits = getattr(cache.mode, "bits", None)
         self.dim = cache.spec["dim"]
+        self.codebooks = None
+        if cache.mode.name == "pq":  # [N, M, 256, SUB]
+            self.codebooks = torch.stack([torch.from_numpy(cache.stats[k]["codebooks"]) for k in layers]).to(device)
         self.mean = torch.stack([torch.from_numpy(cache.stats[k]["mean"]) for k in layers]).to(device)[None, :, None, :]
         self.std = torch.stack([torch.from_numpy(cache.stats[k]["std"]) for k in layers]).to(device)[None, :, None, :]
 
-    def __call__(self, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    def __call__(self, codes: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+        if self.codebooks is not None:  # each code picks its group's centroid
+            n, m = self.codebooks.shape[:2]
+            layer = torch.arange(n, device=codes.device)[None, :, None, None]
+            group = torch.arange(m, device=codes.device)[None, None, None, :]
+            z = self.codebooks[layer, group, codes.long()]  # [B, N, F, M, SUB]
+            return z.flatten(-2) * self.std + self.mean
         if self.bits == 4:  # two signed nibbles per byte, low first
             lo, hi = (codes & 0x0F).to(torch.int16), (codes >> 4).to(torch.int16)
             both = torch.stack([lo, hi], dim=-1).flatten(-2)[..., : self.dim]

@@ -180,7 +180,8 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
             batch = {**batch, **online_targets(src.teacher, batch, layers)}
         wave, lengths = batch["wave"].to(device, non_blocking=True), batch["lengths"].to(device)
         if "codes" in batch:  # compact cache: decoded here, on the training device
-            targets = decoder(batch["codes"].to(device, non_blocking=True), batch["scales"].to(device, non_blocking=True))
+            scales = batch["scales"].to(device, non_blocking=True) if "scales" in batch else None
+            targets = decoder(batch["codes"].to(device, non_blocking=True), scales)
         else:
             targets = batch["targets"].to(device, non_blocking=True)
         frames = batch["frames"].to(device)

@@ -26,12 +26,37 @@ def _features(n=4000, d=768, seed=0):
 
 @pytest.mark.parametrize("mode,rel_mean,rel_worst,cos_min", [
     ("float32", 0, 0, 0.99999), ("float16", 1e-3, 2e-3, 0.99999), ("bfloat16", 6e-3, 1e-2, 0.9999),
-    ("int8", 0.01, 0.025, 0.999), ("int4", 0.2, 0.35, 0.95)])
+    ("int8", 0.01, 0.025, 0.999), ("int4", 0.2, 0.35, 0.95), ("pq", 0.4, 0.7, 0.8)])
 def test_each_mode_round_trips_within_its_bound(mode, rel_mean, rel_worst, cos_min):
     x, held = _features(seed=0), _features(n=1000, seed=1)
-    stats = fit_stats([x]) if TARGET_MODES[mode].needs_stats else None
+    stats = TARGET_MODES[mode].fit([x]) if TARGET_MODES[mode].needs_stats else None
     m = fidelity(mode, stats, [held])
     assert m["rel_l2_mean"] <= rel_mean and m["rel_l2_worst"] <= rel_worst and m["cos_min"] >= cos_min, m
+
+
+def test_pq_keeps_a_byte_per_four_channels_and_its_codebooks_beside_the_parts(tmp_path, tiny_teacher):
+    """A codebook mode end to end: extraction fits the codebooks (faiss), keeps them as arrays, records the error;
+    a deleted codebook array is one line, not zeros."""
+    from store import CorruptDataError
+
+    corpus = build_corpus(str(tmp_path / "c"), n=6)
+    s = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), storage_dtype="pq",
+                                       progress=False))
+    cache = open_cache(s.path)
+    uid = cache.utterance_ids[0]
+    stored = cache.read_stored(uid, 3)
+    assert set(stored) == {""} and stored[""].dtype == np.uint8 and stored[""].shape[1] == 32 // 4
+    assert cache.stats[3]["codebooks"].shape == (8, 256, 4)
+    assert cache.read(uid, 3).shape == (cache.num_frames(uid), 32) and cache.read(uid, 3).dtype == np.float32
+    fid = json.loads(CliRunner().invoke(cache_cli, ["info", s.path, "--json"]).output)["fidelity"]["layers"]["3"]
+    assert 0 < fid["rel_l2_mean"] < 0.6
+    assert verify_cache(s.path) == []
+    import shutil
+
+    shutil.rmtree(os.path.join(s.path, "codebooks", "layer_3"))
+    assert any("codebooks/layer_3: codebooks missing" in p for p in verify_cache(s.path))
+    with pytest.raises(CorruptDataError, match="codebooks/layer_3: codebooks missing"):
+        open_cache(s.path).read(uid, 3)
 
 
 def test_int4_packs_odd_widths():
