@@ -54,6 +54,9 @@ def export_hdf5(path: str, out: str) -> int:
     try:
         with h5py.File(out, "w") as f:
             f.attrs["distilcache"] = json.dumps(meta)
+            for k, v in sorted((cache.stats or {}).items()):  # a codebook mode's codebooks travel as datasets
+                if "codebooks" in v:
+                    f[f"codebooks/{layer_key(k)}"] = v["codebooks"]
             for uid in cache.utterance_ids:
                 for layer in cache.layers:  # float modes as stored (bfloat16 as uint16 bits); int8/int4 decoded to float32
                     x = cache.read(uid, layer)
@@ -78,7 +81,12 @@ def _read_meta(f, src: str) -> dict:
         raise ImportError_(f"{src}: no 'distilcache' attribute with spec and layout; not an export of feature-cache") from None
     except (ValueError, TypeError) as e:
         raise ImportError_(f"{src}: its 'distilcache' attribute is not a valid export header ({str(e)[:120]})") from None
-    return {"spec": spec, "layout": layout, "provenance": provenance, "stats": stats_from_json(meta.get("stats"))}
+    stats = stats_from_json(meta.get("stats"))
+    for k in stats if spec["storage_dtype"] == "pq" and stats else []:
+        if f"codebooks/{layer_key(k)}" not in f:
+            raise ImportError_(f"{src}: a pq export without codebooks/{layer_key(k)}; export the cache again")
+        stats[k]["codebooks"] = np.asarray(f[f"codebooks/{layer_key(k)}"][()], np.float32)
+    return {"spec": spec, "layout": layout, "provenance": provenance, "stats": stats}
 
 
 def _utterances(f, src: str, spec: dict) -> list[str]:

@@ -51,6 +51,11 @@ def test_pq_keeps_a_byte_per_four_channels_and_its_codebooks_beside_the_parts(tm
     fid = json.loads(CliRunner().invoke(cache_cli, ["info", s.path, "--json"]).output)["fidelity"]["layers"]["3"]
     assert 0 < fid["rel_l2_mean"] < 0.6
     assert verify_cache(s.path) == []
+    from store.hdf5 import export_hdf5, import_hdf5
+
+    export_hdf5(s.path, str(tmp_path / "pq.h5"))  # the codebooks travel with the export: the same cache comes back
+    back = import_hdf5(str(tmp_path / "pq.h5"), str(tmp_path / "imported"))
+    assert back.fingerprint == cache.fingerprint and np.array_equal(back.read(uid, 3), cache.read(uid, 3))
     import shutil
 
     shutil.rmtree(os.path.join(s.path, "codebooks", "layer_3"))
