@@ -19,6 +19,7 @@ BENCHES = {
     "scale": ["bench.scale_bench"],
     "compact": ["bench.compact_bench"],
     "crop": ["bench.crop_context"],
+    "designs": ["bench.designs_bench"],
 }
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")
 
