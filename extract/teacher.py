@@ -140,6 +140,30 @@ class Teacher:
         return [{k: picked[k][i, : frames[i]] for k in layers} for i in range(len(waves))]
 
 
+    @torch.no_grad()
+    def forward_as_s3prl(self, waves: list[np.ndarray], layers: list[int]) -> torch.Tensor:
+        """s3prl's online teacher, for `--recipe s3prl` A/B runs only (never for caches): train mode, so dropout is on and
+        every call differs, with layerdrop and SpecAugment off as s3prl sets them; a zero-padded batch whose padding
+        enters the first GroupNorm (attention mask passed); fp32. Returns [B, N, T_padded, D] on the teacher's device:
+        every frame of the padded length, since s3prl's loss covers them all."""
+        lengths = [len(w) for w in waves]
+        batch = torch.zeros(len(waves), max(lengths))
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = torch.from_numpy(normalize(w) if self.do_normalize else w)
+        mask = (torch.arange(batch.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
+        cfg = self.model.config
+        saved = (cfg.layerdrop, getattr(cfg, "apply_spec_augment", True))
+        cfg.layerdrop, cfg.apply_spec_augment = 0.0, False
+        self.model.train()
+        try:
+            with capture_layers(layers) as hidden:  # no valid_lengths: plain GroupNorm statistics, as s3prl's teacher has
+                self.model(batch.to(self.device), attention_mask=mask.to(self.device))
+        finally:
+            self.model.eval()
+            cfg.layerdrop, cfg.apply_spec_augment = saved
+        return torch.stack([hidden[k].float() for k in layers], dim=1)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -49,6 +49,8 @@ from train.loop import train
               help="continue the run dir's checkpoint (refused if layers, cache, teacher or hyper-parameters differ)")
 @click.option("--eval-cache", default=None, help="held-out targets from this cache (same teacher), e.g. exact ones while training on int8")
 @click.option("--allow-pickle", is_flag=True, default=None, help="accept a teacher with pickle (.bin) weights; only if you trust it")
+@click.option("--recipe", type=click.Choice(["distilcache", "s3prl"]), default=None,
+              help="s3prl: online mode trained the way s3prl's distiller trains, for A/B runs [default: distilcache]")
 @click.option("--allow-partial", is_flag=True, default=None, help="train on a cache whose extraction is unfinished or running")
 @click.option("--follow", is_flag=True, default=None,
               help="train while the cache is being extracted: each epoch picks up the parts committed since (implies --allow-partial)")

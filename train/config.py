@@ -56,6 +56,7 @@ class TrainConfig:
     resume: bool = False  # continue the run dir's checkpoint; refused if anything that changes training differs
     eval_cache: str | None = None  # held-out targets from this cache (e.g. exact fp32) while training on another (int8)
     allow_partial: bool = False  # train on a cache whose extraction is unfinished (or running)
+    recipe: str = "distilcache"  # distilcache | s3prl: online mode trained the way s3prl's distiller trains (train/recipe.py)
     follow: bool = False  # pick up parts committed while training, between epochs (implies allow_partial)
     allow_pickle: bool = False  # load a .bin (pickle) teacher for init/online targets; only teachers you trust
     progress: bool = True
@@ -97,6 +98,11 @@ class TrainConfig:
             if self.layers and sorted(t for _, t in pairs) != sorted(self.layers):
                 raise ConfigError(f"--match {self.match} predicts teacher layers {','.join(str(t) for _, t in pairs)}, but --layers "
                                   f"says {','.join(map(str, self.layers))}; leave --layers out (--match sets them)")
+        if self.recipe not in ("distilcache", "s3prl"):
+            raise ConfigError(f"--recipe {self.recipe}: choose distilcache or s3prl")
+        if self.recipe == "s3prl" and self.cache is not None:
+            raise ConfigError("--recipe s3prl runs the teacher online, as s3prl does (dropout on, on each crop): drop --cache and "
+                              "give --teacher and --corpus")
         if self.follow and self.cache is None:
             raise ConfigError("--follow picks up parts of a cache being extracted: give --cache")
         if self.cache is None and not (self.teacher and self.corpus):

@@ -184,7 +184,9 @@ def _pad(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 class CorpusCrops(CachedCrops):
     """Online-teacher mode: the same crops, decoded from the audio files (targets come from the teacher)."""
 
-    def __init__(self, utts: list, rate: int, hop: int, window: int, max_samples: int, seed: int, random_crop: bool = True):
+    def __init__(self, utts: list, rate: int, hop: int, window: int, max_samples: int, seed: int, random_crop: bool = True,
+                 sample_offsets: bool = False):
+        self.sample_offsets = sample_offsets  # --recipe s3prl: crops at any sample offset, not only at frame boundaries
         self.utts = {u.uid: u for u in utts}
         self.ids, self.rate, self.hop, self.window = sorted(self.utts), rate, hop, window
         self.max_samples, self.seed, self.random_crop = max_samples, seed, random_crop
@@ -193,11 +195,17 @@ class CorpusCrops(CachedCrops):
     def lengths(self) -> list[int]:
         return [min(self.utts[u].samples_at(self.rate), self.max_samples) for u in self.ids]
 
+    def full_lengths(self) -> list[int]:
+        return [self.utts[u].samples_at(self.rate) for u in self.ids]
+
     def __getitem__(self, key: tuple[int, int]):
         from extract.audio import load_utterance
 
         uid = self.ids[key[1]]
         wave = load_utterance(self.utts[uid], self.rate)
         rng = np.random.default_rng([self.seed, key[0], key[1]])
-        k = crop_start(len(wave), self.max_samples, self.hop, rng) if self.random_crop else 0
-        return torch.from_numpy(wave[k * self.hop : k * self.hop + self.max_samples].copy()), None
+        if self.random_crop and self.sample_offsets and len(wave) > self.max_samples:  # s3prl: any sample offset
+            start = int(rng.integers(0, len(wave) - self.max_samples + 1))
+        else:
+            start = self.hop * (crop_start(len(wave), self.max_samples, self.hop, rng) if self.random_crop else 0)
+        return torch.from_numpy(wave[start : start + self.max_samples].copy()), None

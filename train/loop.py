@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from extract.teacher import resolve_device
 from store.lock import exclusive
-from train import distributed
+from train import distributed, recipe
 from train.checkpoint import RESUMABLE_CHANGES, load_checkpoint, resume_differences, rng_state, save_checkpoint, set_rng_state
 from train.config import ConfigError, TrainConfig, save_config
 from train.data import BucketBatches, CachedCrops, collate
@@ -86,7 +86,9 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> dict:
     # ---- setup -------------------------------------------------------------------------
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    s3prl = cfg.recipe == "s3prl"  # online A/B runs the way s3prl's distiller trains (train/recipe.py)
+    auto = ("fp16" if s3prl else "bf16") if device.type == "cuda" else "fp32"
+    precision = cfg.precision if cfg.precision != "auto" else auto
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     torch.manual_seed(cfg.seed)
     src = load_sources(cfg)
@@ -113,6 +115,7 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     if cfg.init == "teacher" and not ckpt:
         copied, fresh = init_from_teacher(model, src.teacher.model)
         init = {"copied": copied, "random": fresh}
+    notes = ["recipe s3prl: s3prl trains in fp16, which needs CUDA; training in fp32 here"] if s3prl and amp_dtype is None else []
     init_line = (f"student {design.layers} x {design.width} ({design.objective}): copied from the teacher: "
                  f"{describe_parts(init['copied'])}; random (shapes differ from the teacher's): {describe_parts(init['random'])}"
                  if cfg.init == "teacher" and not ckpt and ranks.main else None)
@@ -123,7 +126,11 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
                        "init": init if cfg.init == "teacher" else "random"}, f, indent=1)
     model.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if ranks.enabled else model  # averages gradients
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if s3prl:
+        model.padding_enters_groupnorm = True
+        optimizer = recipe.S3prlAdamW(recipe.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    else:
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = 0
     if ckpt:
@@ -163,7 +170,10 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
 
         loader = followed(step)
     else:
-        batches = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed, min_batch=ranks.world).from_step(step)
+        if s3prl:  # s3prl's batches: sorted by full length, consecutive groups, shuffled order
+            batches = recipe.SortedGroups(src.train.full_lengths(), cfg.batch_size, cfg.seed).from_step(step)
+        else:
+            batches = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed, min_batch=ranks.world).from_step(step)
         stream = (distributed.my_share(b, ranks) for b in batches)  # each rank reads its own share of each global batch
         loader = loader_over(src.train, _Batches(stream, cfg.steps - step), step)
     decoder = DeviceDecoder(src.cache, layers, device) if src.cache is not None and src.cache.mode.needs_stats else None
@@ -171,12 +181,19 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     tb = _tensorboard(cfg.out) if ranks.main else None
 
     def lr_at(s: int) -> float:
+        if s3prl:
+            return cfg.lr * recipe.warmup_linear(s + 1, cfg.steps, cfg.warmup_fraction)
         warm = max(1, int(cfg.warmup_fraction * cfg.steps))
         return cfg.lr * (s + 1) / warm if s < warm else cfg.lr * max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))
 
-    def step_loss(batch: dict, net: torch.nn.Module, ranks: distributed.Ranks) -> tuple[torch.Tensor, ...]:
-        """(loss to backpropagate, then loss, per-layer L1 and cosine over the global batch's real frames, and their count)."""
-        if "targets" not in batch:
+    def step_loss(batch: dict, net: torch.nn.Module, ranks: distributed.Ranks, as_s3prl: bool = False) -> tuple[torch.Tensor, ...]:
+        """(loss to backpropagate, then loss, per-layer L1 and cosine over the global batch's real frames, and their count).
+        as_s3prl: s3prl's targets (teacher in train mode on the padded batch) and loss over every padded frame."""
+        if as_s3prl:
+            targets = src.teacher.forward_as_s3prl([batch["wave"][i, : int(n)].numpy() for i, n in enumerate(batch["lengths"])], layers)
+            padded = torch.full_like(batch["lengths"], batch["wave"].shape[1])
+            batch = {**batch, "targets": targets, "frames": model.num_frames(padded), "check_lengths": padded}
+        elif "targets" not in batch and "codes" not in batch:
             batch = {**batch, **online_targets(src.teacher, batch, layers)}
         wave, lengths = batch["wave"].to(device, non_blocking=True), batch["lengths"].to(device)
         if "codes" in batch:  # compact cache: decoded here, on the training device
@@ -187,7 +204,8 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         frames = batch["frames"].to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             pred = net(wave, lengths)
-        if pred.shape[2] != targets.shape[2] or not torch.equal(model.num_frames(lengths), frames):
+        expect = model.num_frames(batch.get("check_lengths", batch["lengths"]).to(device))
+        if pred.shape[2] != targets.shape[2] or not torch.equal(expect, frames):
             raise RuntimeError(f"student frames {pred.shape[2]} != target frames {targets.shape[2]}: crop misaligned")
         mask = torch.arange(targets.shape[2], device=device)[None, :] < frames[:, None]
         loss, l1, cos = distill_loss(pred, targets, mask)
@@ -202,6 +220,7 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         if src.valid is None:
             return {}
         model.eval()
+        model.padding_enters_groupnorm = False  # held-out loss is measured the same way in both recipes: exact, unpadded
         sums, n = torch.zeros(3, len(layers)), 0
         keys = [(0, i) for i in range(min(len(src.valid), cfg.eval_max_utterances))]
         for i in range(0, len(keys), cfg.batch_size):
@@ -210,6 +229,7 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
             sums += torch.stack([loss.expand(len(layers)), l1, cos]).cpu() * float(frames)
             n += float(frames)
         model.train()
+        model.padding_enters_groupnorm = s3prl
         sums /= max(n, 1)
         return {"step": step, "loss": float(sums[0, 0]), "utterances": len(keys),
                 **{f"l1_layer{k}": float(sums[1, j]) for j, k in enumerate(layers)},
@@ -233,7 +253,7 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         # forward, masked loss, backward (scaled if fp16), clip, step
-        to_backprop, loss, l1, cos, _ = step_loss(batch, net, ranks)
+        to_backprop, loss, l1, cos, _ = step_loss(batch, net, ranks, as_s3prl=s3prl)
         scaler.scale(to_backprop).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -243,9 +263,11 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         step += 1
         window_steps += 1
         bar.update(1)
-        if init_line:  # said once the first step has run: a run that fails before it keeps its error to one line
-            bar.write(init_line, file=sys.stderr)
-            init_line = None
+        if init_line or notes:  # said once the first step has run: a run that fails before it keeps its error to one line
+            for line in [init_line, *notes]:
+                if line:
+                    bar.write(line, file=sys.stderr)
+            init_line, notes = None, []
         # log
         if ranks.main and (step % cfg.log_interval == 0 or step == cfg.steps):
             elapsed = time.perf_counter() - window_t0

@@ -95,6 +95,7 @@ class Student(nn.Module):
         self.encoder = HubertModel(config)
         install_masked_groupnorm(self.encoder)  # padded batches see what each utterance alone would
         self.match = tuple(match)
+        self.padding_enters_groupnorm = False  # True only for --recipe s3prl
         target_dim = target_dim or config.hidden_size
         self.heads = LayerProjections(config.hidden_size, self.match, target_dim) if self.match \
             else PredictionHeads(config.hidden_size, n_targets, target_dim)
@@ -107,8 +108,11 @@ class Student(nn.Module):
 
     def hidden_states(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(input to layer 1, output of layer 1, ..., output of the last layer): "layer K" as for teachers
-        (extract/layers.py; the student is post-LN, so transformers' hidden_states are exactly these)."""
+        (extract/layers.py; the student is post-LN, so transformers' hidden_states are exactly these).
+        `padding_enters_groupnorm` (s3prl's recipe) lets padded samples into the first GroupNorm's statistics."""
         mask = (torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]).long()
+        if self.padding_enters_groupnorm:
+            return self.encoder(wave, attention_mask=mask, output_hidden_states=True).hidden_states
         with valid_lengths(self.encoder, lengths):
             return self.encoder(wave, attention_mask=mask, output_hidden_states=True).hidden_states
 

@@ -109,7 +109,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
 
         def crops(ids, random_crop):
             return CorpusCrops([by_id[i] for i in ids], teacher.sample_rate, teacher.hop, teacher.window, cfg.max_crop_samples,
-                               cfg.seed, random_crop)
+                               cfg.seed, random_crop, sample_offsets=cfg.recipe == "s3prl")
 
         return Sources(teacher.config.to_dict(), layers, teacher.sample_rate, teacher.do_normalize, crops(train_ids, True),
                        crops(valid_ids, False) if valid_ids else None, None, teacher)

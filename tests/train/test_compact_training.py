@@ -32,8 +32,14 @@ def test_device_decoding_equals_the_reader(cached, tmp_path, storage):
     assert rel < {"int8": 0.02, "int4": 0.3, "pq": 0.6}[storage]
 
 
-def test_train_on_int8_and_judge_against_exact_targets(cached, tmp_path, tiny_teacher):
+def test_train_on_int8_and_judge_against_exact_targets(cached, tmp_path, tiny_teacher, monkeypatch):
     import json
+
+    from extract.teacher import Teacher
+
+    def no_teacher(*a, **k):
+        raise AssertionError("a cached run must never run the teacher (it is loaded only to initialise the student)")
+
 
     from click.testing import CliRunner
 
@@ -44,7 +50,9 @@ def test_train_on_int8_and_judge_against_exact_targets(cached, tmp_path, tiny_te
     small = convert_cache(exact.path, "int8")
     args = ["--cache", small.path, "--steps", "2", "--batch-size", "2", "--max-crop-samples", "8000", "--num-workers", "0",
             "--valid-fraction", "0.3", "--quiet"]
-    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a"), "--eval-cache", exact.path])
+    with monkeypatch.context() as m:  # int8 batches carry codes, not targets: they once fell through to the online teacher
+        m.setattr(Teacher, "forward", no_teacher)
+        r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a"), "--eval-cache", exact.path])
     assert r.exit_code == 0, r.stderr
     judged = json.load(open(tmp_path / "a" / "eval.json"))
     assert judged["utterances"] >= 1 and judged["loss"] > 0
