@@ -20,6 +20,7 @@ BENCHES = {
     "compact": ["bench.compact_bench"],
     "crop": ["bench.crop_context"],
     "designs": ["bench.designs_bench"],
+    "recipe": ["bench.recipe_ab"],
 }
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")
 
