@@ -64,3 +64,32 @@ def speech_corpus(root: str, n: int, seconds: tuple[float, float] = (2.0, 12.0),
         env = (np.sin(2 * np.pi * 4 * t + i) > -0.2) * (0.4 + 0.6 * np.sin(2 * np.pi * 0.3 * t) ** 2)
         sf.write(path, (0.08 * voiced * env + 0.003 * rng.standard_normal(len(t))).astype(np.float32), sr)
     return root
+
+
+def ab_args(doc: str):
+    """The A/B benches' arguments: --steps and where make demo left its corpus and teacher."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--demo-out", default="demo-out", help="where make demo left its corpus and teacher")
+    return ap.parse_args()
+
+
+def demo_inputs(demo_out: str) -> tuple[str, str, str]:
+    """(corpus, what its audio is, teacher) of the demo: 48 espeak utterances and a 6-layer 256-wide random HuBERT."""
+    from train.demo import make_corpus, small_teacher
+
+    corpus = os.path.join(demo_out, "corpus")
+    kind = make_corpus(corpus)
+    return corpus, kind, small_teacher(os.path.join(demo_out, "small-hubert"))
+
+
+def demo_cache(demo_out: str, tmp: str, storage_dtype: str = "float16") -> dict:
+    """The demo's inputs and one cache of their layers 2,4,6 under `tmp`: {cache, corpus, kind, teacher}."""
+    from extract import ExtractConfig, extract_features
+
+    corpus, kind, teacher = demo_inputs(demo_out)
+    cache = extract_features(ExtractConfig(teacher, corpus, layers=(2, 4, 6), cache_dir=os.path.join(tmp, "k"),
+                                           storage_dtype=storage_dtype, progress=False)).path
+    return {"cache": cache, "corpus": corpus, "kind": kind, "teacher": teacher}

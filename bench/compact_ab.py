@@ -9,33 +9,23 @@ weights, layers 2,4,6): one fp32 extraction, converted to fp16 and int8, then tr
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import tempfile
 
-from bench.common import machine, table
+from bench.common import ab_args, demo_cache, machine, table
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--demo-out", default="demo-out", help="where make demo left its corpus and teacher")
-    args = ap.parse_args()
-    from extract import ExtractConfig, extract_features
+    args = ab_args(__doc__)
     from store.convert import convert_cache
     from train.config import TrainConfig
-    from train.demo import make_corpus, small_teacher
     from train.loop import train
 
-    corpus = os.path.join(args.demo_out, "corpus")
-    make_corpus(corpus)
-    teacher = small_teacher(os.path.join(args.demo_out, "small-hubert"))
     tmp = tempfile.mkdtemp(prefix="compact-ab-")
     try:
-        exact = extract_features(ExtractConfig(teacher, corpus, layers=(2, 4, 6), cache_dir=os.path.join(tmp, "k"),
-                                               storage_dtype="float32", progress=False)).path
+        exact = demo_cache(args.demo_out, tmp, "float32")["cache"]
         rows = []
         for mode in ("float16", "int8"):
             cache = convert_cache(exact, mode)

@@ -11,33 +11,24 @@ own yardstick and the times side by side.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import tempfile
 import time
 
-from bench.common import machine, table
+from bench.common import ab_args, demo_cache, machine, table
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--demo-out", default="demo-out", help="where make demo left its corpus and teacher")
-    args = ap.parse_args()
-    from extract import ExtractConfig, extract_features
+    args = ab_args(__doc__)
     from train.config import TrainConfig
-    from train.demo import make_corpus, small_teacher
     from train.loop import train
 
-    corpus = os.path.join(args.demo_out, "corpus")
-    kind = make_corpus(corpus)
-    teacher = small_teacher(os.path.join(args.demo_out, "small-hubert"))
     tmp = tempfile.mkdtemp(prefix="recipe-ab-")
     try:
-        cache = extract_features(ExtractConfig(teacher, corpus, layers=(2, 4, 6), cache_dir=os.path.join(tmp, "k"),
-                                               progress=False)).path
+        demo = demo_cache(args.demo_out, tmp)
+        cache, corpus, kind, teacher = demo["cache"], demo["corpus"], demo["kind"], demo["teacher"]
         common = dict(out="", steps=args.steps, batch_size=8, max_crop_samples=32000, valid_fraction=0.1, eval_interval=args.steps,
                       num_workers=1, progress=False, layers=(2, 4, 6), seed=0)
         runs = {"cached (distilcache)": dict(cache=cache), "online (distilcache)": dict(teacher=teacher, corpus=corpus),
