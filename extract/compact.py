@@ -11,8 +11,9 @@ import os
 import sys
 
 from extract.audio import load_utterance
+from extract.errors import ExtractError
 from store import fs
-from store.modes import fit_and_measure, stats_sample
+from store.modes import TARGET_MODES, fit_and_measure, stats_sample
 from store.reader import read_meta, read_stats
 from store.spec import differences
 
@@ -42,6 +43,11 @@ def fit_with_teacher(teacher, utts: list, layers: list[int], mode: str) -> tuple
     """One fp32 teacher forward per sampled utterance (store.modes.stats_sample), then store.modes.fit_and_measure."""
     by_id = {u.uid: u for u in utts}
     fit, held = stats_sample(list(by_id))
+    frames = sum(teacher.num_frames(by_id[u].samples_at(teacher.sample_rate)) for u in fit)
+    need = getattr(TARGET_MODES[mode], "CENTROIDS", 0)
+    if frames < need:  # known from the headers: say so before any teacher work
+        raise ExtractError(f"--storage {mode} fits {need} centroids per channel group, but the fitting sample holds {frames} frames; "
+                           f"use a corpus of more than {need * 0.02:.0f} s of audio, or int8")
     print(f"fitting {mode} statistics on {len(fit)} utterances, measuring on {len(held) or len(fit)}"
           f"{' held out' if held else ' of them (too few to hold any out)'}", file=sys.stderr)
 

@@ -121,6 +121,11 @@ class ProductMode(TargetMode):
 
         stats = fit_stats(samples)
         z = np.ascontiguousarray((np.concatenate(samples).astype(np.float32) - stats["mean"]) / stats["std"])
+        if len(z) < self.CENTROIDS:
+            from store.errors import SpecMismatchError
+
+            raise SpecMismatchError(f"--storage pq fits {self.CENTROIDS} centroids per channel group, but the fitting sample holds "
+                                    f"{len(z)} frames; use a corpus of more than {self.CENTROIDS * 0.02:.0f} s of audio, or int8")
         dim = z.shape[1]
         pq = faiss.ProductQuantizer(dim, dim // self.SUB, 8)
         pq.cp.min_points_per_centroid = 1  # small samples are fine (and faiss would warn once per sub-quantiser)

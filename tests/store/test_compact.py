@@ -64,6 +64,16 @@ def test_pq_keeps_a_byte_per_four_channels_and_its_codebooks_beside_the_parts(tm
         open_cache(s.path).read(uid, 3)
 
 
+def test_pq_on_too_little_audio_is_one_line(tmp_path, tiny_teacher):
+    from extract.cli import main as extract_cli
+
+    write_wav(str(tmp_path / "c/a.wav"), 1.0)
+    r = CliRunner().invoke(extract_cli, ["--teacher", tiny_teacher, "--corpus", str(tmp_path / "c"), "--cache-dir", str(tmp_path / "k"),
+                                         "--layers", "1", "--storage", "pq", "--quiet"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and r.stderr.count("\n") == 1, r.output
+    assert "--storage pq fits 256 centroids per channel group, but the fitting sample holds 49 frames" in r.stderr
+
+
 def test_int4_packs_odd_widths():
     x = _features(n=50, d=7)
     mode, stats = TARGET_MODES["int4"], fit_stats([_features(n=500, d=7)])
