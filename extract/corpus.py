@@ -14,7 +14,7 @@ import soundfile as sf
 from extract.corpora import BadFile, Entry, read_corpus, to_samples
 from extract.errors import ExtractError
 
-__all__ = ["BadFile", "MIN_SAMPLES", "Utterance", "list_files", "scan"]
+__all__ = ["BadFile", "MIN_SAMPLES", "Utterance", "scan"]
 
 MIN_SAMPLES = 400  # HuBERT/wav2vec2's first conv kernel; overridden from the teacher's config
 
@@ -43,17 +43,6 @@ class Utterance:
         """Where in its file this utterance is: what the pipeline reads and the commit marker records."""
         return {"start": self.start, "frames": None if self.whole else self.samples, "rate": self.sample_rate,
                 "channel": self.channel, "recording": self.recording}
-
-
-def list_files(corpus: str) -> tuple[str, list[str]]:
-    """(root, relative paths) of a directory tree or a fairseq TSV manifest."""
-    from extract.corpora import directory, tsv
-
-    if os.path.isdir(corpus):
-        return os.path.abspath(corpus), directory.walk(os.path.abspath(corpus))
-    if os.path.isfile(corpus):
-        return tsv.relative_paths(corpus)
-    raise ExtractError(f"--corpus {corpus}: no such directory or TSV manifest")
 
 
 def _info(path: str) -> sf._SoundFileInfo | BadFile:

@@ -151,14 +151,10 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
     damaged = damaged_parts(cache, full=full) if check else {p: [why] for p, why in cache.damaged.items()}
     in_corpus = {u.uid for u in utts}
     changed: dict[str, list[str]] = {}
-    verdicts: dict[tuple, str | None] = {}  # the segments of one recording share a file: judge it once
-    for uid in sorted(in_corpus & set(sources)):
-        r = sources[uid]
-        key = (r["path"], r["size"], r["mtime_ns"], r["sha256"])
-        if key not in verdicts:
-            verdicts[key] = source_changed(r)
-        if verdicts[key]:
-            changed.setdefault(cache.part_of(uid), []).append(verdicts[key])
+    for uid in sorted(in_corpus & set(sources)):  # a file shared by many segments is hashed once (file_sha256's memo)
+        why = source_changed(sources[uid])
+        if why:
+            changed.setdefault(cache.part_of(uid), []).append(why)
     for label, found in (("damaged", damaged), ("with changed source files", changed)):
         if found:
             first = next(iter(found.values()))[0]

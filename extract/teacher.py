@@ -126,12 +126,8 @@ class Teacher:
 
         Thread-safe: the valid lengths and the captured layers belong to this call (ContextVars)."""
         dtype = dtype or self.compute_dtype
-        lengths = [len(w) for w in waves]
-        batch = torch.zeros(len(waves), max(lengths))
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = torch.from_numpy(normalize(w) if self.do_normalize else w)
-        lens = torch.tensor(lengths)
-        mask = (torch.arange(batch.shape[1])[None, :] < lens[:, None]).long()
+        batch, mask, lens = self._padded(waves)
+        lengths = lens.tolist()
         with valid_lengths(self.model, lens.to(self.device)), capture_layers(layers) as hidden, \
                 torch.autocast(self.device.type, dtype=DTYPES[dtype], enabled=dtype != "float32"):
             self.model(batch.to(self.device), attention_mask=mask.to(self.device))
@@ -139,6 +135,13 @@ class Teacher:
         picked = {k: hidden[k].float().cpu().numpy() for k in layers}
         return [{k: picked[k][i, : frames[i]] for k in layers} for i in range(len(waves))]
 
+    def _padded(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(zero-padded batch, attention mask, lengths) on the CPU; each wave normalised first if the teacher asks."""
+        lens = torch.tensor([len(w) for w in waves])
+        batch = torch.zeros(len(waves), int(lens.max()))
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = torch.from_numpy(normalize(w) if self.do_normalize else w)
+        return batch, (torch.arange(batch.shape[1])[None, :] < lens[:, None]).long(), lens
 
     @torch.no_grad()
     def forward_as_s3prl(self, waves: list[np.ndarray], layers: list[int]) -> torch.Tensor:
@@ -146,11 +149,7 @@ class Teacher:
         every call differs, with layerdrop and SpecAugment off as s3prl sets them; a zero-padded batch whose padding
         enters the first GroupNorm (attention mask passed); fp32. Returns [B, N, T_padded, D] on the teacher's device:
         every frame of the padded length, since s3prl's loss covers them all."""
-        lengths = [len(w) for w in waves]
-        batch = torch.zeros(len(waves), max(lengths))
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = torch.from_numpy(normalize(w) if self.do_normalize else w)
-        mask = (torch.arange(batch.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
+        batch, mask, _ = self._padded(waves)
         cfg = self.model.config
         saved = (cfg.layerdrop, getattr(cfg, "apply_spec_augment", True))
         cfg.layerdrop, cfg.apply_spec_augment = 0.0, False

@@ -46,21 +46,24 @@ def file_sha256(path: str) -> tuple[os.stat_result, str]:
             return st, _digests[key]
         lock = _locks.setdefault(key, threading.Lock())
     with lock:  # threads decoding segments of one file wait for a single hash
-        with _memo_lock:
-            if key in _digests:
+        try:
+            with _memo_lock:
+                if key in _digests:
+                    return st, _digests[key]
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            if _key(path, os.stat(path)) != key:
+                raise OSError(f"{path} changed while being hashed")
+            with _memo_lock:
+                _digests[key] = h.hexdigest()
+                while len(_digests) > 4096:
+                    _digests.popitem(last=False)
                 return st, _digests[key]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if _key(path, os.stat(path)) != key:
-            raise OSError(f"{path} changed while being hashed")
-        with _memo_lock:
-            _digests[key] = h.hexdigest()
-            _locks.pop(key, None)
-            while len(_digests) > 4096:
-                _digests.popitem(last=False)
-            return st, _digests[key]
+        finally:  # a failed hash (unreadable, changed) must not leave its lock behind
+            with _memo_lock:
+                _locks.pop(key, None)
 
 
 def unchanged_since(path: str, st: os.stat_result) -> bool:

@@ -6,6 +6,8 @@ The encoder is a plain HubertModel so the export loads with one line
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -111,9 +113,7 @@ class Student(nn.Module):
         (extract/layers.py; the student is post-LN, so transformers' hidden_states are exactly these).
         `padding_enters_groupnorm` (s3prl's recipe) lets padded samples into the first GroupNorm's statistics."""
         mask = (torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]).long()
-        if self.padding_enters_groupnorm:
-            return self.encoder(wave, attention_mask=mask, output_hidden_states=True).hidden_states
-        with valid_lengths(self.encoder, lengths):
+        with contextlib.nullcontext() if self.padding_enters_groupnorm else valid_lengths(self.encoder, lengths):
             return self.encoder(wave, attention_mask=mask, output_hidden_states=True).hidden_states
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
