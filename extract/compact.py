@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
 from extract.audio import load_utterance
 from extract.errors import ExtractError
 from store import fs
-from store.modes import TARGET_MODES, fit_and_measure, stats_sample
+from store.modes import TARGET_MODES, finite_stats, fit_and_measure, stats_sample
 from store.reader import read_meta, read_stats
 from store.spec import differences
 
@@ -28,7 +30,12 @@ def existing_stats(cache_root: str, spec: dict):
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a cache (or not readable): not ours to judge here
         if isinstance(meta, dict) and meta.get("stats") and _only_stats_differ(meta["spec"], spec):
-            return read_stats(os.path.join(cache_root, name), meta), meta.get("provenance", {}).get("fidelity")
+            stats = read_stats(os.path.join(cache_root, name), meta)
+            if not finite_stats(stats):  # poisoned by an older distilcache: never code new rows with them, refit
+                print(f"{os.path.join(cache_root, name)}: its {spec['storage_dtype']} statistics are not finite; fitting new ones "
+                      "(remove that cache with feature-cache rm)", file=sys.stderr)
+                continue
+            return stats, meta.get("provenance", {}).get("fidelity")
     return None
 
 
@@ -51,7 +58,14 @@ def fit_with_teacher(teacher, utts: list, layers: list[int], mode: str) -> tuple
     print(f"fitting {mode} statistics on {len(fit)} utterances, measuring on {len(held) or len(fit)}"
           f"{' held out' if held else ' of them (too few to hold any out)'}", file=sys.stderr)
 
-    def features(uid: str) -> dict:
-        return teacher.forward([load_utterance(by_id[uid], teacher.sample_rate)], layers, dtype="float32")[0]
+    def features(uid: str) -> dict | None:
+        """The utterance's exact targets, or None where the pipeline would skip it (extract.pipeline._decode)."""
+        try:
+            wave = load_utterance(by_id[uid], teacher.sample_rate)
+        except Exception:  # noqa: BLE001 - corrupt files raise many types; the pipeline reports them
+            return None
+        if len(wave) < teacher.window or not np.isfinite(wave).all():
+            return None
+        return teacher.forward([wave], layers, dtype="float32")[0]
 
     return fit_and_measure(mode, layers, list(by_id), features)

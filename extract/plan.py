@@ -46,8 +46,9 @@ def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: in
     if clashes:
         raise ExtractError(f"{clashes[0]} ({len(clashes)} such ids); use a separate --cache-dir for a second corpus with the same "
                            "ids, or `feature-cache rm` this cache to rebuild it")
-    still_bad = {s["path"] for s in cache.skipped if "size" in s and _unchanged(s)}
-    fresh = sorted((u for u in utts if u.uid not in cache and u.path not in still_bad), key=lambda u: u.uid)
+    # by utterance, never by path: the windows of one recording share a path, and one bad window must not take the rest along
+    still_bad = {s["uid"] for s in cache.skipped if "size" in s and s.get("uid") and _unchanged(s)}
+    fresh = sorted((u for u in utts if u.uid not in cache and u.uid not in still_bad), key=lambda u: u.uid)
     budget = int(part_seconds * rate)
     parts, items, samples = [], [], 0
     for i, u in enumerate(fresh):

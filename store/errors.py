@@ -36,3 +36,7 @@ class CorruptDataError(CacheError):
 
 class WriteError(CacheError, OSError):
     """A part could not be written (disk full, permissions); the cache is as it was before that part."""
+
+
+class StatsError(CacheError):
+    """Fitted statistics (int8/int4/pq) that would code every row wrongly: non-finite, or no utterance to fit on."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from store.errors import StatsError
+
 
 @dataclass(frozen=True)
 class ArraySpec:
@@ -210,6 +212,7 @@ def read_flac(f, start: int, stop: int) -> np.ndarray:
 
 
 STATS_FIT, STATS_HELD_OUT = 32, 16  # utterances: ~20k LibriSpeech frames for a mean and std per channel, 16 to measure on
+STD_FLOOR = 0.1  # of the layer's RMS channel std: a channel (near) constant on the sample must not blow up unseen rows
 
 
 def stats_sample(ids: list[str]) -> tuple[list[str], list[str]]:
@@ -218,22 +221,56 @@ def stats_sample(ids: list[str]) -> tuple[list[str], list[str]]:
     return ranked[:STATS_FIT], ranked[STATS_FIT:]
 
 
-def fit_and_measure(mode: str, layers: list[int], ids: list[str], features: Callable[[str], dict]) -> tuple[dict, dict]:
+def fit_and_measure(mode: str, layers: list[int], ids: list[str], features: Callable[[str], dict | None]) -> tuple[dict, dict]:
     """Statistics of every layer fitted on the sample, and `mode`'s error on the held-out utterances (on the
     fitting ones when the corpus is too small to hold any out). `features(uid)` gives {layer: [frames, dim]}
-    exact (or source) targets: the teacher's during extraction, the source cache's in a conversion."""
-    fit, held = stats_sample(ids)
-    feats = {u: features(u) for u in fit + held}
+    exact (or source) targets: the teacher's during extraction, the source cache's in a conversion; or None for an
+    utterance the pipeline would not accept (undecodable, NaN audio or targets): the sample takes the next id by
+    hash instead, so one bad file never poisons the statistics every row is coded with."""
+    ranked = sorted(ids, key=lambda u: hashlib.sha1(u.encode()).hexdigest())
+    feats: dict[str, dict] = {}
+    for uid in ranked:
+        if len(feats) == STATS_FIT + STATS_HELD_OUT:
+            break
+        f = features(uid)
+        if f is not None and all(np.isfinite(f[k]).all() for k in layers):
+            feats[uid] = f
+    if not feats:
+        raise StatsError(f"--storage {mode}: no utterance of the corpus gives finite targets to fit statistics on; "
+                         "fix the corpus (see the skipped files) or use --storage float16")
+    accepted = list(feats)
+    fit, held = accepted[:STATS_FIT], accepted[STATS_FIT:]
     stats = {k: TARGET_MODES[mode].fit([feats[u][k] for u in fit]) for k in layers}
     measured_on = held or fit
-    return stats, {"held_out_utterances": len(held), "measured_on": len(measured_on),
-                   "layers": {str(k): fidelity(mode, stats[k], [feats[u][k] for u in measured_on]) for k in layers}}
+    measured = {"held_out_utterances": len(held), "measured_on": len(measured_on),
+                "layers": {str(k): fidelity(mode, stats[k], [feats[u][k] for u in measured_on]) for k in layers}}
+    check_stats(mode, stats, measured)
+    return stats, measured
+
+
+def check_stats(mode: str, stats: dict, measured: dict | None) -> None:
+    """Refuse non-finite statistics or a non-finite measured error in one line: never code a cache with them."""
+    for k, v in stats.items():
+        if not all(np.isfinite(a).all() for a in v.values()):
+            raise StatsError(f"--storage {mode}: the fitted statistics of layer {k} are not finite; no cache was written "
+                             "(a NaN or infinite target reached the sample: fix or skip that file)")
+    for k, m in ((measured or {}).get("layers") or {}).items():
+        if not all(np.isfinite(m[key]) for key in ("rel_l2_mean", "cos_min", "l1")):
+            raise StatsError(f"--storage {mode}: the measured error of layer {k} is not finite; no cache was written")
+
+
+def finite_stats(stats: dict | None) -> bool:
+    return bool(stats) and all(np.isfinite(a).all() for v in stats.values() for a in v.values())
 
 
 def fit_stats(samples: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-channel mean and std of one layer over sample utterances ([frames, dim] each)."""
+    """Per-channel mean and std of one layer over sample utterances ([frames, dim] each). The std has a floor relative
+    to the layer's scale (STD_FLOOR of its RMS channel std): an absolute 1e-6 let one channel that was constant on the
+    sample reach z = 1e5 on another utterance, and the row's absmax scale then wiped out every other channel."""
     x = np.concatenate([np.asarray(s, np.float64) for s in samples])
-    return {"mean": x.mean(0).astype(np.float32), "std": np.maximum(x.std(0), 1e-6).astype(np.float32)}
+    std = x.std(0)
+    floor = max(STD_FLOOR * float(np.sqrt(np.mean(std ** 2))), 1e-6)
+    return {"mean": x.mean(0).astype(np.float32), "std": np.maximum(std, floor).astype(np.float32)}
 
 
 def stats_to_json(stats: dict[int, dict]) -> dict:

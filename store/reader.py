@@ -137,7 +137,7 @@ class Cache:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"] = {}  # no file handle crosses a process boundary
+        state["_handles"] = OrderedDict()  # no file handle crosses a process boundary (and the LRU stays an LRU)
         return state
 
     def __contains__(self, uid: str) -> bool:

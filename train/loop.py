@@ -32,7 +32,7 @@ from train.design import resolve as resolve_design
 from train.export import export_student, plot_losses
 from train.follow import Follower
 from train.loss import distill_loss
-from train.model import Student, count_parameters, describe_parts, init_from_teacher, student_config, weight_groups
+from train.model import build_student, count_parameters, describe_parts, init_from_teacher, weight_groups
 from train.sources import load_sources, subset_ids
 
 
@@ -109,8 +109,9 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     # teacher config cannot reshape it
     design = resolve_design(cfg.preset, cfg.student_layers, cfg.student_width, cfg.student_heads, cfg.student_ffn, cfg.match,
                             src.teacher_config)
-    model_config = student_config(ckpt["student_config"], cfg.dropout) if ckpt else student_config(src.teacher_config, cfg.dropout, design)
-    model = Student(model_config, len(layers), cfg.feature_grad_mult, target_dim=src.teacher_config["hidden_size"], match=design.match)
+    model = build_student(design, src.teacher_config, len(layers), cfg.dropout, cfg.feature_grad_mult,
+                          ckpt["student_config"] if ckpt else None)
+    model_config = model.encoder.config
     init = {"copied": [], "random": list(weight_groups(model.encoder))}
     if cfg.init == "teacher" and not ckpt:
         copied, fresh = init_from_teacher(model, src.teacher.model)

@@ -44,6 +44,16 @@ def student_config(teacher_config: dict, dropout: float = 0.1, design=None):
     return cfg
 
 
+def build_student(design, teacher_config: dict, n_targets: int, dropout: float = 0.1, feature_grad_mult: float = 0.1,
+                  saved_config: dict | None = None) -> Student:
+    """The one way a student is built, fresh or resumed. Resumed: the architecture is the checkpoint's config as saved
+    (any depth, width or preset), so neither a changed teacher config nor the flags can reshape it."""
+    from transformers import HubertConfig
+
+    config = HubertConfig.from_dict(saved_config) if saved_config else student_config(teacher_config, dropout, design)
+    return Student(config, n_targets, feature_grad_mult, target_dim=teacher_config["hidden_size"], match=design.match)
+
+
 class GradMultiply(torch.autograd.Function):
     """Identity forward, scaled gradient: the CNN learns at 0.1x (fairseq's feature_grad_mult)."""
 

@@ -17,7 +17,7 @@ from tests.conftest import build_corpus, fake_utterance, write_wav
 
 
 def _cfg(teacher, corpus, cache_dir, **kw):
-    return ExtractConfig(teacher, corpus, layers=(1, 3), cache_dir=str(cache_dir), part_seconds=2, progress=False, **kw)
+    return ExtractConfig(teacher, corpus, **{"layers": (1, 3), "cache_dir": str(cache_dir), "part_seconds": 2, "progress": False, **kw})
 
 
 def _complete(path, n):
@@ -209,3 +209,28 @@ def test_hdf5_import_validates_and_export_handles_prefix_ids(tmp_path):
         assert r.exit_code == 2 and says in r.output and r.output.count("\n") == 1, r.output
         assert not os.path.exists(tmp_path / "fresh") or not any(
             os.listdir(tmp_path / "fresh" / d / "commits") for d in os.listdir(tmp_path / "fresh"))
+
+
+def test_one_skipped_window_never_drops_the_rest_of_its_recording(tmp_path, tiny_teacher):
+    """Skips are remembered per utterance: after a crash, the other windows of a recording with one bad window are
+    still extracted (keyed by path, every uncommitted window of that file was left out and the cache said complete)."""
+    from store.index import uncommit
+
+    rec = tmp_path / "audio" / "rec.wav"
+    rec.parent.mkdir()
+    wave = (0.1 * np.sin(np.arange(48000) / 7)).astype(np.float32)
+    wave[16000:32000] = np.nan  # the middle second is bad
+    sf.write(str(rec), wave, 16000, subtype="FLOAT")
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"rec {rec}\n")
+    (kaldi / "segments").write_text("w1 rec 0.0 1.0\nw2 rec 1.0 2.0\nw3 rec 2.0 3.0\n")
+    cfg = _cfg(tiny_teacher, str(kaldi), tmp_path / "k", on_error="skip", part_seconds=0.5)
+    s = extract_features(cfg)
+    assert sorted(open_cache(s.path).utterance_ids) == ["w1", "w3"] and [x["uid"] for x in s.skipped] == ["w2"]
+    cache = open_cache(s.path)
+    part = cache.part_of("w3")
+    uncommit(cache.path, part, cache.part_dirs[part])  # the part of w3 was in flight when the machine died
+    again = extract_features(cfg)
+    assert again.teacher_work and sorted(open_cache(s.path).utterance_ids) == ["w1", "w3"]
+    assert not extract_features(cfg).teacher_work  # the bad window itself is not retried while its file is unchanged

@@ -62,6 +62,8 @@ def test_pq_keeps_a_byte_per_four_channels_and_its_codebooks_beside_the_parts(tm
     assert any("codebooks/layer_3: codebooks missing" in p for p in verify_cache(s.path))
     with pytest.raises(CorruptDataError, match="codebooks/layer_3: codebooks missing"):
         open_cache(s.path).read(uid, 3)
+    r = CliRunner().invoke(cache_cli, ["rm", s.path, "--yes"])  # codebooks/ is the cache's own: rm takes pq caches too
+    assert r.exit_code == 0 and not os.path.exists(s.path), r.output
 
 
 def test_pq_on_too_little_audio_is_one_line(tmp_path, tiny_teacher):

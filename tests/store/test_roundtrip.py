@@ -92,6 +92,16 @@ def test_cache_crosses_process_boundaries(small_cache):
     assert q.get(timeout=5) == truth["c/y"][0][3].astype(np.float16).tobytes()
 
 
+def test_a_copied_or_unpickled_cache_reads_twice_in_one_process(small_cache):
+    import copy
+
+    cache, truth = small_cache
+    cache.read("a/long", 1)
+    for other in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+        for _ in range(2):  # the second read finds the handle the first one opened (an LRU, not a plain dict)
+            assert np.array_equal(other.read("a/long", 2), truth["a/long"][0][2].astype(np.float16))
+
+
 def test_bfloat16_storage_round_trip(tmp_path):
     from store import create_cache
     from tests.conftest import make_spec

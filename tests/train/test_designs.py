@@ -24,8 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _quick(cache, out, **kw):
-    return TrainConfig(cache=cache, out=str(out), steps=2, batch_size=2, max_crop_samples=16000, num_workers=0, valid_fraction=0.25,
-                       progress=False, **kw)
+    return TrainConfig(**{"cache": cache, "out": str(out), "steps": 2, "batch_size": 2, "max_crop_samples": 16000, "num_workers": 0,
+                          "valid_fraction": 0.25, "progress": False, **kw})
 
 
 def test_each_presets_parameter_count_is_the_documented_one():
@@ -153,6 +153,20 @@ def test_a_1024_wide_teachers_cache_trains_a_768_wide_student(tmp_path):
     design = json.load(open(tmp_path / "run/design.json"))
     assert (design["width"], design["heads"], design["ffn"], design["teacher_width"]) == (768, 12, 3072, 1024)
     assert run["eval"]["loss"] > 0 and os.path.isdir(run["student"])
+
+
+@pytest.mark.parametrize("design", [{"preset": "deep-thin"}, {"preset": "wide-4"}, {"student_layers": 3},
+                                    {"preset": "small", "match": "1:1,2:3"}])
+def test_every_design_resumes_to_the_same_weights(cached, tmp_path, design):
+    """Fresh and resumed students come from one builder (train.model.build_student): any depth resumes."""
+    import torch
+
+    train(_quick(cached["path"], tmp_path / "full", steps=3, **design))
+    train(_quick(cached["path"], tmp_path / "split", steps=3, stop_after=1, **design))
+    train(_quick(cached["path"], tmp_path / "split", steps=3, resume=True, **design))
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_a_changed_design(cached, tmp_path):
