@@ -70,6 +70,9 @@ def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dt
     else:
         click.echo(f"extracted {s.parts_done_now} part(s) in {s.seconds:.1f} s: cache holds {s.utterances} utterances, "
                    f"{s.audio_hours:.3f} h, {s.frames} frames", err=True)
+    if s.audio_clipped:
+        click.echo(f"warning: {s.audio_clipped} audio samples are beyond int16 full scale and stored clipped (--audio {audio}): the "
+                   "student's input differs from the teacher's there; --audio float32 keeps them exact", err=True)
     for item in s.skipped:
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
     click.echo(json.dumps(s.to_dict()) if as_json else s.path)

@@ -71,7 +71,8 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
     items = part["items"]
     layers = spec["layers"]
     stats = read_stats(cache, read_meta(cache)) if TARGET_MODES[spec["storage_dtype"]].needs_stats else None
-    writer = PartWriter(cache, part["name"], layers, spec["dim"], spec["storage_dtype"], layout, stats, spec.get("audio", "float32"))
+    writer = PartWriter(cache, part["name"], layers, spec["dim"], spec["storage_dtype"], layout, stats, spec.get("audio", "float32"),
+                        part.get("corpus"))
     batches = plan_batches([it[2] for it in items], int(auto_batch_seconds(batch_seconds, teacher) * teacher.sample_rate))
     skipped: list[dict] = []
     paths = {it[0]: it[1] for it in items}

@@ -15,6 +15,7 @@ from extract.corpus import BadFile, Utterance
 from extract.errors import ExtractError
 from store import Cache, fs, part_name
 from store.layout import plan_path, write_json_atomic
+from store.verify import file_sha256
 
 
 def _unchanged(record: dict) -> bool:
@@ -35,14 +36,26 @@ def _where(path: str, window: dict) -> str:
     return f"{path}[{start}:{'' if stop is None else stop}{channel}]"
 
 
+def _same_content(u: Utterance, record: dict) -> bool:
+    """The same window of a file with the same bytes at another path (a copy, a moved corpus, an imported cache's
+    source): the same source, so not a clash. Content decides, not the path."""
+    if _where("", record) != _where("", u.window):
+        return False
+    try:
+        return file_sha256(u.path)[1] == record.get("sha256")
+    except OSError:
+        return False
+
+
 def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: int, part_seconds: float,
-               sources: dict[str, dict]) -> list[dict]:
+               sources: dict[str, dict], corpus: str | None = None) -> list[dict]:
     """Parts for every utterance not committed yet; refuse a committed id that now points at another file.
 
     `sources`: uid -> the committed record of its file. Files skipped while decoding are retried only once
     they change (a NaN file fixed later is picked up)."""
     clashes = [f"id '{u.uid}' is now {_where(u.path, u.window)}, but the cache holds it from {_where(r['path'], r)}"
-               for u in utts if (r := sources.get(u.uid)) and _where(r["path"], r) != _where(u.path, u.window)]
+               for u in utts if (r := sources.get(u.uid)) and _where(r["path"], r) != _where(u.path, u.window)
+               and not _same_content(u, r)]
     if clashes:
         raise ExtractError(f"{clashes[0]} ({len(clashes)} such ids); use a separate --cache-dir for a second corpus with the same "
                            "ids, or `feature-cache rm` this cache to rebuild it")
@@ -55,7 +68,7 @@ def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: in
         items.append([u.uid, u.path, u.samples_at(rate), u.window])
         samples += items[-1][2]
         if samples >= budget or i == len(fresh) - 1:
-            parts.append({"name": part_name([it[0] for it in items]), "items": items})
+            parts.append({"name": part_name([it[0] for it in items]), "items": items, "corpus": corpus})
             items, samples = [], 0
     summary = {"parts": [{"name": p["name"], "utterances": len(p["items"])} for p in parts],
                "skipped": [b.to_dict() for b in bad]}

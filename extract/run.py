@@ -6,6 +6,7 @@ The library function behind `extract-features`; notebooks call it directly.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,7 @@ class Summary:
     parts_total: int = 0
     seconds: float = 0.0
     teacher_work: bool = False
+    audio_clipped: int = 0  # samples stored clipped (int16/flac audio): the student's input differs from the teacher's there
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,7 +114,8 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         raise ExtractError(f"--cache-dir {cache_root}: cannot use it as a cache root ({e.strerror}); give a writable directory") from None
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])
-    provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "batching_probe": probe}
+    corpus_input = corpus_identity(cfg.corpus)
+    provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "corpus_input": corpus_input, "batching_probe": probe}
     stats = None
     if TARGET_MODES[cfg.storage_dtype].needs_stats:  # fit on a sample first (or keep the existing cache's), then one pass
         stats, provenance["fidelity"] = existing_stats(cache_root, spec) or fit_with_teacher(teacher, utts, spec["layers"],
@@ -126,7 +129,7 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path))
         cache.refresh()
         sources = {u: r for u, r in sources.items() if u in cache}
-        pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources)
+        pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources, corpus_input)
         if pending:
             run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local
             run(cfg, path, pending, teacher, spec, cache.layout)
@@ -135,7 +138,13 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         remove_orphans(cache)  # attempts of workers that died during this run (a dask retry committed the part)
     return Summary(path, cache.fingerprint, len(cache), cache.total_frames,
                    round(cache.total_samples / teacher.sample_rate / 3600, 4), cache.skipped,
-                   len(pending), len(cache.parts), round(time.time() - t0, 2), bool(pending))
+                   len(pending), len(cache.parts), round(time.time() - t0, 2), bool(pending), cache.audio_clipped)
+
+
+def corpus_identity(corpus: str) -> str:
+    """What a part records as its corpus: the --corpus input itself (directory or manifest), resolved, so that a dev set,
+    a Kaldi segment list or lhotse cuts of the same files are told apart from the training corpus."""
+    return os.path.realpath(corpus)
 
 
 def remove_orphans(cache: Cache) -> None:

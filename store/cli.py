@@ -12,14 +12,14 @@ import threading
 import click
 
 from store import fs
-from store.convert import convert_cache
+from store.convert import check_convertible, convert_cache
 from store.errors import CacheError, NotACacheError
 from store.hdf5 import export_hdf5, import_hdf5
 from store.modes import AUDIO_MODES, TARGET_MODES
 from store.reader import default_cache_dir, open_cache
 from store.registry import describe, list_caches, remove_cache
 from store.spec import FORMAT_VERSION
-from store.verify import verify_cache
+from store.verify import repair_commands, verify_cache
 
 
 def _first_words(e: BaseException) -> str:
@@ -148,6 +148,8 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
     spec = d.pop("spec")
     skipped = d.pop("skipped")
     fid = d.pop("fidelity") or {}
+    corpora = d.pop("corpora")
+    clipped = d.pop("audio_clipped")
     for key, value in d.items():
         click.echo(f"{key:18} {value}")
     where = (f"on {fid.get('held_out_utterances')} held-out utterances" if fid.get("held_out_utterances")
@@ -158,6 +160,11 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
     click.echo(f"{'layers':18} {spec['layers']}  dim={spec['dim']}  compute={spec['compute_dtype']}  storage={spec['storage_dtype']}")
     click.echo(f"{'preprocessing':18} {json.dumps(spec['preprocessing'])}")
     click.echo(f"{'teacher digest':18} {spec['teacher'].get('digest')}")
+    for corpus, c in corpora.items():  # each --corpus input, with what it holds: training on several picks one (--corpus)
+        click.echo(f"{'corpus':18} {corpus}: {c['utterances']} utterances, {c['hours']:.3f} h")
+    if clipped:
+        click.echo(f"{'audio clipped':18} {clipped} samples beyond int16 full scale, stored clipped: there the student's "
+                   "input differs from the teacher's (resampling overshoot; --audio float32 keeps them exact)")
     click.echo(f"{'skipped files':18} {len(skipped)}")
     for s in skipped:
         click.echo(f"  {s['path']}: {s['reason']}")
@@ -177,7 +184,8 @@ def verify(path: str, cache_dir: str | None, sources: bool, threads: int) -> Non
     for p in problems:
         click.echo(f"damaged: {p}", err=True)
     if problems:
-        click.echo(f"{len(problems)} problem(s); extract-features (same arguments) re-extracts damaged and changed parts", err=True)
+        fixes = repair_commands(cache)
+        click.echo(f"{len(problems)} problem(s); repair with: {' ; '.join(fixes)}", err=True)
         sys.exit(1)
     click.echo(f"ok: {len(cache.parts)} parts, {len(cache)} utterances, {cache.total_frames} frames")
 
@@ -215,6 +223,7 @@ def import_(src: str, fmt: str, cache_dir: str | None) -> None:
 def convert(src: str, storage: str, audio: str | None, cache_dir: str | None, as_json: bool) -> None:
     """A derived cache of SRC in another storage mode (its own fingerprint; no teacher run); prints its path last."""
     source = open_cache(src, cache_dir)
+    check_convertible(source, storage, audio)
     with click.progressbar(length=len(source.parts), label="converting", file=sys.stderr) as bar:
         dst = convert_cache(source.path, storage, audio, cache_dir, progress=lambda _p: bar.update(1))
     fid = (dst.provenance.get("fidelity") or {}).get("layers", {})

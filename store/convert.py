@@ -21,16 +21,23 @@ from store.writer import PartWriter, create_cache
 TRANSFORM = "convert@1"  # bump when the bytes a conversion writes for the same arguments would change
 
 
-def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_dir: str | None = None, progress=None) -> Cache:
-    """Write (or finish) the cache derived from `src_path` with targets as `storage` and audio as `audio`."""
-    src = Cache(src_path)
+def check_convertible(src: Cache, storage: str, audio: str | None) -> str:
+    """The audio mode the derived cache gets, or one line saying why `src` cannot give it (before any progress bar)."""
     audio = audio or src.audio_mode
     if storage not in TARGET_MODES or audio not in AUDIO_MODES:
         raise CacheError(f"--storage {storage} / --audio {audio}: choose from {', '.join(TARGET_MODES)} and {', '.join(AUDIO_MODES)}")
-    if src.audio_mode == "none":
-        raise CacheError(f"{src.path}: keeps no audio (--audio none), so it cannot be converted; convert the cache it came from")
+    if src.audio_mode == "none" and audio != "none":
+        raise CacheError(f"{src.path}: keeps no audio (--audio none), so it cannot give --audio {audio}; convert its targets with "
+                         "--audio none, or re-extract with --audio " + audio)
     if src.pending()["parts"]:
         raise CacheError(f"{src.path}: its extraction is unfinished; finish it with extract-features, then convert")
+    return audio
+
+
+def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_dir: str | None = None, progress=None) -> Cache:
+    """Write (or finish) the cache derived from `src_path` with targets as `storage` and audio as `audio`."""
+    src = Cache(src_path)
+    audio = check_convertible(src, storage, audio)
     spec = {k: v for k, v in src.spec.items() if k != "storage_stats"} | {"storage_dtype": storage, "audio": audio}
     spec["derived_from"] = {"fingerprint": src.fingerprint, "transform": TRANSFORM}
     stats, measured = None, None
@@ -54,10 +61,12 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
 
 
 def _convert_part(src: Cache, dst: Cache, name: str, ids: list[str], stats: dict | None, audio: str) -> None:
-    writer = PartWriter(dst.path, name, src.layers, src.spec["dim"], dst.spec["storage_dtype"], dst.layout, stats, audio)
+    writer = PartWriter(dst.path, name, src.layers, src.spec["dim"], dst.spec["storage_dtype"], dst.layout, stats, audio,
+                        src.part_corpus.get(name))
     try:
         for uid in ids:
-            writer.add(uid, {k: src.read(uid, k).astype(np.float32) for k in src.layers}, src.read_audio(uid), src.source(uid))
+            wave = src.read_audio(uid) if src.audio_mode != "none" else None  # none: the sources stay the audio
+            writer.add(uid, {k: src.read(uid, k).astype(np.float32) for k in src.layers}, wave, src.source(uid), src.num_samples(uid))
     except BaseException:
         writer.abort()
         raise

@@ -1,9 +1,11 @@
 """HDF5 export/import, for tools that speak h5py rather than zarr.
 
 Layout of the file: `layer_{K}/{name}` = [frames, dim] (storage dtype; bfloat16 as uint16 bits),
-`audio/{name}` = float32 samples, and the root attribute `distilcache` (JSON: spec, provenance,
-layout, fingerprint). `name` is the utterance id with '%' and '/' escaped as %25 and %2F: flat
-groups, so ids where one is a folder prefix of another (`a`, `a/b`) never collide.
+`audio/{name}` = float32 samples (none for an --audio none cache), the root attribute `distilcache` (JSON: spec,
+provenance, layout, fingerprint) and `records`, the UTF-8 bytes of a JSON object uid -> {corpus, source, samples}:
+the records the cache owns of each utterance (its --corpus input, its source file, window and recording), so an
+import keeps the held-out split by recording and `info`'s corpora. `name` is the utterance id with '%' and '/'
+escaped as %25 and %2F: flat groups, so ids where one is a folder prefix of another (`a`, `a/b`) never collide.
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ def export_hdf5(path: str, out: str) -> int:
     """Write every committed utterance of the cache at `path` to `out`; returns the count."""
     h5py = _h5py()
     cache = Cache(path)
-    if cache.audio_mode == "none":
-        raise CacheError(f"{path}: keeps no audio (--audio none); HDF5 export needs it: convert it with --audio float32 first")
     meta = {"fingerprint": cache.fingerprint, "spec": cache.spec, "provenance": cache.provenance, "layout": cache.layout.to_dict(),
             "stats": read_meta(cache.path).get("stats")}
     try:
@@ -61,7 +61,11 @@ def export_hdf5(path: str, out: str) -> int:
                 for layer in cache.layers:  # float modes as stored (bfloat16 as uint16 bits); int8/int4 decoded to float32
                     x = cache.read(uid, layer)
                     f[f"{layer_key(layer)}/{_escape(uid)}"] = x if cache.mode.needs_stats else cache.mode.encode(x, None)[""]
-                f[f"audio/{_escape(uid)}"] = cache.read_audio(uid)
+                if cache.audio_mode != "none":
+                    f[f"audio/{_escape(uid)}"] = cache.read_audio(uid)
+            records = {uid: {"corpus": cache.corpus_of(uid), "source": cache.source(uid), "samples": cache.num_samples(uid)}
+                       for uid in cache.utterance_ids}
+            f["records"] = np.frombuffer(json.dumps(records).encode(), np.uint8)
     except OSError as e:
         raise CacheError(f"{out}: cannot write it ({e}); check the path and free space") from None
     return len(cache)
@@ -89,27 +93,52 @@ def _read_meta(f, src: str) -> dict:
     return {"spec": spec, "layout": layout, "provenance": provenance, "stats": stats}
 
 
-def _utterances(f, src: str, spec: dict) -> list[str]:
-    """Every utterance's name, after checking the file's structure and shapes (metadata only)."""
+def _records(f, src: str) -> dict[str, dict]:
+    """uid -> {corpus, source, samples} (exports before records: {}), checked: read back from a file, it is untrusted."""
+    if "records" not in f:
+        return {}
+    try:
+        records = json.loads(bytes(f["records"][()]).decode())
+        if not isinstance(records, dict) or not all(isinstance(r, dict) for r in records.values()):
+            raise TypeError("not an object of objects")
+        for r in records.values():
+            if not (isinstance(r.get("corpus"), (str, type(None))) and isinstance(r.get("source"), (dict, type(None)))
+                    and isinstance(r.get("samples"), (int, type(None)))):
+                raise TypeError("a record's corpus, source or samples has the wrong type")
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ImportError_(f"{src}: its 'records' dataset is not a valid export record ({str(e)[:120]})") from None
+    return records
+
+
+def _utterances(f, src: str, spec: dict, records: dict[str, dict]) -> dict[str, int]:
+    """Every utterance's name -> its sample count, after checking the file's structure and shapes (metadata only)."""
     h5py = _h5py()
-    groups = ["audio"] + [layer_key(k) for k in spec["layers"]]
+    audio_kept = spec.get("audio", "float32") != "none"
+    groups = (["audio"] if audio_kept else []) + [layer_key(k) for k in spec["layers"]]
     for g in groups:
         if not isinstance(f.get(g, getlink=False), h5py.Group):
             raise ImportError_(f"{src}: no group '{g}'; the spec says it holds layers {spec['layers']}")
-    names = sorted(f["audio"].keys())
     hop, window, dim = spec["frame"]["hop"], spec["frame"]["window"], spec["dim"]
-    for name in names:
-        audio = f["audio"].get(name)
-        if not isinstance(audio, h5py.Dataset) or audio.ndim != 1:
-            raise ImportError_(f"{src}: audio/{name} is not a 1-d dataset (nested groups are not an export of this format)")
-        frames = (audio.shape[0] - window) // hop + 1
-        for g in groups[1:]:
+    samples: dict[str, int] = {}
+    for name in sorted(f[groups[0]].keys()):
+        if audio_kept:
+            audio = f["audio"].get(name)
+            if not isinstance(audio, h5py.Dataset) or audio.ndim != 1:
+                raise ImportError_(f"{src}: audio/{name} is not a 1-d dataset (nested groups are not an export of this format)")
+            samples[name] = audio.shape[0]
+        else:  # an --audio none cache: the sample count comes from the records
+            n = records.get(_unescape(name), {}).get("samples")
+            if not isinstance(n, int) or n < window:
+                raise ImportError_(f"{src}: no sample count for '{_unescape(name)}' in its records (an --audio none export needs them)")
+            samples[name] = n
+        frames = (samples[name] - window) // hop + 1
+        for g in groups[1 if audio_kept else 0:]:
             x = f[g].get(name)
             if not isinstance(x, h5py.Dataset):
                 raise ImportError_(f"{src}: {g}/{name} is missing")
             if x.shape != (frames, dim):
-                raise ImportError_(f"{src}: {g}/{name} has shape {x.shape}, but {audio.shape[0]} samples make {frames} frames of {dim}")
-    return names
+                raise ImportError_(f"{src}: {g}/{name} has shape {x.shape}, but {samples[name]} samples make {frames} frames of {dim}")
+    return samples
 
 
 def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_000) -> Cache:
@@ -125,9 +154,12 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
     with f:
         meta = _read_meta(f, src)
         spec, layout = meta["spec"], meta["layout"]
-        names = _utterances(f, src, spec)
+        records = _records(f, src)
+        samples = _utterances(f, src, spec, records)
+        names = sorted(samples)
+        groups = (["audio"] if spec.get("audio", "float32") != "none" else []) + [layer_key(k) for k in spec["layers"]]
         for name in names:  # values: one pass before writing, so a bad file changes nothing
-            for g in ["audio"] + [layer_key(k) for k in spec["layers"]]:
+            for g in groups:
                 if not np.isfinite(_as_float(f[g][name][()], spec["storage_dtype"] if g != "audio" else "float32")).all():
                     raise ImportError_(f"{src}: {g}/{name} holds NaN or infinite values")
         root = cache_dir or default_cache_dir()
@@ -135,18 +167,22 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
         cache = Cache(create_cache(root, spec, meta["provenance"], layout, meta["stats"]))
         with exclusive(cache.path):
             cache.refresh()
-            _write(f, cache, [n for n in names if _unescape(n) not in cache], part_frames)
+            _write(f, cache, [n for n in names if _unescape(n) not in cache], samples, records, part_frames)
             consolidate(cache.path)
     cache.refresh()
     return cache
 
 
-def _write(f, cache: Cache, names: list[str], part_frames: int) -> None:
+def _write(f, cache: Cache, names: list[str], samples: dict[str, int], records: dict[str, dict], part_frames: int) -> None:
     spec, layers = cache.spec, cache.layers
+    corpus_of = {n: records.get(_unescape(n), {}).get("corpus") for n in names}
     groups, group, frames = [], [], 0
-    for name in names:  # parts of about part_frames, named by their contents like every part
+    for name in sorted(names, key=lambda n: (corpus_of[n] or "", n)):  # parts of about part_frames, one corpus each
+        if group and corpus_of[group[-1]] != corpus_of[name]:
+            groups.append(group)
+            group, frames = [], 0
         group.append(name)
-        frames += (f["audio"][name].shape[0] - spec["frame"]["window"]) // spec["frame"]["hop"] + 1
+        frames += (samples[name] - spec["frame"]["window"]) // spec["frame"]["hop"] + 1
         if frames >= part_frames:
             groups.append(group)
             group, frames = [], 0
@@ -154,10 +190,11 @@ def _write(f, cache: Cache, names: list[str], part_frames: int) -> None:
         groups.append(group)
     for group in groups:
         writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],
-                            cache.layout, cache.stats, cache.audio_mode)
+                            cache.layout, cache.stats, cache.audio_mode, corpus_of[group[0]])
         for name in group:
             feats = {k: _as_float(f[layer_key(k)][name][()], spec["storage_dtype"]) for k in layers}
-            writer.add(_unescape(name), feats, f["audio"][name][()].astype(np.float32))
+            audio = f["audio"][name][()].astype(np.float32) if cache.audio_mode != "none" else None
+            writer.add(_unescape(name), feats, audio, records.get(_unescape(name), {}).get("source"), samples=samples[name])
         writer.commit()
 
 

@@ -16,7 +16,8 @@ from store import fs
 from store.layout import commit_path, index_path, part_path, read_json, sources_path, write_json_atomic
 
 READER_FIELDS = ("part", "dir", "ids", "frames", "samples", "skipped", "total_frames", "total_samples")
-OPTIONAL_FIELDS = ("recordings",)  # uid -> recording, only for utterances that are segments of a recording
+OPTIONAL_FIELDS = ("recordings", "corpus", "audio_clipped")  # uid -> recording (segments only); the part's --corpus input;
+# samples clipped to int16 (int16/flac audio)
 
 
 def list_markers(cache: str) -> list[str]:

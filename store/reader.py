@@ -106,7 +106,10 @@ class Cache:
         self.duplicates: list[str] = []
         self._skipped_in_parts: list[dict] = []
         self._recordings: dict[str, str] = {}
+        self.part_corpus: dict[str, str] = {}  # part -> the --corpus input it came from
+        self.audio_clipped = 0
         self.total_frames = self.total_samples = 0
+        first_corpus = self.provenance.get("corpus_input") or self.provenance.get("corpus") or "?"  # caches before per-part records
         for part in sorted(markers):
             marker = markers[part]
             if isinstance(marker, str):
@@ -114,6 +117,8 @@ class Cache:
                 continue
             self.parts.append(part)
             self.part_dirs[part] = marker["dir"]
+            self.part_corpus[part] = marker.get("corpus") if isinstance(marker.get("corpus"), str) else first_corpus
+            self.audio_clipped += int(marker.get("audio_clipped") or 0)
             self._skipped_in_parts.extend(marker.get("skipped", []))
             recordings = marker.get("recordings")
             if isinstance(recordings, dict):
@@ -272,6 +277,20 @@ class Cache:
             return None
         return {"recording": record.get("recording", uid), "path": record["path"], "start": record.get("start", 0),
                 "stop": record.get("stop"), "sample_rate": record.get("sample_rate"), "channel": record.get("channel")}
+
+    def corpora(self) -> dict[str, dict]:
+        """Every --corpus input the cache holds utterances of: {input: {utterances, hours}}. Two inputs may name the same
+        audio under other ids (a dev set under the training root, lhotse cuts of Kaldi segments): training picks one."""
+        rate = self.spec["preprocessing"]["sample_rate"]
+        out: dict[str, dict] = {}
+        for part, corpus in self.part_corpus.items():
+            entry = out.setdefault(corpus, {"utterances": 0, "hours": 0.0})
+            entry["utterances"] += len(self._ids_by_dir.get(self.part_dirs[part], []))
+            entry["hours"] += self.part_rows[part][1] / rate / 3600
+        return {c: {"utterances": e["utterances"], "hours": round(e["hours"], 4)} for c, e in sorted(out.items())}
+
+    def corpus_of(self, uid: str) -> str:
+        return self.part_corpus[self.part_of(uid)]
 
     @property
     def has_recordings(self) -> bool:

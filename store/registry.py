@@ -75,6 +75,8 @@ def describe(cache: Cache) -> dict:
         "damaged_markers": len(cache.damaged),
         "storage": f"{cache.spec['storage_dtype']} targets ({frame_bytes} B per layer-frame before the codec), {cache.audio_mode} audio",
         "fidelity": cache.provenance.get("fidelity"),
+        "corpora": cache.corpora(),
+        "audio_clipped": cache.audio_clipped,
         "skipped": cache.skipped,
     }
 

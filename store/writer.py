@@ -96,8 +96,9 @@ class PartWriter:
     and a part is published at most once (store.fs.publish_json)."""
 
     def __init__(self, cache: str, part: str, layers: list[int], dim: int, storage_dtype: str, layout: Layout,
-                 stats: dict | None = None, audio: str = "float32"):
+                 stats: dict | None = None, audio: str = "float32", corpus: str | None = None):
         self.cache, self.part, self.layers, self.dim = cache, part, list(layers), dim
+        self.corpus = corpus  # the --corpus input every utterance of this part came from (its record in the marker)
         self.storage_dtype, self.layout, self.stats, self.audio = storage_dtype, layout, stats, audio
         self.mode = TARGET_MODES[storage_dtype]
         if self.mode.needs_stats and not stats:
@@ -133,20 +134,26 @@ class PartWriter:
         self._encoders[key] = encoder(self.layout.codec, chunk_bytes)
         self._buffers[key], self._rows[key] = [], 0
 
-    def add(self, uid: str, feats: dict[int, np.ndarray], audio: np.ndarray, source: dict | None = None) -> None:
+    def add(self, uid: str, feats: dict[int, np.ndarray], audio: np.ndarray | None, source: dict | None = None,
+            samples: int | None = None) -> None:
         """Append one utterance: feats[layer] is [frames, dim] float32, audio the teacher's input, source the file
-        it came from ({path, size, mtime_ns, sha256}) so a changed file is noticed later."""
+        it came from ({path, size, mtime_ns, sha256}) so a changed file is noticed later. An --audio none cache may be
+        given no audio (an import or conversion of one), only its sample count."""
+        if audio is None and (self.audio != "none" or samples is None):
+            raise ValueError(f"{uid}: audio is needed unless the cache keeps none (--audio none) and the sample count is given")
         frames = {f.shape[0] for f in feats.values()}
         if len(frames) != 1 or set(feats) != set(self.layers):
             raise ValueError(f"{uid}: expected layers {self.layers} with equal frame counts, got {sorted(feats)} {frames}")
         for layer, f in feats.items():
             for suffix, stored in self.mode.encode(f, self.stats[layer] if self.stats else None).items():
                 self._buffers[layer_key(layer) + suffix].append(stored)
-        stored_audio, clipped = encode_audio(audio, self.audio)
+        stored_audio, clipped = encode_audio(audio, self.audio) if audio is not None else (None, 0)
         self.clipped += clipped
         if stored_audio is not None and self.audio != "flac":
             self._buffers["audio"].append(stored_audio)
-        for col, val in zip(self.index, (uid, frames.pop(), len(audio), audio_digest(audio), source), strict=True):
+        n = len(audio) if audio is not None else int(samples)
+        digest = audio_digest(audio) if audio is not None else None
+        for col, val in zip(self.index, (uid, frames.pop(), n, digest, source), strict=True):
             self.index[col].append(val)
         if self.audio == "flac":
             name = os.path.join(self._path, FLAC_DIR, f"{len(self.index['ids']) - 1}.flac")
@@ -185,6 +192,8 @@ class PartWriter:
         recordings = {u: s["recording"] for u, s in zip(self.index["ids"], self.index["sources"], strict=True) if s and s.get("recording")}
         if recordings:  # in the index too (the held-out split needs them; sources.json is not read by training)
             marker["recordings"] = recordings
+        if self.corpus:
+            marker["corpus"] = self.corpus
         if not self._guard(self._publish, marker):
             self.abort()  # another attempt committed this part first: its files are the part, ours go
             return read_json(commit_path(self.cache, self.part))

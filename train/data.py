@@ -27,16 +27,18 @@ def crop_start(n_samples: int, max_samples: int, hop: int, rng: np.random.Genera
     return int(rng.integers(0, (n_samples - max_samples) // hop + 1))
 
 
-def split_ids(ids: list[str], valid_fraction: float, recording=None) -> tuple[list[str], list[str]]:
+def split_ids(ids: list[str], valid_fraction: float, recording=None, fallback: bool = True) -> tuple[list[str], list[str]]:
     """Deterministic held-out split by the hash of each id's recording (`recording(uid)`; default: the id itself):
-    stable when the cache grows, and the segments of one recording never straddle it (no train/held-out leakage)."""
+    a pure function of the recording id, so stable when the cache grows, and the segments of one recording never
+    straddle it (no train/held-out leakage). `fallback`: a small set whose hashes all miss the fraction holds out its
+    lowest-hash recording; that one depends on the set, so a set that grows during a run (--follow) goes without."""
     def bucket(key: str) -> float:
         return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
 
     group = {u: recording(u) for u in ids} if recording else {u: u for u in ids}
     buckets = {g: bucket(g) for g in set(group.values())}
     held_groups = {g for g, b in buckets.items() if b < valid_fraction}
-    if valid_fraction > 0 and not held_groups and len(buckets) > 1:
+    if fallback and valid_fraction > 0 and not held_groups and len(buckets) > 1:
         held_groups = {min(buckets, key=buckets.__getitem__)}
     valid = [u for u in ids if group[u] in held_groups]  # sets, not lists: a list per id made this quadratic
     train = [u for u in ids if group[u] not in held_groups]

@@ -17,9 +17,11 @@ from train.data import BucketBatches, CachedCrops, split_ids
 
 class Follower:
     def __init__(self, cache: Cache, train_ids: list[str], make_crops, valid_fraction: float, subset=None,
-                 saved: dict | None = None):
-        """`make_crops(ids)` builds the dataset of an epoch; `subset()` re-reads a --corpus subset (None: all ids)."""
+                 saved: dict | None = None, held_out: list[str] = ()):
+        """`make_crops(ids)` builds the dataset of an epoch; `subset()` re-reads the ids to train from (a --corpus subset,
+        or the one corpus the cache held at the start); `held_out`: the run's held-out ids, whose recordings never join."""
         self.cache, self.make_crops, self.valid_fraction, self.subset = cache, make_crops, valid_fraction, subset
+        self.held_out = {cache.recording(u) for u in held_out}
         self.ids: list[str] = list(saved["ids"]) if saved else list(train_ids)
         self.sizes: list[int] = list(saved["sizes"]) if saved else []
         missing = [u for u in self.ids if u not in cache]
@@ -34,9 +36,9 @@ class Follower:
     def _pick_up(self) -> int:
         self.cache.refresh()
         ids = self.subset() if self.subset else self.cache.utterance_ids
-        train, _ = split_ids(ids, self.valid_fraction, self.cache.recording if self.cache.has_recordings else None)
+        train, _ = split_ids(ids, self.valid_fraction, self.cache.recording if self.cache.has_recordings else None, fallback=False)
         known = set(self.ids)
-        new = sorted(u for u in train if u not in known)
+        new = sorted(u for u in train if u not in known and self.cache.recording(u) not in self.held_out)
         self.ids += new
         return len(new)
 

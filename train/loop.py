@@ -25,15 +25,16 @@ from extract.teacher import resolve_device
 from store.lock import exclusive
 from train import distributed, recipe
 from train.checkpoint import RESUMABLE_CHANGES, load_checkpoint, resume_differences, rng_state, save_checkpoint, set_rng_state
-from train.config import ConfigError, TrainConfig, save_config
+from train.config import ConfigError, TrainConfig
 from train.data import BucketBatches, CachedCrops, collate
 from train.decode import DeviceDecoder
 from train.design import resolve as resolve_design
 from train.export import export_student, plot_losses
 from train.follow import Follower
 from train.loss import distill_loss
-from train.model import build_student, count_parameters, describe_parts, init_from_teacher, weight_groups
-from train.sources import load_sources, subset_ids
+from train.model import build_student, count_parameters, describe_parts, describe_random, init_from_teacher, weight_groups
+from train.record import first_line, write_run_dir_records
+from train.sources import follow_ids, load_sources
 
 
 class _Batches:
@@ -114,11 +115,11 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     model_config = model.encoder.config
     init = {"copied": [], "random": list(weight_groups(model.encoder))}
     if cfg.init == "teacher" and not ckpt:
-        copied, fresh = init_from_teacher(model, src.teacher.model)
-        init = {"copied": copied, "random": fresh}
+        copied, fresh, why = init_from_teacher(model, src.teacher.model)
+        init = {"copied": copied, "random": fresh, "why_random": why}
     notes = ["recipe s3prl: s3prl trains in fp16, which needs CUDA; training in fp32 here"] if s3prl and amp_dtype is None else []
     init_line = (f"student {design.layers} x {design.width} ({design.objective}): copied from the teacher: "
-                 f"{describe_parts(init['copied'])}; random (shapes differ from the teacher's): {describe_parts(init['random'])}"
+                 f"{describe_parts(init['copied'])}; random: {describe_random(init['random'], init['why_random'])}"
                  if cfg.init == "teacher" and not ckpt and ranks.main else None)
     if ranks.main and not ckpt:
         with open(os.path.join(cfg.out, "design.json"), "w") as f:
@@ -140,8 +141,8 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         step = ckpt["step"]
-    if ranks.main:
-        save_config(cfg, cfg.out)
+    if ranks.main:  # resolved config.json and run.json: what this run trains on, said again after the first step
+        notes.insert(0, first_line(write_run_dir_records(cfg, src, layers, design)))
     if not src.train.ids:
         raise ConfigError(f"no training utterances: {len(src.valid.ids) if src.valid else 0} held out, none left to train on; "
                           "extract more, or lower --valid-fraction")
@@ -155,7 +156,8 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         if ranks.enabled:
             raise ConfigError("--follow trains in one process: ranks would see different parts committed; drop it under torchrun")
         follower = Follower(src.cache, src.train.ids, src.train.with_ids, cfg.valid_fraction,
-                            (lambda: subset_ids(src.cache, cfg.corpus)) if cfg.corpus else None, ckpt.get("follow") if ckpt else None)
+                            follow_ids(src.cache, cfg.corpus),
+                            ckpt.get("follow") if ckpt else None, src.valid.ids if src.valid else ())
 
         def followed(at: int):
             left = cfg.steps - at

@@ -152,12 +152,14 @@ def weight_groups(encoder: nn.Module) -> dict[str, list[str]]:
     return groups
 
 
-def init_from_teacher(student: Student, teacher: nn.Module) -> tuple[list[str], list[str]]:
+def init_from_teacher(student: Student, teacher: nn.Module) -> tuple[list[str], list[str], dict[str, str]]:
     """Copy each part whose every tensor has the teacher's shape (CNN, feature projection, positional conv, student
-    layer i from teacher layer i); a part that does not fit stays random as a whole, never half-copied.
-    Returns (copied parts, random parts) for the one line that says so."""
+    layer i from teacher layer i) and that then computes the teacher's function on the same input (a layer-norm CNN or a
+    pre-LN layer has the same shapes but computes something else: kept random). A part is never half-copied.
+    Returns (copied parts, random parts, why each random part is random) for the one line that says so."""
     t, s = teacher.state_dict(), student.encoder.state_dict()
-    copied, fresh = [], []
+    before = {n: v.clone() for n, v in s.items()}
+    copied, fresh, why = [], [], {}
     for group, names in weight_groups(student.encoder).items():
         if all(n in t and t[n].shape == s[n].shape for n in names):
             for n in names:
@@ -165,8 +167,50 @@ def init_from_teacher(student: Student, teacher: nn.Module) -> tuple[list[str], 
             copied.append(group)
         else:
             fresh.append(group)
+            why[group] = "shapes differ from the teacher's"
     student.encoder.load_state_dict(s)
-    return copied, fresh
+    for group in list(copied):
+        differs = _computes_otherwise(group, student.encoder, teacher)
+        if differs:
+            for n in weight_groups(student.encoder)[group]:
+                s[n] = before[n]
+            copied.remove(group)
+            fresh.append(group)
+            why[group] = differs
+    student.encoder.load_state_dict(s)
+    order = list(weight_groups(student.encoder))
+    return copied, sorted(fresh, key=order.index), why
+
+
+@torch.no_grad()
+def _computes_otherwise(group: str, encoder: nn.Module, teacher: nn.Module) -> str | None:
+    """Why the copied part does not compute the teacher's part on the same input (None: it does, to 1e-5)."""
+    g = torch.Generator().manual_seed(0)
+    hidden = encoder.config.hidden_size
+    modes = encoder.training, teacher.training
+    encoder.eval(), teacher.eval()
+    try:
+        if group == "CNN":
+            x = 0.1 * torch.randn(1, 4000, generator=g)
+            a, b = encoder.feature_extractor(x), teacher.feature_extractor(x)
+        elif group == "feature projection":  # the Linear; a LayerNorm before it in the teacher is not part of the student
+            x = torch.randn(1, 20, encoder.feature_projection.projection.in_features, generator=g)
+            a, b = encoder.feature_projection.projection(x), teacher.feature_projection.projection(x)
+        elif group == "positional conv":
+            x = torch.randn(1, 20, hidden, generator=g)
+            a, b = encoder.encoder.pos_conv_embed(x), teacher.encoder.pos_conv_embed(x)
+        else:
+            i = int(group.split()[1]) - 1
+            x = torch.randn(1, 20, hidden, generator=g)
+            a, b = encoder.encoder.layers[i](x)[0], teacher.encoder.layers[i](x)[0]
+    except Exception as e:  # noqa: BLE001 - another family's module with another signature: not the same function
+        return f"the teacher's {group} is another kind of module ({type(e).__name__})"
+    finally:
+        encoder.train(modes[0]), teacher.train(modes[1])
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+        diff = (a - b).abs().max().item() if a.shape == b.shape else float("inf")
+        return f"same shapes, but computes something else (max diff {diff:.3g} on the same input: e.g. a layer-norm or pre-LN teacher)"
+    return None
 
 
 def describe_parts(parts: list[str]) -> str:
@@ -177,6 +221,16 @@ def describe_parts(parts: list[str]) -> str:
         rest.append(f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]}"
                     if layers == list(range(layers[0], layers[-1] + 1)) else "layers " + ",".join(map(str, layers)))
     return ", ".join(rest) or "nothing"
+
+
+def describe_random(parts: list[str], why: dict[str, str]) -> str:
+    """'layers 1-2 (shapes differ from the teacher's); CNN (same shapes, but computes something else ...)'."""
+    if not parts:
+        return "nothing"
+    by_reason: dict[str, list[str]] = {}
+    for p in parts:
+        by_reason.setdefault(why.get(p, "shapes differ from the teacher's"), []).append(p)
+    return "; ".join(f"{describe_parts(ps)} ({reason})" for reason, ps in by_reason.items())
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -41,7 +41,27 @@ def find_cache_for(cfg: TrainConfig, layers: list[int], digest: str) -> Cache:
         listed = "; ".join(f"{c.path} ({_segments(c)})" for c in fits)
         raise SpecMismatchError(f"--cache: {len(fits)} caches of --teacher {cfg.teacher} fit, segmented differently ({listed}); "
                                 "give --cache PATH or FINGERPRINT")
-    return max(fits, key=lambda c: (c.spec["compute_dtype"] == "float32", len(c)))
+    best = max(map(_exactness, fits))
+    top = [c for c in fits if _exactness(c) == best]  # exact storage first: a derived int8/int4/pq copy only when alone
+    if len({json.dumps(sorted(c.corpora()), sort_keys=True) for c in top}) > 1:
+        listed = "; ".join(f"{c.fingerprint} ({', '.join(c.corpora()) or 'empty'})" for c in top)
+        raise SpecMismatchError(f"--cache: {len(top)} caches of --teacher {cfg.teacher} fit, holding different corpora ({listed}); "
+                                "give --cache PATH or FINGERPRINT")
+    return max(top, key=len)
+
+
+def _exactness(cache: Cache) -> tuple:
+    """How close a cache's targets are to the teacher's: lossless float storage, not derived, fp32 compute, wider floats."""
+    rank = {"float32": 2, "float16": 1}.get(cache.spec["storage_dtype"], 0)
+    return (not cache.mode.needs_stats, "derived_from" not in cache.spec, cache.spec["compute_dtype"] == "float32", rank)
+
+
+def describe_cache(cache: Cache) -> dict:
+    """Which cache a run trains from, as the run's first line and run.json say it."""
+    derived = cache.spec.get("derived_from") or {}
+    return {"path": cache.path, "fingerprint": cache.fingerprint, "storage": cache.spec["storage_dtype"], "audio": cache.audio_mode,
+            "compute_dtype": cache.spec["compute_dtype"], "derived_from": derived.get("fingerprint"),
+            "lossy": bool(cache.mode.needs_stats), "utterances": len(cache)}
 
 
 def _segments(cache: Cache) -> str:
@@ -65,26 +85,55 @@ def check_complete(cache: Cache, allow_partial: bool) -> None:
     print(f"warning: {line}; training on the committed utterances (--allow-partial)", file=sys.stderr)
 
 
-def subset_ids(cache: Cache, corpus: str) -> list[str]:
-    """The cache's ids for the utterances of `corpus`: a subdirectory or manifest of the corpus the cache was built
-    from, or a Kaldi dir / lhotse manifest whose ids it holds. Windows cut by --segment-seconds go with their source.
+def one_corpus(cache: Cache) -> list[str]:
+    """All ids of a cache that holds one corpus; a cache holding several (a dev set or other cuts of the same audio
+    extracted with the same teacher) is refused until --corpus chooses, so overlapping audio is never trained on twice."""
+    corpora = cache.corpora()
+    if len(corpora) > 1:
+        listed = "; ".join(f"{c} ({v['utterances']} utterances, {v['hours']:.3f} h)" for c, v in corpora.items())
+        raise SpecMismatchError(f"{cache.path} holds {len(corpora)} corpora ({listed}); choose the one to train on with --corpus")
+    return cache.utterance_ids
 
-    Files match by their path under the cache's corpus root, not by the subset's own relative path
+
+def follow_ids(cache: Cache, corpus: str | None):
+    """--follow: what each epoch re-reads: the --corpus subset, else the one corpus the cache held at the start (parts of
+    another corpus committed meanwhile are not this run's)."""
+    if corpus:
+        return lambda: subset_ids(cache, corpus)
+    started = list(cache.corpora())
+    if len(started) == 1:
+        return lambda: [u for u in cache.utterance_ids if cache.corpus_of(u) == started[0]]
+    return lambda: one_corpus(cache)
+
+
+def subset_ids(cache: Cache, corpus: str) -> list[str]:
+    """The cache's ids for the utterances of `corpus`: one of the --corpus inputs the cache holds, a subdirectory or
+    manifest of one, or a Kaldi dir / lhotse manifest whose ids it holds. Windows cut by --segment-seconds go with
+    their source. Ids come from one corpus's id space only: the same file under two roots is never selected twice.
+
+    Files match by their path under that corpus's root, not by the subset's own relative path
     (train-clean-100/103/... is 103/... relative to the subset)."""
     from extract.corpora import read_corpus
     from extract.segments import parent
 
-    root = cache.provenance.get("corpus")
+    recorded = cache.corpora()
+    asked = os.path.realpath(corpus)
+    if asked in recorded and not os.path.exists(corpus):
+        return [u for u in cache.utterance_ids if cache.corpus_of(u) == asked]
     _, entries, _ = read_corpus(corpus)
+    roots = [c for c in recorded if os.path.isdir(c) and not os.path.isfile(os.path.join(c, "wav.scp"))]
+    roots += [os.path.realpath(cache.provenance["corpus"])] if cache.provenance.get("corpus") else []
+    inside = [r for r in roots if asked == r or asked.startswith(r.rstrip(os.sep) + os.sep)]
+    root = max(inside, key=len) if inside else None  # the innermost corpus holding the subset: one id space
     wanted = set()
     for e in entries:
         if e.where != e.path:  # a manifest entry (Kaldi, lhotse): its id is the cache's id
             wanted.add(e.uid)
-        elif root:  # a file of a directory or TSV: its id is its path under the cache's corpus root
-            under = os.path.relpath(os.path.realpath(e.path), os.path.realpath(root))
+        elif root:  # a file of a directory or TSV: its id is its path under that corpus's root
+            under = os.path.relpath(os.path.realpath(e.path), root)
             if not under.startswith(".."):
                 wanted.add(os.path.splitext(under)[0].replace(os.sep, "/"))
-    ids = [u for u in cache.utterance_ids if u in wanted or parent(u) in wanted]
+    ids = [u for u in cache.utterance_ids if u in wanted or parent(u) in wanted or cache.corpus_of(u) == asked]
     if not ids:
         raise SpecMismatchError(f"--corpus {corpus}: none of its {len(entries)} utterances is in {cache.path}, whose corpus root is "
                                 f"{root}; give a directory under that root, or a manifest of ids the cache holds")
@@ -128,10 +177,9 @@ def load_sources(cfg: TrainConfig) -> Sources:
         raise SpecMismatchError(f"{cache.path} was made by teacher weights {_short(cache.spec['teacher']['digest'])}, but "
                                 f"--teacher {teacher.name} has {_short(teacher.digest)}; use the cache's teacher or extract a new cache")
     check_complete(cache, cfg.allow_partial or cfg.follow)
-    ids = cache.utterance_ids
-    if cfg.corpus:
-        ids = subset_ids(cache, cfg.corpus)
-    train_ids, valid_ids = split_ids(ids, cfg.valid_fraction, cache.recording if cache.has_recordings else None)
+    ids = subset_ids(cache, cfg.corpus) if cfg.corpus else one_corpus(cache)
+    train_ids, valid_ids = split_ids(ids, cfg.valid_fraction, cache.recording if cache.has_recordings else None,
+                                     fallback=not cfg.follow)
     pre = cache.spec["preprocessing"]
     judge = eval_cache(cfg, cache, layers) if cfg.eval_cache else cache
     valid_ids = [u for u in valid_ids if u in judge]

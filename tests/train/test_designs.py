@@ -79,7 +79,7 @@ def test_layer_to_layer_targets_line_up_frame_for_frame(plain_teacher):
     teacher = load_teacher(plain_teacher["teacher"], device="cpu")
     d = resolve("distilhubert", 3, 0, 0, 0, "3:3,1:1,2:2", teacher.config.to_dict())
     student = Student(student_config(teacher.config.to_dict(), 0.0, d), 3, target_dim=32, match=d.match).eval()
-    copied, fresh = init_from_teacher(student, teacher.model)
+    copied, fresh, _ = init_from_teacher(student, teacher.model)
     assert fresh == [] and copied[-1] == "layer 3"
     for p in student.heads.proj:
         torch.nn.init.eye_(p.weight)
@@ -102,10 +102,11 @@ def test_init_copies_exactly_the_parts_it_names_and_says_so(cached, capsys):
     teacher = load_teacher(cached["teacher"], device="cpu")
     t = teacher.model.state_dict()
     same = Student(student_config(teacher.config.to_dict()), 2)
-    assert init_from_teacher(same, teacher.model) == (["CNN", "feature projection", "positional conv", "layer 1", "layer 2"], [])
+    assert init_from_teacher(same, teacher.model) == (["CNN", "feature projection", "positional conv", "layer 1", "layer 2"], [], {})
     narrow = Student(student_config(teacher.config.to_dict(), 0.1, resolve("distilhubert", 0, 16, 0, 0, "", teacher.config.to_dict())), 2)
     before = {k: v.clone() for k, v in narrow.encoder.state_dict().items()}
-    copied, fresh = init_from_teacher(narrow, teacher.model)
+    copied, fresh, why = init_from_teacher(narrow, teacher.model)
+    assert set(why) == set(fresh)
     assert copied == ["CNN"] and fresh == ["feature projection", "positional conv", "layer 1", "layer 2"]
     groups, s = weight_groups(narrow.encoder), narrow.encoder.state_dict()
     assert all(torch.equal(s[n], t[n]) for n in groups["CNN"])
@@ -113,10 +114,10 @@ def test_init_copies_exactly_the_parts_it_names_and_says_so(cached, capsys):
     assert "encoder.layer_norm.weight" not in sum(groups.values(), [])  # REFERENCE.md: not copied
     run = train(_quick(cached["path"], cached["root"] / "narrow", student_width=16))
     err = capsys.readouterr().err
-    assert "student 2 x 16 (heads): copied from the teacher: CNN; random (shapes differ from the teacher's): feature projection, " \
-           "positional conv, layers 1-2" in err
+    assert "student 2 x 16 (heads): copied from the teacher: CNN; random: feature projection, positional conv, layers 1-2 " \
+           "(shapes differ from the teacher's)" in err
     design = json.load(open(cached["root"] / "narrow/design.json"))
-    assert design["init"] == {"copied": ["CNN"], "random": fresh} and design["width"] == 16 and run["student"]
+    assert design["init"] == {"copied": ["CNN"], "random": fresh, "why_random": why} and design["width"] == 16 and run["student"]
 
 
 DESIGNS = [({"preset": p}, (1, 3)) for p in PRESETS] + [({"match": "1:1,2:3"}, (1, 3)), ({"preset": "small", "match": "2:3"}, (3,))]
@@ -153,6 +154,28 @@ def test_a_1024_wide_teachers_cache_trains_a_768_wide_student(tmp_path):
     design = json.load(open(tmp_path / "run/design.json"))
     assert (design["width"], design["heads"], design["ffn"], design["teacher_width"]) == (768, 12, 3072, 1024)
     assert run["eval"]["loss"] > 0 and os.path.isdir(run["student"])
+
+
+def test_init_copies_only_parts_that_compute_the_teachers_function(tmp_path, capsys):
+    """A layer-norm, pre-LN teacher has parts of the student's shapes that compute something else (the student's CNN
+    output differed by up to 2.58): they stay random, and the init line says why. Copied parts compute the teacher's."""
+    from tests.conftest import build_tiny_teacher
+
+    teacher = load_teacher(build_tiny_teacher(str(tmp_path / "ln"), norm="layer"), device="cpu")
+    student = Student(student_config(teacher.config.to_dict()), 2).eval()
+    copied, fresh, why = init_from_teacher(student, teacher.model)
+    assert "CNN" in fresh and "layer 1" in fresh and "computes something else" in why["CNN"], (copied, why)
+    x = 0.1 * torch.randn(1, 4000)
+    with torch.no_grad():
+        assert not torch.allclose(student.encoder.feature_extractor(x), teacher.model.feature_extractor(x), atol=1e-3)
+    plain = load_teacher(build_tiny_teacher(str(tmp_path / "gn")), device="cpu")
+    same = Student(student_config(plain.config.to_dict()), 2).eval()
+    assert init_from_teacher(same, plain.model)[1] == []
+    with torch.no_grad():
+        assert torch.allclose(same.encoder.feature_extractor(x), plain.model.feature_extractor(x), atol=1e-6)
+    from train.model import describe_random
+
+    assert "CNN" in describe_random(fresh, why) and "computes something else" in describe_random(fresh, why)
 
 
 @pytest.mark.parametrize("design", [{"preset": "deep-thin"}, {"preset": "wide-4"}, {"student_layers": 3},

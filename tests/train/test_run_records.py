@@ -1,0 +1,62 @@
+"""Which cache a run trains from is chosen without surprises and said: exact storage before a lossy copy, one corpus
+at a time, and the run dir records what it trained on (run.json, a resolved config.json)."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from extract import ExtractConfig, extract_features
+from store import SpecMismatchError
+from store.cli import main as cache_cli
+from tests.conftest import build_corpus
+from train.config import TrainConfig, load_config
+from train.loop import train
+
+
+def _cfg(out, **kw):
+    base = {"out": str(out), "steps": 2, "batch_size": 2, "max_crop_samples": 8000, "num_workers": 0, "valid_fraction": 0.25,
+            "progress": False, "init": "random"}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_cache_with_no_value_prefers_exact_storage_and_says_which(tmp_path, tiny_teacher, capsys):
+    """After the README's own `feature-cache convert --storage int8`, --cache (no value) used to train on the int8 copy
+    (the tie was broken by fingerprint order)."""
+    corpus = build_corpus(str(tmp_path / "c"), n=4)
+    s = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), progress=False))
+    for storage in ("int8", "int4"):
+        assert CliRunner().invoke(cache_cli, ["convert", s.path, "--storage", storage]).exit_code == 0
+    capsys.readouterr()
+    train(_cfg(tmp_path / "run", cache="", teacher=tiny_teacher, cache_dir=str(tmp_path / "k"), layers=(1, 3)))
+    record = json.load(open(tmp_path / "run/run.json"))
+    assert record["cache"]["fingerprint"] == s.fingerprint and record["cache"]["storage"] == "float16"
+    assert record["cache"]["derived_from"] is None and record["layers"] == [1, 3]
+    assert record["train"]["utterances"] + record["held_out"]["utterances"] == 4 and record["design"]["preset"] == "distilhubert"
+    assert f"training from cache {s.fingerprint} (float16 targets)" in capsys.readouterr().err
+    config = json.load(open(tmp_path / "run/config.json"))  # resolved: what was used, not the flags as typed
+    assert config["cache"] == s.path and config["layers"] == [1, 3] and config["teacher"] == tiny_teacher
+    assert load_config(str(tmp_path / "run/config.json"), {"out": str(tmp_path / "again")}).cache == s.path
+    derived = json.loads(CliRunner().invoke(cache_cli, ["convert", s.path, "--storage", "int8", "--json"]).stdout.splitlines()[-1])
+    train(_cfg(tmp_path / "lossy", cache=derived["path"]))
+    lossy = json.load(open(tmp_path / "lossy/run.json"))["cache"]
+    assert lossy["storage"] == "int8" and lossy["derived_from"] == s.fingerprint and lossy["lossy"]
+    assert f"derived from {s.fingerprint}" in capsys.readouterr().err
+
+
+def test_a_cache_holding_two_corpora_trains_on_the_one_chosen(tmp_path, tiny_teacher):
+    """A dev set under the training root joins the same cache under other ids (the same audio twice): training refuses to
+    guess, and --corpus picks exactly one corpus's ids."""
+    corpus = build_corpus(str(tmp_path / "c"), n=6)
+    kw = dict(layers=(1, 3), cache_dir=str(tmp_path / "k"), progress=False)
+    path = extract_features(ExtractConfig(tiny_teacher, corpus, **kw)).path
+    extract_features(ExtractConfig(tiny_teacher, f"{corpus}/spk0", **kw))
+    with pytest.raises(SpecMismatchError, match=r"holds 2 corpora .*choose the one to train on with --corpus"):
+        train(_cfg(tmp_path / "run", cache=path))
+    train(_cfg(tmp_path / "dev", cache=path, corpus=f"{corpus}/spk0", valid_fraction=0.0))
+    dev = json.load(open(tmp_path / "dev/run.json"))
+    assert dev["train"]["utterances"] == 3  # spk0's three files once, under one corpus's ids
+    train(_cfg(tmp_path / "all", cache=path, corpus=corpus, valid_fraction=0.0))
+    assert json.load(open(tmp_path / "all/run.json"))["train"]["utterances"] == 6
+    assert os.path.exists(tmp_path / "all/student/config.json")
