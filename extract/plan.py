@@ -77,6 +77,10 @@ def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: in
 
 
 def orphan_attempts(cache: Cache) -> list[str]:
-    """Attempt directories no marker names: interrupted or lost attempts. Only safe to remove under the cache's lock."""
+    """Attempt directories no marker names and no live writer holds (store.writer.LEASE): interrupted or lost attempts.
+    Only safe to remove under the cache's lock."""
+    from store.lock import is_locked
+
     named = set(cache.part_dirs.values())
-    return [d for d in fs.listdir(f"{cache.path}/parts") if d != "zarr.json" and d not in named]
+    return [d for d in fs.listdir(f"{cache.path}/parts") if d != "zarr.json" and d not in named
+            and not is_locked(os.path.join(cache.path, "parts", d))]

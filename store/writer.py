@@ -83,6 +83,22 @@ def _write_codebooks(group, stats: dict | None) -> None:
             group.require_group("codebooks").create_array(f"layer_{k}", shape=cb.shape, dtype="float32", chunks=cb.shape)[...] = cb
 
 
+LEASE = ".lock"  # inside an attempt directory: held (flock) by its live writer, released by the kernel when it dies
+
+
+def _take_lease(path: str) -> int | None:
+    """An attempt's lease: orphan cleanup (extract.run.remove_orphans) never removes an attempt whose writer is alive,
+    say a dask task outliving the coordinator that started it. Local filesystems; object stores keep no orphans' cleanup."""
+    if fs.is_remote(path):
+        return None
+    import fcntl
+
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, LEASE), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 def audio_digest(audio: np.ndarray) -> str:
     """64-bit content hash of the waveform the teacher saw; recorded per utterance."""
     return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()[:16]
@@ -118,7 +134,8 @@ class PartWriter:
             raise WriteError(f"{self._path}: {e.strerror or e}; {hint} and re-run (only this part is redone)") from None
 
     def _create(self) -> None:
-        group = zarr.open_group(self._path, mode="w")
+        self._lease = _take_lease(self._path)
+        group = zarr.open_group(self._path, mode="a")  # a fresh directory (its token is new): only the lease is in it
         self._arrays, self._buffers, self._rows, self._encoders = {}, {}, {}, {}
         arrays = part_arrays(self.layers, self.dim, self.storage_dtype, self.audio, self.layout)
         for key, (dtype, tail, chunk, shard) in arrays.items():
@@ -197,7 +214,17 @@ class PartWriter:
         if not self._guard(self._publish, marker):
             self.abort()  # another attempt committed this part first: its files are the part, ours go
             return read_json(commit_path(self.cache, self.part))
+        self._release()  # the marker names the directory now: no cleanup can take it
         return marker
+
+    def _release(self) -> None:
+        lease, self._lease = getattr(self, "_lease", None), None
+        if lease is not None:
+            try:
+                os.remove(os.path.join(self._path, LEASE))
+            except OSError:
+                pass
+            os.close(lease)
 
     def _publish(self, marker: dict) -> bool:
         for key, array in self._arrays.items():  # metadata only: growing a zarr array touches no chunk
@@ -209,6 +236,7 @@ class PartWriter:
     def abort(self) -> None:
         """Remove this attempt's own directory (never another's)."""
         try:
+            self._release()
             fs.rmtree(self._path)
         except OSError:  # the store is what failed; the attempt stays invisible without a marker naming it
             pass

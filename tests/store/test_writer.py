@@ -92,3 +92,32 @@ def test_same_spec_same_cache(tmp_path):
     b = create_cache(str(tmp_path), make_spec(layers=[3, 1, 2]))
     assert a == b
     assert create_cache(str(tmp_path), make_spec(storage_dtype="float32")) != a
+
+
+def test_orphan_cleanup_never_removes_a_live_attempt(tmp_path):
+    """A dask task can outlive the coordinator that started it: its attempt directory is leased (flock) while its writer
+    lives, and cleanup takes only attempts whose writer is gone (a kill -9 releases the lease)."""
+    import subprocess
+    import sys
+
+    from extract.plan import orphan_attempts
+    from extract.run import remove_orphans
+    from tests.conftest import make_spec
+
+    path = create_cache(str(tmp_path / "root"), make_spec(), {}, Layout(chunk_frames=8, shard_frames=32))
+    live = PartWriter(path, "p_live", [1, 2, 3], 16, "float16", Layout(chunk_frames=8, shard_frames=32))
+    code = ("import sys, time; from store import PartWriter, Layout; "
+            "w = PartWriter(sys.argv[1], 'p_dead', [1, 2, 3], 16, 'float16', Layout(chunk_frames=8, shard_frames=32)); "
+            "print(w.dir, flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE, text=True)
+    dead = child.stdout.readline().strip()
+    assert sorted(orphan_attempts(open_cache(path))) == []  # both writers alive
+    child.kill()
+    child.wait()
+    remove_orphans(open_cache(path))
+    left = os.listdir(os.path.join(path, "parts"))
+    assert live.dir in left and dead not in left
+    feats, audio = fake_utterance("u", 5)
+    live.add("u", feats, audio)
+    live.commit()
+    assert open_cache(path).read("u", 1).shape == (5, 16) and not os.path.exists(os.path.join(path, "parts", live.dir, ".lock"))
