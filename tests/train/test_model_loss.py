@@ -38,7 +38,7 @@ def test_loss_matches_a_hand_computation():
 def test_init_copies_teacher_parts_but_not_the_encoder_layer_norm(tiny_teacher):
     teacher = load_teacher(tiny_teacher, device="cpu")
     student = Student(student_config(teacher.config.to_dict()), 2)
-    copied, fresh = init_from_teacher(student, teacher.model)
+    copied, fresh, _ = init_from_teacher(student, teacher.model)
     assert copied == ["CNN", "feature projection", "positional conv", "layer 1", "layer 2"] and not fresh  # REFERENCE.md
     t, s, groups = teacher.model.state_dict(), student.encoder.state_dict(), weight_groups(student.encoder)
     assert all(torch.equal(s[n], t[n]) for g in copied for n in groups[g])
