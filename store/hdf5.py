@@ -93,6 +93,9 @@ def _read_meta(f, src: str) -> dict:
     return {"spec": spec, "layout": layout, "provenance": provenance, "stats": stats}
 
 
+_SOURCE_FIELDS = {"path": str, "size": int, "mtime_ns": int, "sha256": str}
+
+
 def _records(f, src: str) -> dict[str, dict]:
     """uid -> {corpus, source, samples} (exports before records: {}), checked: read back from a file, it is untrusted."""
     if "records" not in f:
@@ -105,6 +108,10 @@ def _records(f, src: str) -> dict[str, dict]:
             if not (isinstance(r.get("corpus"), (str, type(None))) and isinstance(r.get("source"), (dict, type(None)))
                     and isinstance(r.get("samples"), (int, type(None)))):
                 raise TypeError("a record's corpus, source or samples has the wrong type")
+            source = r.get("source")
+            if source is not None and not (all(isinstance(source.get(k), t) for k, t in _SOURCE_FIELDS.items())
+                                           and isinstance(source.get("recording", ""), str)):
+                raise TypeError("a source record lacks path, size, mtime_ns or sha256 (what extraction checks files by)")
     except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise ImportError_(f"{src}: its 'records' dataset is not a valid export record ({str(e)[:120]})") from None
     return records

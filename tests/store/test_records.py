@@ -103,3 +103,22 @@ def test_an_audio_none_cache_exports_imports_and_converts(tmp_path, tiny_teacher
     assert derived.audio_mode == "none" and len(derived) == 3 and derived.source(uid) == cache.source(uid)
     r = CliRunner().invoke(cache_cli, ["convert", s.path, "--storage", "int8", "--audio", "float32"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "re-extract with --audio float32" in r.stderr
+
+
+def test_an_import_refuses_source_records_it_could_not_check_files_by(tmp_path, tiny_teacher):
+    import h5py
+
+    from store.hdf5 import ImportError_
+
+    s = extract_features(_cfg(tiny_teacher, build_corpus(str(tmp_path / "c"), n=2), tmp_path / "k"))
+    export_hdf5(s.path, str(tmp_path / "x.h5"))
+    with h5py.File(tmp_path / "x.h5", "r+") as f:
+        records = json.loads(bytes(f["records"][()]).decode())
+        next(iter(records.values()))["source"] = {"path": 7}
+        del f["records"]
+        f["records"] = np.frombuffer(json.dumps(records).encode(), np.uint8)
+    import pytest
+
+    with pytest.raises(ImportError_, match="a source record lacks path, size, mtime_ns or sha256"):
+        import_hdf5(str(tmp_path / "x.h5"), str(tmp_path / "imported"))
+    assert not os.path.exists(tmp_path / "imported") or not os.listdir(tmp_path / "imported")
