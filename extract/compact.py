@@ -10,10 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
-
-from extract.audio import load_utterance
 from extract.errors import ExtractError
+from extract.pipeline import decode_item
 from store import fs
 from store.modes import TARGET_MODES, finite_stats, fit_and_measure, stats_sample
 from store.reader import read_meta, read_stats
@@ -59,13 +57,9 @@ def fit_with_teacher(teacher, utts: list, layers: list[int], mode: str) -> tuple
           f"{' held out' if held else ' of them (too few to hold any out)'}", file=sys.stderr)
 
     def features(uid: str) -> dict | None:
-        """The utterance's exact targets, or None where the pipeline would skip it (extract.pipeline._decode)."""
-        try:
-            wave = load_utterance(by_id[uid], teacher.sample_rate)
-        except Exception:  # noqa: BLE001 - corrupt files raise many types; the pipeline reports them
-            return None
-        if len(wave) < teacher.window or not np.isfinite(wave).all():
-            return None
-        return teacher.forward([wave], layers, dtype="float32")[0]
+        """The utterance's exact targets, or None where the pipeline would skip it (the same check: decode_item)."""
+        u = by_id[uid]
+        decoded = decode_item(teacher, [u.uid, u.path, u.samples_at(teacher.sample_rate), u.window])
+        return None if isinstance(decoded, str) else teacher.forward([decoded[0]], layers, dtype="float32")[0]
 
     return fit_and_measure(mode, layers, list(by_id), features)

@@ -34,7 +34,7 @@ def auto_batch_seconds(value: float | None, teacher: Teacher) -> float:
     return GPU_BATCH_SECONDS if teacher.device.type == "cuda" else 0.0
 
 
-def _decode(teacher: Teacher, item: list) -> tuple[np.ndarray, dict] | str:
+def decode_item(teacher: Teacher, item: list) -> tuple[np.ndarray, dict] | str:
     """(wave, source record), or the reason the utterance cannot be used.
 
     The file is hashed for the commit marker (a changed file is noticed later; once per process for the segments
@@ -82,7 +82,7 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
         try:
             for b in range(len(batches)):
                 while len(ahead) < LOOKAHEAD and b + len(ahead) < len(batches):
-                    ahead.append([decoders.submit(_decode, teacher, items[i]) for i in batches[b + len(ahead)]])
+                    ahead.append([decoders.submit(decode_item, teacher, items[i]) for i in batches[b + len(ahead)]])
                 decoded = [f.result() for f in ahead.popleft()]
                 good = []
                 for i, res in zip(batches[b], decoded, strict=True):

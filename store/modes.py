@@ -215,9 +215,14 @@ STATS_FIT, STATS_HELD_OUT = 32, 16  # utterances: ~20k LibriSpeech frames for a 
 STD_FLOOR = 0.1  # of the layer's RMS channel std: a channel (near) constant on the sample must not blow up unseen rows
 
 
+def _by_hash(ids: list[str]) -> list[str]:
+    """Ids in the order the statistics sample takes them: the same however the corpus is ordered or grows."""
+    return sorted(ids, key=lambda u: hashlib.sha1(u.encode()).hexdigest())
+
+
 def stats_sample(ids: list[str]) -> tuple[list[str], list[str]]:
-    """(fitting ids, held-out ids), chosen by id hash: the same sample however the corpus is ordered or grows."""
-    ranked = sorted(ids, key=lambda u: hashlib.sha1(u.encode()).hexdigest())[: STATS_FIT + STATS_HELD_OUT]
+    """(fitting ids, held-out ids), chosen by id hash (before any utterance is refused: fit_and_measure skips those)."""
+    ranked = _by_hash(ids)[: STATS_FIT + STATS_HELD_OUT]
     return ranked[:STATS_FIT], ranked[STATS_FIT:]
 
 
@@ -227,9 +232,8 @@ def fit_and_measure(mode: str, layers: list[int], ids: list[str], features: Call
     exact (or source) targets: the teacher's during extraction, the source cache's in a conversion; or None for an
     utterance the pipeline would not accept (undecodable, NaN audio or targets): the sample takes the next id by
     hash instead, so one bad file never poisons the statistics every row is coded with."""
-    ranked = sorted(ids, key=lambda u: hashlib.sha1(u.encode()).hexdigest())
     feats: dict[str, dict] = {}
-    for uid in ranked:
+    for uid in _by_hash(ids):
         if len(feats) == STATS_FIT + STATS_HELD_OUT:
             break
         f = features(uid)
@@ -251,7 +255,7 @@ def fit_and_measure(mode: str, layers: list[int], ids: list[str], features: Call
 def check_stats(mode: str, stats: dict, measured: dict | None) -> None:
     """Refuse non-finite statistics or a non-finite measured error in one line: never code a cache with them."""
     for k, v in stats.items():
-        if not all(np.isfinite(a).all() for a in v.values()):
+        if not finite_stats({k: v}):
             raise StatsError(f"--storage {mode}: the fitted statistics of layer {k} are not finite; no cache was written "
                              "(a NaN or infinite target reached the sample: fix or skip that file)")
     for k, m in ((measured or {}).get("layers") or {}).items():

@@ -221,8 +221,8 @@ def verify_cache(path: str, progress=None, sources: bool = False, full: bool = T
     return problems
 
 
-def repair_commands(cache: Cache, parts: list[str] | None = None) -> list[str]:
-    """The commands that redo damaged parts (of `parts`; None: any): extract-features with the cache's own spec and
+def repair_commands(cache: Cache) -> list[str]:
+    """The commands that redo damaged parts: extract-features with the cache's own spec and
     --repair (which checks every crc32c, as verify did; without it a checksum-damaged part looks complete), once per
     --corpus input the parts came from. A derived cache is rebuilt from its source; an import has no corpus to redo from."""
     import shlex
@@ -234,7 +234,7 @@ def repair_commands(cache: Cache, parts: list[str] | None = None) -> list[str]:
         source = prov.get("derived_from") or spec["derived_from"]["fingerprint"]
         return [f"feature-cache rm {q(cache.path)} --yes && feature-cache convert {q(source)} "
                 f"--storage {spec['storage_dtype']} --audio {cache.audio_mode} --cache-dir {q(root)}"]
-    corpora = sorted({cache.part_corpus[p] for p in (parts if parts is not None else cache.parts) if p in cache.part_corpus})
+    corpora = sorted(set(cache.part_corpus.values()))
     if not prov.get("teacher") or not corpora or corpora == ["?"]:
         return [f"feature-cache rm {q(cache.path)} --yes, then import or extract it again"]
     seg = spec["preprocessing"].get("segments")

@@ -159,8 +159,9 @@ def init_from_teacher(student: Student, teacher: nn.Module) -> tuple[list[str], 
     Returns (copied parts, random parts, why each random part is random) for the one line that says so."""
     t, s = teacher.state_dict(), student.encoder.state_dict()
     before = {n: v.clone() for n, v in s.items()}
+    groups = weight_groups(student.encoder)
     copied, fresh, why = [], [], {}
-    for group, names in weight_groups(student.encoder).items():
+    for group, names in groups.items():
         if all(n in t and t[n].shape == s[n].shape for n in names):
             for n in names:
                 s[n] = t[n].clone()
@@ -172,13 +173,13 @@ def init_from_teacher(student: Student, teacher: nn.Module) -> tuple[list[str], 
     for group in list(copied):
         differs = _computes_otherwise(group, student.encoder, teacher)
         if differs:
-            for n in weight_groups(student.encoder)[group]:
+            for n in groups[group]:
                 s[n] = before[n]
             copied.remove(group)
             fresh.append(group)
             why[group] = differs
     student.encoder.load_state_dict(s)
-    order = list(weight_groups(student.encoder))
+    order = list(groups)
     return copied, sorted(fresh, key=order.index), why
 
 

@@ -42,11 +42,11 @@ def resolved(cfg: TrainConfig, src, layers: list[int]) -> TrainConfig:
 
 
 def run_record(cfg: TrainConfig, src, layers: list[int], design) -> dict:
+    """`cfg` resolved (resolved()): the teacher named is the one used, else the one the cache records."""
     cache = describe_cache(src.cache) if src.cache is not None else None
     return {
         "cache": cache,  # None: the teacher ran online
-        "teacher": {"name": cfg.teacher or (src.teacher.name if src.teacher is not None else
-                                            (src.cache.provenance.get("teacher") if src.cache is not None else None)),
+        "teacher": {"name": cfg.teacher or (src.cache.provenance.get("teacher") if src.cache is not None else None),
                     "digest": src.cache.spec["teacher"]["digest"] if src.cache is not None else src.teacher.digest},
         "layers": list(layers),
         "design": design.to_dict(),
@@ -69,8 +69,9 @@ def first_line(record: dict) -> str:
 
 
 def write_run_dir_records(cfg: TrainConfig, src, layers: list[int], design) -> dict:
-    record = run_record(cfg, src, layers, design)
-    save_config(resolved(cfg, src, layers), cfg.out)
+    used = resolved(cfg, src, layers)
+    record = run_record(used, src, layers, design)
+    save_config(used, cfg.out)
     tmp = os.path.join(cfg.out, f"run.json.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(record, f, indent=1)
