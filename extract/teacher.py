@@ -143,24 +143,11 @@ class Teacher:
             batch[i, : len(w)] = torch.from_numpy(normalize(w) if self.do_normalize else w)
         return batch, (torch.arange(batch.shape[1])[None, :] < lens[:, None]).long(), lens
 
-    @torch.no_grad()
     def forward_as_s3prl(self, waves: list[np.ndarray], layers: list[int]) -> torch.Tensor:
-        """s3prl's online teacher, for `--recipe s3prl` A/B runs only (never for caches): train mode, so dropout is on and
-        every call differs, with layerdrop and SpecAugment off as s3prl sets them; a zero-padded batch whose padding
-        enters the first GroupNorm (attention mask passed); fp32. Returns [B, N, T_padded, D] on the teacher's device:
-        every frame of the padded length, since s3prl's loss covers them all."""
-        batch, mask, _ = self._padded(waves)
-        cfg = self.model.config
-        saved = (cfg.layerdrop, getattr(cfg, "apply_spec_augment", True))
-        cfg.layerdrop, cfg.apply_spec_augment = 0.0, False
-        self.model.train()
-        try:
-            with capture_layers(layers) as hidden:  # no valid_lengths: plain GroupNorm statistics, as s3prl's teacher has
-                self.model(batch.to(self.device), attention_mask=mask.to(self.device))
-        finally:
-            self.model.eval()
-            cfg.layerdrop, cfg.apply_spec_augment = saved
-        return torch.stack([hidden[k].float() for k in layers], dim=1)
+        """s3prl's online teacher (extract/s3prl.py), for `--recipe s3prl` A/B runs only."""
+        from extract.s3prl import forward_as_s3prl
+
+        return forward_as_s3prl(self, waves, layers)
 
 
 def resolve_device(device: str) -> torch.device:

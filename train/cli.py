@@ -27,7 +27,7 @@ from train.loop import train
 @click.option("--batch-size", type=int, default=None, help="[default: 24]")
 @click.option("--lr", type=float, default=None, help="[default: 2e-4]")
 @click.option("--max-crop-samples", type=int, default=None, help="[default: 250000]")
-@click.option("--valid-fraction", type=float, default=None, help="[default: 0.01]")
+@click.option("--valid-fraction", type=float, default=None, help="[default: 0.01; 0 under --recipe s3prl, which holds none out]")
 @click.option("--eval-interval", type=int, default=None, help="[default: 1000]")
 @click.option("--log-interval", type=int, default=None, help="[default: 50]")
 @click.option("--checkpoint-interval", type=int, default=None, help="[default: 1000]")

@@ -45,7 +45,7 @@ class TrainConfig:
     dropout: float = 0.1  # attention, activation and hidden dropout of the student
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16
     device: str = "auto"
-    valid_fraction: float = 0.01  # held-out utterances (by id hash)
+    valid_fraction: float | None = None  # held-out utterances (by recording hash); None: 0.01, or 0 under --recipe s3prl
     eval_interval: int = 1000  # steps between held-out evaluations (and at the end)
     eval_max_utterances: int = 500
     log_interval: int = 50
@@ -62,6 +62,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.valid_fraction is None:  # s3prl's distiller holds nothing out: an A/B run trains on the same utterances
+            object.__setattr__(self, "valid_fraction", 0.0 if self.recipe == "s3prl" else 0.01)
+        if not isinstance(self.valid_fraction, (int, float)) or not math.isfinite(self.valid_fraction):
+            raise ConfigError(f"--valid-fraction {self.valid_fraction}: a number between 0 and 0.5")
         if self.init not in ("teacher", "random"):
             raise ConfigError(f"init: choose teacher or random, got {self.init!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -130,7 +130,8 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     net = torch.nn.parallel.DistributedDataParallel(model) if ranks.enabled else model  # averages gradients
     if s3prl:
         model.padding_enters_groupnorm = True
-        optimizer = recipe.S3prlAdamW(recipe.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        optimizer = recipe.S3prlAdamW(recipe.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                      schedule=lambda t: recipe.warmup_linear(t, cfg.steps, cfg.warmup_fraction))
     else:
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -138,6 +139,9 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     if ckpt:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if s3prl:  # its groups hold the base lr (the optimizer schedules itself); an older checkpoint saved the scheduled one
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         step = ckpt["step"]
@@ -184,8 +188,9 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     tb = _tensorboard(cfg.out) if ranks.main else None
 
     def lr_at(s: int) -> float:
+        """The lr of step s (0-based); s3prl's optimizer schedules itself by the steps it has taken."""
         if s3prl:
-            return cfg.lr * recipe.warmup_linear(s + 1, cfg.steps, cfg.warmup_fraction)
+            return optimizer.last_lr()
         warm = max(1, int(cfg.warmup_fraction * cfg.steps))
         return cfg.lr * (s + 1) / warm if s < warm else cfg.lr * max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))
 
@@ -253,8 +258,9 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     last_eval: dict = {}
     for batch in loader:
         waited += time.perf_counter() - t_last  # time the step stood waiting for data
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+        if not s3prl:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
         # forward, masked loss, backward (scaled if fp16), clip, step
         to_backprop, loss, l1, cos, _ = step_loss(batch, net, ranks, as_s3prl=s3prl)
         scaler.scale(to_backprop).backward()

@@ -6,13 +6,15 @@ this module holds only what s3prl does differently and torch does not provide:
 - its optimizer: `Lamb(adam=True, correct_bias=True)`, an AdamW whose weight decay is scaled by the bias-corrected
   step size and whose eps is added to sqrt(v) before bias correction (torch.optim.AdamW does neither), with weight
   decay 0.01 on every parameter whose name lacks "bias" (norm scales included) and its warm-up/linear-decay schedule
-  evaluated at step t = 1, 2, ...
+  evaluated at the optimizer's own step t = 1, 2, ... (a step fp16's GradScaler skips does not advance it, as in s3prl,
+  whose schedule lives in the optimizer too)
 The teacher's forward is extract.Teacher.forward_as_s3prl; crops at any sample offset are train.data's.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,10 +36,19 @@ def warmup_linear(step: int, total: int, warmup: float) -> float:
 
 
 class S3prlAdamW(torch.optim.Optimizer):
-    """s3prl's Lamb(adam=True, correct_bias=True); the group's lr is the scheduled lr (the loop sets it each step)."""
+    """s3prl's Lamb(adam=True, correct_bias=True): at its t-th step taken the lr is the group's lr x schedule(t)."""
 
-    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float], eps: float):
+    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
+                 schedule: Callable[[int], float] = lambda t: 1.0):
         super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": 0.0})
+        self.schedule = schedule
+
+    def steps_taken(self) -> int:
+        return max((int(s["step"]) for s in self.state.values() if "step" in s), default=0)
+
+    def last_lr(self) -> float:
+        """The lr of the last step taken (the first step's before any)."""
+        return self.param_groups[0]["lr"] * self.schedule(max(1, self.steps_taken()))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -54,7 +65,7 @@ class S3prlAdamW(torch.optim.Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
+                size = group["lr"] * self.schedule(state["step"]) * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
                 update = m / (v.sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])

@@ -1,5 +1,6 @@
 """--recipe s3prl: online training the way s3prl's distiller trains, each difference checked on its own."""
 
+import json
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from extract import load_teacher
 from extract.corpus import scan
+from extract.s3prl import S3PRL_DROPOUT, dropout_roles, fairseq_frames
 from tests.conftest import build_corpus
 from train.config import ConfigError, TrainConfig
 from train.data import CorpusCrops
@@ -52,6 +54,7 @@ def test_the_teacher_runs_with_dropout_on_the_padded_batch_and_is_left_as_it_was
     assert a.shape[:3] == (2, 2, teacher.num_frames(8000))  # every frame of the padded length, both utterances
     assert not torch.equal(a, b)  # dropout: each call differs, as s3prl's targets do
     assert not teacher.model.training and teacher.model.config.layerdrop == pytest.approx(0.1)  # restored
+    assert teacher.model.feature_projection.dropout.p == 0.0  # the model's own probabilities are back too
     exact = teacher.forward(waves, [3])
     assert np.abs(exact[0][3] - teacher.forward(waves[:1], [3])[0][3]).max() < 1e-4  # the exact path is untouched
 
@@ -74,5 +77,92 @@ def test_train_student_recipe_s3prl_runs_online_and_is_refused_with_a_cache(tmp_
     r = train(TrainConfig(teacher=tiny_teacher, corpus=corpus, out=str(tmp_path / "run"), steps=3, batch_size=2, num_workers=0,
                           max_crop_samples=16000, valid_fraction=0.2, recipe="s3prl", layers=(1, 3), progress=False))
     assert r["step"] == 3 and r["eval"]["loss"] > 0
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "run" / "metrics.jsonl") if '"lr"' in line]
+    assert lrs == [pytest.approx(2e-4 * warmup_linear(3, 3, 0.07))]  # the last step's, at the optimizer's own step 3
+    everything = train(TrainConfig(teacher=tiny_teacher, corpus=corpus, out=str(tmp_path / "all"), steps=1, batch_size=2,
+                                   num_workers=0, max_crop_samples=16000, recipe="s3prl", layers=(1, 3), progress=False))
+    assert json.load(open(tmp_path / "all" / "run.json"))["train"]["utterances"] == 6 and everything["eval"] == {}
     with pytest.raises(ConfigError, match="--recipe s3prl runs the teacher online"):
         TrainConfig(cache="x", out=str(tmp_path / "r"), recipe="s3prl")
+
+
+def _fairseq_padding_mask(lengths: list[int], padded: int, frames: int) -> list[int]:
+    """fairseq HubertModel.forward_padding_mask written out: drop the extra samples, view as [B, T, run], all()."""
+    pad = torch.arange(padded)[None, :] >= torch.tensor(lengths)[:, None]
+    extra = padded % frames
+    if extra:
+        pad = pad[:, :-extra]
+    return (~pad.view(len(lengths), frames, -1).all(-1)).sum(1).tolist()
+
+
+def test_the_teacher_counts_real_frames_the_way_fairseqs_padding_mask_does(tiny_teacher):
+    teacher = load_teacher(tiny_teacher, device="cpu")
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        padded = int(rng.integers(400, 300_000))
+        lengths = [padded, *rng.integers(400, padded + 1, size=3).tolist()]
+        frames = teacher.num_frames(padded)
+        assert fairseq_frames(lengths, padded, frames) == _fairseq_padding_mask(lengths, padded, frames)
+    # and the teacher's forward uses that count: 9000 of 16000 samples keep 28 frames (the conv formula says 27)
+    seen = []
+    hook = teacher.model.encoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["attention_mask"]), with_kwargs=True)
+    try:
+        teacher.forward_as_s3prl([np.zeros(16000, np.float32), np.zeros(9000, np.float32)], [1])
+    finally:
+        hook.remove()
+    assert seen[0].sum(-1).tolist() == [49, 28] and teacher.num_frames(9000) == 27
+
+
+def test_the_teachers_dropout_probabilities_are_fairseqs_not_the_transformers_configs(tiny_teacher):
+    teacher = load_teacher(tiny_teacher, device="cpu")
+    model = teacher.model
+    assert model.feature_projection.dropout.p == 0.0 and model.encoder.layers[0].feed_forward.intermediate_dropout.p == 0.1
+    used: dict[str, float] = {}
+    modules = dict(model.named_modules())
+    hooks = [modules[n].register_forward_pre_hook(lambda m, a, n=n: used.__setitem__(n, getattr(m, "p", None)))
+             for n, role in dropout_roles(model).items() if isinstance(modules[n], torch.nn.Dropout)]
+    attention = [n for n, role in dropout_roles(model).items() if role == "attention"]
+    hooks += [modules[n].register_forward_pre_hook(lambda m, a, n=n: used.__setitem__(n, m.dropout)) for n in attention]
+    try:
+        teacher.forward_as_s3prl([np.zeros(8000, np.float32)], [3])
+    finally:
+        for h in hooks:
+            h.remove()
+    roles = dropout_roles(model)
+    assert used and set(used) == set(roles)  # every dropout ran, each at fairseq's probability for its role
+    assert {n: used[n] for n in roles} == {n: S3PRL_DROPOUT[r] for n, r in roles.items()}
+    assert used["feature_projection.dropout"] == 0.1 and used["encoder.layers.0.feed_forward.intermediate_dropout"] == 0.0
+    assert model.feature_projection.dropout.p == 0.0 and model.encoder.layers[0].feed_forward.intermediate_dropout.p == 0.1
+
+
+def test_an_unknown_dropout_is_refused_not_left_as_it_was(tiny_teacher):
+    from extract.errors import ExtractError
+
+    teacher = load_teacher(tiny_teacher, device="cpu")
+    teacher.model.extra_dropout = torch.nn.Dropout(0.3)
+    with pytest.raises(ExtractError, match="extra_dropout.*fairseq counterpart is unknown"):
+        dropout_roles(teacher.model)
+
+
+def test_a_step_the_loss_scaler_skips_does_not_advance_the_schedule():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = S3prlAdamW([{"params": [p], "weight_decay": 0.0}], lr=0.1, betas=(0.9, 0.98), eps=1e-6, schedule=lambda t: 1.0 / t)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.scale(p.sum() * float("inf")).backward()  # fp16 overflow: the scaler skips this step
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad()
+    assert opt.steps_taken() == 0 and torch.equal(p.detach(), torch.tensor([1.0, -2.0]))
+    scaler.scale(p.sum()).backward()
+    scaler.step(opt)
+    assert opt.steps_taken() == 1 and opt.last_lr() == pytest.approx(0.1)  # schedule(1): the first step taken, not the second
+    np.testing.assert_allclose(p.detach().numpy(), [1.0 - 0.1, -2.0 - 0.1], rtol=1e-5)  # Adam's first step moves by lr
+
+
+def test_recipe_s3prl_holds_nothing_out_unless_asked(tmp_path, tiny_teacher):
+    online = dict(teacher=tiny_teacher, corpus=str(tmp_path), out=str(tmp_path / "r"))
+    assert TrainConfig(**online, recipe="s3prl").valid_fraction == 0.0
+    assert TrainConfig(**online).valid_fraction == 0.01
+    assert TrainConfig(**online, recipe="s3prl", valid_fraction=0.2).valid_fraction == 0.2
+    with pytest.raises(ConfigError, match="--valid-fraction nan"):
+        TrainConfig(**online, valid_fraction=float("nan"))
