@@ -167,13 +167,17 @@ def write_json_atomic(path: str, obj: object) -> None:
 def publish_json(path: str, obj: object) -> bool:
     """Write `path` only if it does not exist yet (the commit of a part); False when someone else published first.
 
-    Locally a hard link is atomic create-if-absent. Object stores have no such primitive that every
-    implementation honours: there the last PUT wins (docs/scale-out.md)."""
+    Locally a hard link is atomic create-if-absent. On an object store, a conditional PUT (`If-None-Match: *`,
+    fsspec's mode="create"): the store itself refuses the second writer, so no cached listing can let two commit."""
     data = json.dumps(obj, separators=(",", ":")).encode()
     if is_remote(path):
-        if exists(path):
-            return False
-        write_bytes(path, data)
+        with remote_errors(path):
+            store = filesystem(path)
+            try:
+                store.pipe_file(path, data, mode="create")
+            except FileExistsError:  # s3fs: 412 PreconditionFailed
+                store.invalidate_cache(path)  # our listing predates the winner's marker: the next read must see it
+                return False
         return True
     tmp = _tmp_name(path)
     try:

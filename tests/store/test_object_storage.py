@@ -134,3 +134,38 @@ def test_two_extractors_on_one_s3_cache_both_finish_with_every_utterance_once(s3
         results = list(pool.map(lambda _: extract_features(cfg), range(2)))
     cache = open_cache(results[0].path)
     assert len(cache) == 6 and not cache.duplicates and verify_cache(cache.path) == []
+
+
+_SECOND_WRITER = """
+import sys
+from store import Layout, PartWriter
+from tests.conftest import fake_utterance
+writer = PartWriter(sys.argv[1], "p000000", [1, 2, 3], 16, "float16", Layout(chunk_frames=8, shard_frames=32))
+feats, audio = fake_utterance("b/second", 9)
+writer.add("b/second", feats, audio)
+print(writer.commit()["dir"])
+"""
+
+
+def test_two_writers_of_one_part_on_s3_exactly_one_commits_even_with_a_stale_listing(s3):
+    from store import Layout, PartWriter, create_cache, fs
+    from tests.conftest import fake_utterance, make_spec
+
+    layout = Layout(chunk_frames=8, shard_frames=32)
+    path = create_cache(s3, make_spec(), {"teacher": "tiny"}, layout)
+    other = PartWriter(path, "p000001", [1, 2, 3], 16, "float16", layout)
+    other.add("c/other", *fake_utterance("c/other", 3))
+    other.commit()
+    first = PartWriter(path, "p000000", [1, 2, 3], 16, "float16", layout)
+    feats, audio = fake_utterance("a/first", 5)
+    first.add("a/first", feats, audio)
+    assert fs.listdir(f"{path}/commits") == ["p000001.json"]  # this process's view of commits/ is now cached, as a long writer's is
+    second = subprocess.run([sys.executable, "-c", _SECOND_WRITER, path], capture_output=True, text=True, env=os.environ,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert second.returncode == 0, second.stderr
+    winner = second.stdout.strip()
+    marker = first.commit()  # the store refuses this PUT: the part is the second writer's
+    assert marker["dir"] == winner and marker["ids"] == ["b/second"]
+    assert not fs.exists(f"{path}/parts/{first.dir}/zarr.json")  # the loser's attempt is gone
+    cache = open_cache(path)
+    assert cache.ids_by_part() == {"p000000": ["b/second"], "p000001": ["c/other"]} and verify_cache(cache.path) == []
