@@ -14,7 +14,7 @@ import os
 from extract.corpus import BadFile, Utterance
 from extract.errors import ExtractError
 from store import Cache, fs, part_name
-from store.layout import plan_path, write_json_atomic
+from store.layout import is_attempt_name, plan_path, write_json_atomic
 from store.verify import file_sha256
 
 
@@ -82,5 +82,6 @@ def orphan_attempts(cache: Cache) -> list[str]:
     from store.lock import is_locked
 
     named = set(cache.part_dirs.values())
-    return [d for d in fs.listdir(f"{cache.path}/parts") if d != "zarr.json" and d not in named
-            and not is_locked(os.path.join(cache.path, "parts", d))]
+    parts = os.path.join(cache.path, "parts")
+    return [d for d in fs.listdir(parts) if is_attempt_name(d) and d not in named  # never a stranger's file or a link
+            and not os.path.islink(os.path.join(parts, d)) and not is_locked(os.path.join(parts, d))]

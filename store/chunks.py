@@ -37,6 +37,35 @@ def _with_crc(payload: bytes) -> bytes:
     return bytes(payload) + google_crc32c.value(payload).to_bytes(4, "little")
 
 
+CHAINS = {"blosc-zstd": ["bytes", "blosc", "crc32c"], "zstd": ["bytes", "zstd", "crc32c"], "none": ["bytes", "crc32c"]}
+_LITTLE = {"name": "bytes", "configuration": {"endian": "little"}}
+
+
+def meta_problem(array_dir: str, meta: dict, expected: tuple, rows: int, codec: str) -> str | None:
+    """Why an array's zarr.json is not what the writer wrote for it (the spec, the layout and the commit marker
+    decide that), or None. Every field that changes decoded values is compared: a hand-edited data type, shape,
+    chunk or shard shape, codec chain or byte order is refused here, before any value is read."""
+    dtype, tail, chunk_rows, shard_rows = expected
+    try:
+        sharding = meta["codecs"][0]
+        config = sharding["configuration"]
+        inner = config["codecs"]
+        got = (meta["data_type"], tuple(meta["shape"]), tuple(config["chunk_shape"]),
+               tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]), [c["name"] for c in inner],
+               [sharding["name"], len(meta["codecs"]), config.get("index_location", "end")],
+               _LITTLE if inner[0] == {"name": "bytes"} and np.dtype(dtype).itemsize == 1 else inner[0],  # zarr: no byte order for 1 B
+               config.get("index_codecs"))
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        return f"{array_dir}: unreadable array metadata ({type(e).__name__})"
+    want = (dtype, (rows, *tail), (chunk_rows, *tail), (shard_rows, *tail), CHAINS[codec], ["sharding_indexed", 1, "end"],
+            _LITTLE, [_LITTLE, {"name": "crc32c"}])
+    for what, g, w in zip(("data_type", "shape", "chunk shape", "shard shape", "codecs", "sharding", "bytes codec", "index codecs"),
+                          got, want, strict=True):
+        if g != w:
+            return f"{array_dir}: {what} is {g}, the spec and commit marker say {w}"
+    return None
+
+
 def _decoder(codecs: list[dict]):
     names = [c["name"] for c in codecs]
     if names == ["bytes", "crc32c"]:

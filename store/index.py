@@ -10,10 +10,11 @@ process holding the cache's lock: extract-features, import, repair.
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 from store import fs
-from store.layout import commit_path, index_path, part_path, read_json, sources_path, write_json_atomic
+from store.layout import commit_path, index_path, is_attempt_name, part_path, read_json, sources_path, write_json_atomic
 
 READER_FIELDS = ("part", "dir", "ids", "frames", "samples", "skipped", "total_frames", "total_samples")
 OPTIONAL_FIELDS = ("recordings", "corpus", "audio_clipped")  # uid -> recording (segments only); the part's --corpus input;
@@ -25,18 +26,46 @@ def list_markers(cache: str) -> list[str]:
     return [n[:-5] for n in fs.listdir(f"{cache}/commits") if n.endswith(".json") and ".tmp-" not in n]
 
 
+_SAFE_PART = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _is_count_list(values, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and all(type(v) is int and v >= 0 for v in values)
+
+
+def marker_problem(part: str, marker) -> str | None:
+    """Why a marker (or its index.json entry) cannot be trusted, or None. Everything a reader, plan or cleanup takes
+    from it is checked here first: above all `dir`, which must be an attempt directory of this very part (a name
+    inside parts/, never a path), so no hand edit can point a reader at another part's files or a cleanup outside."""
+    if not isinstance(marker, dict) or any(k not in marker for k in READER_FIELDS):
+        return "not a complete commit marker"
+    if not _SAFE_PART.fullmatch(part) or marker["part"] != part:
+        return f"names part {str(marker['part'])[:40]!r}, not {part}"
+    if not is_attempt_name(marker["dir"], part):
+        return f"its dir {str(marker['dir'])[:60]!r} is not an attempt directory of {part}"
+    ids = marker["ids"]
+    if not isinstance(ids, list) or not all(isinstance(u, str) and u and "\0" not in u for u in ids) or len(set(ids)) != len(ids):
+        return "its ids are not distinct non-empty strings"
+    if not (_is_count_list(marker["frames"], len(ids)) and _is_count_list(marker["samples"], len(ids))):
+        return "its ids, frames and samples disagree in length or are not counts"
+    if (marker["total_frames"], marker["total_samples"]) != (sum(marker["frames"]), sum(marker["samples"])):
+        return "its total_frames/total_samples disagree with its frames/samples"
+    if not isinstance(marker["skipped"], list) or not isinstance(marker.get("recordings", {}), dict):
+        return "its skipped or recordings records are malformed"
+    if type(marker.get("audio_clipped", 0)) is not int or not isinstance(marker.get("corpus", ""), str):
+        return "its audio_clipped or corpus record is malformed"
+    return None
+
+
 def read_marker(cache: str, part: str) -> dict | str:
-    """The marker, or why it cannot be used (garbage, empty, missing fields): damage to report, never a traceback."""
+    """The marker, or why it cannot be used (garbage, empty, hand-edited): damage to report, never a traceback."""
     path = commit_path(cache, part)
     try:
         marker = read_json(path)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         return f"{path}: unreadable commit marker ({type(e).__name__}); re-run extract-features to redo that part"
-    if not isinstance(marker, dict) or any(k not in marker for k in READER_FIELDS):
-        return f"{path}: not a complete commit marker; re-run extract-features to redo that part"
-    if not (len(marker["ids"]) == len(marker["frames"]) == len(marker["samples"])):
-        return f"{path}: its ids, frames and samples disagree in length; re-run extract-features to redo that part"
-    return marker
+    problem = marker_problem(part, marker)
+    return f"{path}: {problem}; re-run extract-features to redo that part" if problem else marker
 
 
 def read_markers(cache: str, parts: list[str]) -> dict[str, dict | str]:

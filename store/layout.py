@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from dataclasses import asdict, dataclass
 
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from store.errors import CorruptDataError
 from store.fs import read_json, write_json_atomic  # noqa: F401 - re-exported: where JSON lives is the fs's job
 
 #: Codec choices; the default was chosen by measurement (docs/benchmarks.md).
@@ -55,7 +57,19 @@ def attempt_dir(part: str) -> str:
     return f"{part}.{uuid.uuid4().hex[:12]}"
 
 
+_ATTEMPT = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9a-f]{12}")
+
+
+def is_attempt_name(name: object, part: str | None = None) -> bool:
+    """An attempt directory's name as attempt_dir makes it (of `part`, when given)."""
+    return isinstance(name, str) and bool(_ATTEMPT.fullmatch(name)) and (part is None or name.rsplit(".", 1)[0] == part)
+
+
 def part_path(cache: str, part_dir: str) -> str:
+    """A part's directory: always one plain name inside parts/ (what a marker says is untrusted input; a name that is
+    a path, '..' or absolute would reach outside the cache, so it never becomes one)."""
+    if not is_attempt_name(part_dir):
+        raise CorruptDataError(f"{cache}: {str(part_dir)[:60]!r} is not a part directory name; run feature-cache verify")
     return os.path.join(cache, "parts", part_dir)
 
 

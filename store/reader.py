@@ -14,11 +14,11 @@ import numpy as np
 import zarr
 
 from store import fs
-from store.chunks import ShardedRows
+from store.chunks import ShardedRows, meta_problem
 from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
-from store.index import list_markers, read_index, read_markers
+from store.index import list_markers, marker_problem, read_index, read_markers
 from store.layout import Layout, layer_key, part_path, plan_path, read_json
-from store.modes import FLAC_DIR, TARGET_MODES, decode_audio, read_flac, stats_from_json
+from store.modes import FLAC_DIR, TARGET_MODES, decode_audio, part_arrays, read_flac, stats_from_json
 from store.spec import FORMAT_VERSION
 
 MAX_OPEN_ARRAYS = 64  # per process: ~16 parts' layers and audio
@@ -94,8 +94,8 @@ class Cache:
         """Load the index of every committed part: the consolidated index plus the markers it does not cover."""
         names = list_markers(self.path)
         index = read_index(self.path)
-        markers = {p: index[p] for p in names if p in index}
-        markers.update(read_markers(self.path, [p for p in names if p not in index]))
+        markers = {p: index[p] for p in names if p in index and marker_problem(p, index[p]) is None}
+        markers.update(read_markers(self.path, [p for p in names if p not in markers]))  # a bad index entry: its marker decides
         self._where: dict[str, tuple[str, int, int, int, int]] = {}
         self._position: dict[str, int] = {}
         self._ids_by_dir: dict[str, list[str]] = {}
@@ -114,6 +114,10 @@ class Cache:
             marker = markers[part]
             if isinstance(marker, str):
                 self.damaged[part] = marker
+                continue
+            if not self._counts_agree(marker):
+                self.damaged[part] = (f"{self.path}/commits/{part}.json: its frame counts disagree with its sample counts; "
+                                      "re-run extract-features to redo that part")
                 continue
             self.parts.append(part)
             self.part_dirs[part] = marker["dir"]
@@ -139,6 +143,13 @@ class Cache:
         self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
         self._sources: dict[str, dict] | None = None
+
+    def _counts_agree(self, marker: dict) -> bool:
+        """Each utterance's frames are what the teacher's convs give its samples: a hand-shuffled frame list (sum kept)
+        would otherwise send every read to another utterance's rows."""
+        window, hop = self.spec["frame"]["window"], self.spec["frame"]["hop"]
+        return all(nf == (max(0, (ns - window) // hop + 1) if ns >= window else 0)
+                   for nf, ns in zip(marker["frames"], marker["samples"], strict=True))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -189,18 +200,26 @@ class Cache:
             except (OSError, ValueError) as e:
                 raise CorruptDataError(f"{array_dir}: missing or unreadable array metadata ({type(e).__name__}); "
                                        "run feature-cache verify, then extract-features to redo the part") from None
-            try:
-                handle = ShardedRows(array_dir, meta, fs.open_file)
-            except (ValueError, KeyError):  # not our codec chain: let zarr read it
-                handle = zarr.open_array(array_dir, mode="r")
+            part = self._part_of_dir.get(part_dir)
+            frames, samples = self.part_rows.get(part, (0, 0))
+            expected = self._expected_arrays().get(key)
+            problem = ("not an array of this cache's spec" if expected is None or part is None
+                       else meta_problem(array_dir, meta, expected, samples if key == "audio" else frames, self.layout.codec))
+            if problem:  # never decode with hand-edited metadata: the values would be wrong, silently
+                raise CorruptDataError(f"{problem}; run feature-cache verify, then extract-features --repair to redo the part")
+            handle = ShardedRows(array_dir, meta, fs.open_file)
             self._handles[(part_dir, key)] = handle
             while len(self._handles) > MAX_OPEN_ARRAYS:
                 self._handles.popitem(last=False)
         return handle
 
+    def _expected_arrays(self) -> dict:
+        if not hasattr(self, "_arrays_expected"):
+            self._arrays_expected = part_arrays(self.layers, self.spec["dim"], self.spec["storage_dtype"], self.audio_mode, self.layout)
+        return self._arrays_expected
+
     def _read(self, part: str, key: str, start: int, stop: int) -> np.ndarray:
-        handle = self._rows(part, key)
-        return handle.read(start, stop) if isinstance(handle, ShardedRows) else handle[start:stop]
+        return self._rows(part, key).read(start, stop)
 
     @staticmethod
     def _bounds(uid: str, what: str, n: int, start: int, stop: int | None) -> tuple[int, int]:

@@ -89,6 +89,19 @@ def _is_cache_entry(name: str) -> bool:
     return name in CACHE_ENTRIES or ".tmp-" in name
 
 
+def _strangers_inside(target: str) -> list[str]:
+    """What commits/, parts/ and codebooks/ hold that a cache never writes there: rm removes only the cache's own
+    records (markers, attempt directories, codebook arrays), so a directory that merely has those names is refused."""
+    import re
+
+    from store.layout import is_attempt_name
+
+    rules = {"commits": lambda n: re.fullmatch(r"[A-Za-z0-9_-]{1,64}\.json", n) or ".tmp-" in n,
+             "parts": lambda n: n == "zarr.json" or is_attempt_name(n) and not os.path.islink(os.path.join(target, "parts", n)),
+             "codebooks": lambda n: n == "zarr.json" or re.fullmatch(r"layer_\d+", n)}
+    return [f"{sub}/{n}" for sub, ok in rules.items() for n in fs.listdir(os.path.join(target, sub)) if not ok(n)]
+
+
 def remove_cache(path: str) -> None:
     """Delete a cache: a directory whose contents are exactly a cache's (a broken one without zarr.json too).
 
@@ -98,7 +111,7 @@ def remove_cache(path: str) -> None:
         raise NotACacheError(f"{path}: is a symbolic link; remove the cache it points to ({os.path.realpath(target)}) instead")
     if not fs.isdir(target):
         raise NotACacheError(f"{path}: no such cache directory; list caches with: feature-cache ls")
-    strangers = [n for n in fs.listdir(target) if not _is_cache_entry(n)]
+    strangers = [n for n in fs.listdir(target) if not _is_cache_entry(n)] + _strangers_inside(target)
     if strangers or not fs.exists(os.path.join(target, "commits")) and not fs.exists(os.path.join(target, "zarr.json")):
         shown = ", ".join(strangers[:3]) or "no cache files"
         raise NotACacheError(f"{path}: not a cache directory (it holds {shown}); refusing to delete it")

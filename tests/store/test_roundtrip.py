@@ -110,8 +110,11 @@ def test_bfloat16_storage_round_trip(tmp_path):
     bf16 = TARGET_MODES["bfloat16"]
     back = bf16.decode(bf16.encode(x[None], None), None)[0]
     np.testing.assert_allclose(back, x, rtol=2**-8)
-    path = create_cache(str(tmp_path), make_spec(storage_dtype="bfloat16"))
-    truth = write_parts(path, {"p000000": [("u", 5)]}, storage_dtype="bfloat16")
+    from store import Layout
+
+    layout = Layout(chunk_frames=8, shard_frames=32)
+    path = create_cache(str(tmp_path), make_spec(storage_dtype="bfloat16"), layout=layout)
+    truth = write_parts(path, {"p000000": [("u", 5)]}, storage_dtype="bfloat16", layout=layout)
     got = open_cache(path).read("u", 2)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, truth["u"][0][2], rtol=2**-8, atol=1e-6)

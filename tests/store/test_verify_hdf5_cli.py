@@ -29,7 +29,10 @@ def test_verify_finds_index_mismatch(small_cache):
     m = json.load(open(marker))
     m["frames"] = [m["frames"][0] + 1]
     json.dump(m, open(marker, "w"))
-    assert any("the spec and commit marker say (34," in p for p in verify_cache(cache.path))
+    assert any("p000001.json: its total_frames/total_samples disagree" in p for p in verify_cache(cache.path))
+    m["total_frames"] += 1  # consistent with itself, not with the samples the teacher's convs map to those frames
+    json.dump(m, open(marker, "w"))
+    assert any("p000001.json: its frame counts disagree with its sample counts" in p for p in verify_cache(cache.path))
 
 
 def test_hdf5_round_trip(small_cache, tmp_path):

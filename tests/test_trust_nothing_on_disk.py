@@ -1,0 +1,123 @@
+"""Issue 19: whatever the project reads back from disk is validated before use; nothing outside what it owns is touched."""
+
+import glob
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from extract import ExtractConfig, extract_features
+from store import CorruptDataError, open_cache, verify_cache
+from store.cli import main as cache_cli
+from tests.conftest import build_corpus
+
+
+def _cfg(teacher, corpus, cache_dir, **kw):
+    return ExtractConfig(teacher, corpus, **{"layers": (1, 3), "cache_dir": str(cache_dir), "part_seconds": 2, "progress": False, **kw})
+
+
+def _marker(path: str) -> str:
+    return sorted(glob.glob(f"{path}/commits/*.json"))[0]
+
+
+def _edit(name: str, change) -> None:
+    with open(name) as f:
+        data = json.load(f)
+    change(data)
+    with open(name, "w") as f:
+        json.dump(data, f)
+
+
+@pytest.mark.parametrize("hostile", ["../../..", "ABSOLUTE", "../../../victim"])
+def test_a_hand_edited_marker_dir_never_reaches_outside_the_cache(tmp_path, tiny_teacher, hostile):
+    corpus = build_corpus(str(tmp_path / "c"), n=4)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("precious")
+    first = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    bad = str(victim) if hostile == "ABSOLUTE" else hostile
+    for name in glob.glob(f"{first.path}/commits/*.json"):
+        _edit(name, lambda m: m.update(dir=bad))
+    os.remove(f"{first.path}/index.json")  # or the consolidated index would be read instead of the markers
+    cache = open_cache(first.path)
+    assert not cache.parts and len(cache.damaged) == len(glob.glob(f"{first.path}/commits/*.json"))
+    assert all("is not an attempt directory" in why for why in cache.damaged.values())
+    again = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))  # redoes the damaged parts, inside the cache only
+    assert (victim / "thesis.tex").read_text() == "precious" and os.path.isdir(tmp_path / "c")
+    assert len(open_cache(again.path)) == 4 and verify_cache(again.path) == []
+
+
+def test_a_marker_pointing_at_another_parts_directory_is_damage(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=6)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    markers = sorted(glob.glob(f"{s.path}/commits/*.json"))
+    assert len(markers) >= 2
+    other = json.load(open(markers[1]))["dir"]
+    _edit(markers[0], lambda m: m.update(dir=other))
+    os.remove(f"{s.path}/index.json")
+    problems = verify_cache(s.path)
+    assert any("is not an attempt directory of" in p for p in problems)
+
+
+def test_rm_removes_only_what_a_cache_writes(tmp_path):
+    home = tmp_path / "home"
+    for sub in ("parts", "commits"):
+        (home / sub).mkdir(parents=True)
+    (home / "parts" / "thesis.tex").write_text("precious")
+    (home / "commits" / "notes.txt").write_text("precious")
+    r = CliRunner().invoke(cache_cli, ["rm", str(home), "--yes"])
+    assert r.exit_code == 2 and "refusing" in r.output and "parts/thesis.tex" in r.output
+    assert (home / "parts" / "thesis.tex").exists() and (home / "commits" / "notes.txt").exists()
+
+
+def test_orphan_cleanup_leaves_strangers_in_parts_alone(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    os.makedirs(f"{s.path}/parts/mine")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", f"{s.path}/parts/p0123456789abcdef.0123456789ab")  # a link named like an attempt
+    (tmp_path / "elsewhere" / "keep").write_text("x")
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    assert os.path.isdir(f"{s.path}/parts/mine") and (tmp_path / "elsewhere" / "keep").exists()
+
+
+@pytest.mark.parametrize("edit", ["data_type", "endian", "codec"])
+def test_hand_edited_array_metadata_fails_verify_and_is_never_decoded(small_cache, edit):
+    cache, _ = small_cache
+    meta = sorted(glob.glob(f"{cache.path}/parts/*/layer_1/zarr.json"))[0]
+
+    def change(m):
+        inner = m["codecs"][0]["configuration"]["codecs"]
+        if edit == "data_type":
+            m["data_type"] = "int16"
+        elif edit == "endian":
+            inner[0]["configuration"]["endian"] = "big"
+        else:
+            inner[1] = {"name": "zstd", "configuration": {"level": 3}}
+
+    _edit(meta, change)
+    assert any("layer_1" in p and "the spec and commit marker say" in p for p in verify_cache(cache.path))
+    fresh = open_cache(cache.path)
+    part_dir = meta.split("/parts/")[1].split("/")[0]
+    uid = next(u for u in fresh.utterance_ids if fresh._locate(u)[0] == part_dir)
+    with pytest.raises(CorruptDataError, match="the spec and commit marker say"):
+        fresh.read(uid, 1)
+
+
+def test_shuffled_frame_counts_and_a_deleted_marker_are_found(small_cache):
+    cache, _ = small_cache
+    marker = f"{cache.path}/commits/p000000.json"
+    _edit(marker, lambda m: m.update(frames=m["frames"][::-1]))  # the sum is kept
+    assert any("frame counts disagree with its sample counts" in p for p in verify_cache(cache.path))
+    fresh = open_cache(cache.path)
+    assert "p000000" in fresh.damaged and not any(u.startswith("a/") for u in fresh.utterance_ids)
+
+
+def test_a_marker_deleted_while_the_index_names_it_is_reported(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=6)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    os.remove(_marker(s.path))
+    problems = verify_cache(s.path)
+    assert any("index.json: names part" in p and "marker is gone" in p for p in problems)
+    assert open_cache(s.path).pending()["parts"] == 1  # and the cache does not claim to be complete
