@@ -18,7 +18,7 @@ from extract.batching import plan_batches
 from extract.errors import ExtractError
 from extract.teacher import Teacher
 from store import Layout, PartWriter
-from store.modes import TARGET_MODES
+from store.modes import STORABLE_MAX, TARGET_MODES
 from store.reader import read_meta, read_stats
 from store.verify import file_sha256, source_record, unchanged_since
 
@@ -93,7 +93,7 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
                     else:
                         good.append((items[i][0], *res))
                 feats = teacher.forward([w for _, w, _ in good], layers) if good else []
-                good, feats = _finite_only(good, feats, on_error, skipped, paths)
+                good, feats = _finite_only(good, feats, on_error, skipped, paths, spec["storage_dtype"])
                 writes.append(write_thread.submit(_write_batch, writer, good, feats))
                 while len(writes) > 1:
                     writes.popleft().result()  # surfaces a write error (disk full) promptly
@@ -110,17 +110,23 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
     return writer.commit(skipped)
 
 
-def _finite_only(good: list, feats: list[dict], on_error: str, skipped: list[dict], paths: dict[str, str]) -> tuple[list, list]:
-    """Refuse non-finite targets per utterance (fp16 overflow, NaN from bf16 compute): never stored silently."""
+def _finite_only(good: list, feats: list[dict], on_error: str, skipped: list[dict], paths: dict[str, str],
+                 storage: str = "float32") -> tuple[list, list]:
+    """Refuse non-finite targets per utterance (fp16 overflow, NaN from bf16 compute), and targets the storage dtype
+    cannot hold (|x| > 65504 in float16 becomes inf): never stored silently."""
+    limit = STORABLE_MAX.get(storage)
     keep_good, keep_feats = [], []
     for (uid, wave, record), f in zip(good, feats, strict=True):
         bad = [k for k, x in f.items() if not np.isfinite(x).all()]
-        if not bad:
+        big = [k for k, x in f.items() if limit and not bad and np.abs(x).max() > limit]
+        if not bad and not big:
             keep_good.append((uid, wave, record))
             keep_feats.append(f)
             continue
         reason = (f"the teacher's layer {bad[0]} output is not finite (NaN or inf; with --dtype float16 an overflow: "
-                  "try --dtype bfloat16 or float32)")
+                  "try --dtype bfloat16 or float32)" if bad else
+                  f"the teacher's layer {big[0]} output reaches {np.abs(f[big[0]]).max():.3g}, beyond what --storage {storage} "
+                  f"holds ({limit:g}); store as bfloat16 or float32")
         if on_error != "skip":
             raise ExtractError(f"{paths[uid]}: {reason} (use --on-error skip to cache the rest)")
         skipped.append(_skip(uid, paths[uid], reason))

@@ -40,3 +40,7 @@ class WriteError(CacheError, OSError):
 
 class StatsError(CacheError):
     """Fitted statistics (int8/int4/pq) that would code every row wrongly: non-finite, or no utterance to fit on."""
+
+
+class StorageRangeError(CacheError):
+    """Values the cache's storage dtype cannot hold (NaN, inf, or beyond float16's range)."""

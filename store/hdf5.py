@@ -19,7 +19,7 @@ from store.errors import CacheError
 from store.index import consolidate
 from store.layout import Layout, layer_key, part_name
 from store.lock import exclusive
-from store.modes import TARGET_MODES, stats_from_json
+from store.modes import STORABLE_MAX, TARGET_MODES, stats_from_json
 from store.reader import Cache, default_cache_dir, read_meta
 from store.spec import validate_spec
 from store.writer import PartWriter, create_cache
@@ -165,10 +165,15 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
         samples = _utterances(f, src, spec, records)
         names = sorted(samples)
         groups = (["audio"] if spec.get("audio", "float32") != "none" else []) + [layer_key(k) for k in spec["layers"]]
+        limit = STORABLE_MAX.get(spec["storage_dtype"])
         for name in names:  # values: one pass before writing, so a bad file changes nothing
             for g in groups:
-                if not np.isfinite(_as_float(f[g][name][()], spec["storage_dtype"] if g != "audio" else "float32")).all():
+                x = _as_float(f[g][name][()], spec["storage_dtype"] if g != "audio" else "float32")
+                if not np.isfinite(x).all():
                     raise ImportError_(f"{src}: {g}/{name} holds NaN or infinite values")
+                if g != "audio" and limit and x.size and np.abs(x).max() > limit:
+                    raise ImportError_(f"{src}: {g}/{name} holds {np.abs(x).max():.3g}, beyond what its storage "
+                                       f"{spec['storage_dtype']} holds ({limit:g}); export it again as float32 or bfloat16")
         root = cache_dir or default_cache_dir()
         fs.makedirs(root)
         cache = Cache(create_cache(root, spec, meta["provenance"], layout, meta["stats"]))

@@ -159,6 +159,10 @@ AUDIO_MODES = ("float32", "int16", "flac", "none")
 FLAC_DIR = "audio_flac"  # flac: one PCM_16 FLAC file per utterance in the part, <index in the part>.flac
 
 
+#: The largest magnitude each float storage holds finitely (beyond it float16 stores inf); bfloat16/float32 hold float32's.
+STORABLE_MAX = {"float16": float(np.finfo(np.float16).max)}
+
+
 def part_arrays(layers: list[int], dim: int, storage: str, audio: str, layout) -> dict[str, tuple[str, tuple, int, int]]:
     """key -> (numpy dtype, row tail shape, chunk rows, shard rows) of every zarr array a part holds: what the
     writer creates and what verify expects. flac and none audio keep no audio array."""

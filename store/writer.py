@@ -21,9 +21,9 @@ import zarr
 
 from store import fs
 from store.chunks import encode_shard, encoder, shard_file
-from store.errors import NotACacheError, SpecMismatchError, WriteError
+from store.errors import NotACacheError, SpecMismatchError, StorageRangeError, WriteError
 from store.layout import Layout, attempt_dir, commit_path, compressors, layer_key, part_path, read_json
-from store.modes import FLAC_DIR, TARGET_MODES, encode_audio, flac_bytes, part_arrays, stats_to_json
+from store.modes import FLAC_DIR, STORABLE_MAX, TARGET_MODES, encode_audio, flac_bytes, part_arrays, stats_to_json
 from store.spec import FORMAT_VERSION, fingerprint, validate_spec
 
 
@@ -161,6 +161,11 @@ class PartWriter:
         frames = {f.shape[0] for f in feats.values()}
         if len(frames) != 1 or set(feats) != set(self.layers):
             raise ValueError(f"{uid}: expected layers {self.layers} with equal frame counts, got {sorted(feats)} {frames}")
+        limit = STORABLE_MAX.get(self.storage_dtype)
+        for layer, f in feats.items():  # the last line of defence (imports, conversions): no value is stored as inf or NaN
+            if not np.isfinite(f).all() or limit and f.size and np.abs(f).max() > limit:
+                raise StorageRangeError(f"{uid}: layer {layer} holds values that --storage {self.storage_dtype} cannot store "
+                                        f"(non-finite, or beyond {limit or 'float32'}); store as float32 or bfloat16")
         for layer, f in feats.items():
             for suffix, stored in self.mode.encode(f, self.stats[layer] if self.stats else None).items():
                 self._buffers[layer_key(layer) + suffix].append(stored)

@@ -121,3 +121,35 @@ def test_a_marker_deleted_while_the_index_names_it_is_reported(tmp_path, tiny_te
     problems = verify_cache(s.path)
     assert any("index.json: names part" in p and "marker is gone" in p for p in problems)
     assert open_cache(s.path).pending()["parts"] == 1  # and the cache does not claim to be complete
+
+
+def test_values_float16_cannot_hold_are_refused_on_write_and_import(tmp_path):
+    import h5py
+    import numpy as np
+
+    from store import Layout, PartWriter, create_cache
+    from store.errors import StorageRangeError
+    from store.hdf5 import ImportError_, export_hdf5, import_hdf5
+    from tests.conftest import fake_utterance, make_spec
+
+    layout = Layout(chunk_frames=8, shard_frames=32)
+    path = create_cache(str(tmp_path / "root"), make_spec(), {"teacher": "tiny"}, layout)
+    writer = PartWriter(path, "p000000", [1, 2, 3], 16, "float16", layout)
+    feats, audio = fake_utterance("u", 4)
+    feats[2][0, 0] = 1e6  # float16 would store inf
+    with pytest.raises(StorageRangeError, match="layer 2 .*cannot store"):
+        writer.add("u", feats, audio)
+    writer.abort()
+    ok = PartWriter(path, "p000001", [1, 2, 3], 16, "float16", layout)
+    ok.add("v", *fake_utterance("v", 4))
+    ok.commit()
+    export_hdf5(path, str(tmp_path / "x.h5"))
+    with h5py.File(tmp_path / "x.h5", "r+") as f:
+        data = f["layer_2"]["v"]
+        big = data[()].astype(np.float32)
+        big[0, 0] = 1e6
+        del f["layer_2"]["v"]
+        f["layer_2"].create_dataset("v", data=big)
+    with pytest.raises(ImportError_, match="beyond what its storage float16 holds"):
+        import_hdf5(str(tmp_path / "x.h5"), str(tmp_path / "imported"))
+    assert not os.path.exists(tmp_path / "imported") or not glob.glob(f"{tmp_path}/imported/*/commits/*.json")

@@ -19,8 +19,18 @@ def save_checkpoint(run_dir: str, state: dict) -> str:
     """Write to a temp file, then rename: a crash mid-save leaves the previous checkpoint intact."""
     path = os.path.join(run_dir, CKPT)
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk, Ctrl-C: the previous checkpoint stays, and no half-written temp file beside it
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, RuntimeError):  # torch reports a failed write (ENOSPC) as RuntimeError
+            raise CheckpointError(f"{path}: cannot write the checkpoint ({str(e).splitlines()[0][:120]}); free some space "
+                                  "under --out and resume with --resume") from None
+        raise
     return path
 
 

@@ -17,6 +17,10 @@ class ConfigError(CacheError):
     """A bad --config file or flag; one line."""
 
 
+class TrainingDiverged(ConfigError):
+    """The loss, a gradient or the weights stopped being finite: the run stops, exits non-zero and exports nothing."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = "runs/distilhubert"  # run dir: checkpoints, metrics.jsonl, loss.png, student/

@@ -25,7 +25,7 @@ from extract.teacher import resolve_device
 from store.lock import exclusive
 from train import distributed, recipe
 from train.checkpoint import RESUMABLE_CHANGES, load_checkpoint, resume_differences, rng_state, save_checkpoint, set_rng_state
-from train.config import ConfigError, TrainConfig
+from train.config import ConfigError, TrainConfig, TrainingDiverged
 from train.data import BucketBatches, CachedCrops, collate
 from train.decode import DeviceDecoder
 from train.design import resolve as resolve_design
@@ -244,6 +244,9 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
                 **{f"cos_layer{k}": float(sums[2, j]) for j, k in enumerate(layers)}}
 
     def checkpoint() -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingDiverged(f"{cfg.out}: the student's weights are not finite after step {step} (lr {lr_at(step - 1):.3g}); "
+                                   "lower --lr; the run dir keeps its last finite checkpoint and exports nothing")
         save_checkpoint(cfg.out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                   "rng": rng_state(), "step": step, "config": cfg.to_dict(),
                                   "student_config": model_config.to_dict(), "layers": layers,
@@ -263,9 +266,15 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
                 group["lr"] = lr_at(step)
         # forward, masked loss, backward (scaled if fp16), clip, step
         to_backprop, loss, l1, cos, _ = step_loss(batch, net, ranks, as_s3prl=s3prl)
+        if not torch.isfinite(loss):  # nothing after a non-finite loss is worth keeping: no checkpoint of it, no export
+            raise TrainingDiverged(f"{cfg.out}: the loss is {float(loss)} at step {step + 1} (lr {lr_at(step):.3g}); lower --lr "
+                                   "or check the targets (feature-cache verify); the run dir keeps its last finite checkpoint")
         scaler.scale(to_backprop).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips such a step; else it would poison
+            raise TrainingDiverged(f"{cfg.out}: the gradient is {float(grad_norm)} at step {step + 1} (lr {lr_at(step):.3g}); lower "
+                                   "--lr; the run dir keeps its last finite checkpoint")
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,33 @@
+"""Issue 19 item 5: training that stops being finite exits non-zero, keeps its last finite checkpoint and exports nothing."""
+
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from train.cli import main as train_cli
+from train.config import TrainConfig, TrainingDiverged
+from train.loop import train
+
+
+def _cfg(cached, out, **kw):
+    base = dict(cache=cached["path"], out=str(out), steps=3, batch_size=3, max_crop_samples=16000, num_workers=0,
+                valid_fraction=0.2, checkpoint_interval=1, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_huge_lr_stops_the_run_and_exports_nothing(cached, tmp_path, steps):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="not finite|the loss is|the gradient is"):
+        train(_cfg(cached, out, lr=1e308, steps=steps, warmup_fraction=0.0))
+    assert not os.path.exists(out / "student") and not os.path.exists(out / "eval.json")
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]
+
+
+def test_the_cli_says_so_in_one_line_and_exits_non_zero(cached, tmp_path):
+    r = CliRunner().invoke(train_cli, ["--cache", cached["path"], "--out", str(tmp_path / "r"), "--steps", "2", "--batch-size", "3",
+                                       "--max-crop-samples", "16000", "--num-workers", "0", "--lr", "1e308", "--quiet"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert [line for line in r.output.splitlines() if line.startswith("error:")] and len(r.output.strip().splitlines()) <= 3
+    assert not os.path.exists(tmp_path / "r" / "student")
