@@ -6,12 +6,14 @@ The library function behind `extract-features`; notebooks call it directly.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 from extract.compact import existing_stats, fit_with_teacher
+from extract.corpora import MAX_SECONDS
 from extract.corpus import scan
 from extract.errors import ExtractError
 from extract.pipeline import extract_part
@@ -27,6 +29,8 @@ from store.layout import CODECS, part_path
 from store.lock import exclusive
 from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
 from store.verify import damaged_parts, source_changed
+
+MIN_SEGMENT_STEP = 0.02  # one frame of a 16 kHz, 320-hop teacher: a smaller step would repeat windows endlessly
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,16 @@ class ExtractConfig:
                                f"and {', '.join(AUDIO_MODES)}")
         if self.codec not in CODECS:
             raise ExtractError(f"--codec {self.codec}: choose one of {', '.join(CODECS)}")
+        for flag, value in (("--batch-seconds", self.batch_seconds or 0.0), ("--part-seconds", self.part_seconds),
+                            ("--max-seconds", self.max_seconds), ("--segment-seconds", self.segment_seconds),
+                            ("--segment-overlap", self.segment_overlap)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+                raise ExtractError(f"{flag} {value}: give a finite number of seconds between 0 and {MAX_SECONDS:g}")
+        if self.segment_seconds and self.segment_seconds - self.segment_overlap < MIN_SEGMENT_STEP:
+            raise ExtractError(f"--segment-seconds {self.segment_seconds:g} --segment-overlap {self.segment_overlap:g}: windows must "
+                               f"step by at least {MIN_SEGMENT_STEP:g} s (one frame); lower --segment-overlap")
+        if not isinstance(self.workers, int) or not 0 <= self.workers <= 4096:
+            raise ExtractError(f"--workers {self.workers}: between 0 and 4096")
         if (self.batch_seconds or 0) < 0 or self.part_seconds <= 0:
             raise ExtractError("--batch-seconds must be >= 0 and --part-seconds positive")
         if self.segment_seconds < 0 or self.segment_overlap and not self.segment_seconds:

@@ -18,6 +18,7 @@ import shutil
 
 import numpy as np
 import zarr
+import zarr.errors
 
 from store import fs
 from store.chunks import encode_shard, encoder, shard_file
@@ -46,9 +47,9 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
             "layout": layout.to_dict(), "stats": stats_to_json(stats) if stats else None}
     if fs.is_remote(root):  # no rename on object stores: parts first, the root metadata (what readers look for) last
         with fs.remote_errors(root):
-            zarr.open_group(os.path.join(path, "parts"), mode="a")  # never "w": that would clear a concurrent creator's parts
-            _write_codebooks(zarr.open_group(path, mode="a"), stats)
-            zarr.open_group(path, mode="a").attrs["distilcache"] = meta
+            _shared_group(os.path.join(path, "parts"))  # never "w": that would clear a concurrent creator's parts
+            _write_codebooks(_shared_group(path), stats)
+            _shared_group(path).attrs["distilcache"] = meta
         return path
     if fs.isdir(path):
         raise NotACacheError(f"{path}: exists but holds no cache metadata (zarr.json), e.g. after an interrupted rm; "
@@ -73,6 +74,15 @@ def create_cache(root: str, spec: dict, provenance: dict | None = None, layout: 
         if not os.path.exists(os.path.join(path, "zarr.json")):
             raise
     return path
+
+
+def _shared_group(path: str):
+    """open_group(mode="a") that a concurrent creator of the same group cannot fail: between zarr's look and its
+    create, another process may create it (ContainsGroupError, seen on S3 with two extractors); then it is opened."""
+    try:
+        return zarr.open_group(path, mode="a")
+    except zarr.errors.ContainsGroupError:
+        return zarr.open_group(path, mode="r+")
 
 
 def _write_codebooks(group, stats: dict | None) -> None:

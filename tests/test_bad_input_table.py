@@ -31,6 +31,20 @@ def world(tmp_path_factory, tiny_teacher):
     (root / "kaldi").mkdir()
     (root / "kaldi/wav.scp").write_text("rec1 sox in.flac -t wav - |\n")
     (root / "junk.jsonl.gz").write_bytes(b"not gzip")
+    first = sorted(os.listdir(os.path.join(corpus, "spk0")))[0]
+    for name, times in (("kaldi-nan", "nan 1.0"), ("kaldi-inf", "0 inf"), ("kaldi-huge", "0 1e308")):
+        (root / name).mkdir()
+        (root / name / "wav.scp").write_text(f"rec1 {corpus}/spk0/{first}\n")
+        (root / name / "segments").write_text(f"utt1 rec1 {times}\n")
+    import shutil
+
+    for name, edit in (("run-badjsonl", "metrics"), ("run-badeval", "eval")):
+        shutil.copytree(root / "run", root / name, ignore=shutil.ignore_patterns("ckpt.pt", "student", "tb"))
+        if edit == "metrics":
+            with open(root / name / "metrics.jsonl", "a") as f:
+                f.write('{"eval": {"loss": \n')
+        else:
+            (root / name / "eval.json").write_text('{"step": 2, "loss": "lots"}')
     return {"root": root, "corpus": corpus, "cache": s.path, "teacher": tiny_teacher, "caches": str(root / "caches")}
 
 
@@ -67,6 +81,18 @@ CASES = [
     (extract_cli, lambda w: [*_extract(w), "--corpus", str(w["root"] / "junk.jsonl.gz")], "junk.jsonl.gz"),
     (extract_cli, lambda w: _extract(w, "--segment-seconds", "2", "--segment-overlap", "3"), "--segment-overlap"),
     (extract_cli, lambda w: _extract(w, "--segment-overlap", "1"), "--segment-overlap"),
+    (extract_cli, lambda w: _extract(w, "--batch-seconds", "nan"), "--batch-seconds nan"),
+    (extract_cli, lambda w: _extract(w, "--part-seconds", "1e308"), "--part-seconds"),
+    (extract_cli, lambda w: _extract(w, "--segment-seconds", "inf"), "--segment-seconds inf"),
+    (extract_cli, lambda w: _extract(w, "--segment-seconds", "1", "--segment-overlap", "0.995"), "step by at least"),
+    (train_cli, lambda w: _train(w, "--lr", "1e308"), "--lr"),
+    (train_cli, lambda w: _train(w, "--seed", str(2**70)), "--seed"),
+    (train_cli, lambda w: _train(w, "--seed", "-1"), "--seed"),
+    (train_cli, lambda w: _train(w, "--steps", str(10**12)), "--steps"),
+    (train_cli, lambda w: _train(w, "--batch-size", str(10**9)), "--batch-size"),
+    (train_cli, lambda w: _train(w, "--student-width", "33"), "--student-width 33"),
+    (compare_cli, lambda w: [str(w["root"] / "run"), str(w["root"] / "run-badjsonl")], "metrics.jsonl line"),
+    (compare_cli, lambda w: [str(w["root"] / "run"), str(w["root"] / "run-badeval")], "not numbers"),
     (train_cli, lambda w: _train(w, "--device", "tpu"), "--device tpu"),
     (train_cli, lambda w: [*_train(w), "--out", str(w["root"] / "afile")], "--out"),
     (train_cli, lambda w: _train(w, "--max-crop-samples", "100"), "--max-crop-samples"),
@@ -132,3 +158,10 @@ def test_a_garbage_marker_is_damage_not_a_crash(world, tmp_path):
     r = CliRunner().invoke(cache_cli, ["verify", str(cache)])
     assert r.exit_code == 1 and "unreadable commit marker" in r.stderr
     assert json.loads(CliRunner().invoke(cache_cli, ["info", str(cache), "--json"]).stdout)["damaged_markers"] == 1
+
+
+@pytest.mark.parametrize("name,shown", [("kaldi-nan", "time nan s"), ("kaldi-inf", "time inf s"), ("kaldi-huge", "time 1e+308 s")])
+def test_manifest_times_that_are_not_finite_seconds_are_bad_entries(world, name, shown):
+    r = CliRunner().invoke(extract_cli, [*_extract(world), "--corpus", str(world["root"] / name)])
+    assert r.exit_code == 2 and "Traceback" not in r.output + r.stderr
+    assert f"segments line 1 (utt1): {shown} is not a finite number of seconds" in r.stderr

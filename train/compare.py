@@ -33,8 +33,24 @@ def read_run(run_dir: str) -> dict:
     metrics = os.path.join(run_dir, "metrics.jsonl")
     if os.path.exists(metrics):
         with open(metrics) as f:
-            curve = [json.loads(line)["eval"] for line in f if line.startswith('{"eval"')]
+            for n, line in enumerate(f, 1):
+                if not line.startswith('{"eval"'):
+                    continue
+                try:
+                    row = json.loads(line)["eval"]
+                except (ValueError, KeyError):
+                    raise ConfigError(f"{metrics} line {n}: not a JSON row of held-out results; re-run that training or leave "
+                                      "the run out") from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{metrics} line {n}: its eval entry is not an object; leave the run out")
+                curve.append(row)
     final = found["eval.json"]
+    bad = [k for k, v in final.items() if k != "step" and (k in ("loss",) or k.startswith(("l1_layer", "cos_layer")))
+           and not isinstance(v, (int, float))]
+    counts = [found["design.json"].get(k) for k in ("parameters", "head_parameters")]
+    if bad or not all(isinstance(c, int) for c in counts):
+        raise ConfigError(f"{run_dir}: eval.json or design.json holds values that are not numbers ({', '.join(bad[:3]) or 'parameters'}); "
+                          "re-run that training or leave the run out")
     if final and (not curve or curve[-1].get("step") != final.get("step")):
         curve.append(final)
     return {"run": run_dir, "design": found["design.json"], "eval": final, "curve": [c for c in curve if c]}

@@ -74,14 +74,21 @@ class TrainConfig:
             raise ConfigError(f"init: choose teacher or random, got {self.init!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision: choose auto, fp32, bf16 or fp16, got {self.precision!r}")
+        for name, top in (("steps", 10**9), ("batch_size", 10**5), ("max_crop_samples", 10**9), ("seed", 2**32 - 1),
+                          ("num_workers", 1024), ("stop_after", 10**9), ("eval_interval", 10**9), ("log_interval", 10**9),
+                          ("checkpoint_interval", 10**9), ("eval_max_utterances", 10**8), ("student_layers", 1000),
+                          ("student_width", 65536), ("student_heads", 4096), ("student_ffn", 1 << 20)):
+            value = getattr(self, name)
+            if type(value) is not int or not -1 < value <= top:
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: give a whole number between 0 and {top}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"--steps {self.steps} / --batch-size {self.batch_size}: both must be at least 1")
         if not 0 <= self.valid_fraction <= 0.5:
             raise ConfigError(f"--valid-fraction {self.valid_fraction}: hold out between 0 and 0.5 of the utterances")
         for name in ("lr", "eps", "grad_clip"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be a positive finite number")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1e6):
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be a positive finite number (at most 1e6)")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0 and 0 <= self.warmup_fraction < 1
                 and 0 <= self.dropout < 1 and math.isfinite(self.feature_grad_mult) and self.feature_grad_mult >= 0):
             raise ConfigError("weight_decay and feature_grad_mult must be >= 0, warmup_fraction and dropout in [0, 1)")

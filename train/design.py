@@ -80,6 +80,10 @@ def resolve(preset: str, layers: int, width: int, heads: int, ffn: int, match: s
     if design.width % design.heads:
         raise DesignError(f"--student-width {design.width} is not divisible by {design.heads} attention heads; "
                           "give --student-heads that divides it")
+    groups = int(teacher_config.get("num_conv_pos_embedding_groups", 16))  # the positional conv keeps the teacher's groups
+    if design.width % groups:
+        raise DesignError(f"--student-width {design.width} is not divisible by the positional convolution's {groups} groups; "
+                          f"give a multiple of {groups}")
     too_deep = [s for s, _ in design.match if s > design.layers]
     if too_deep:
         raise DesignError(f"--match names student layer {too_deep[0]}, but the student has {design.layers}; "

@@ -8,6 +8,7 @@ headers and resolves the windows to samples.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -44,6 +45,17 @@ def to_samples(seconds: float, rate: int) -> int:
     """Seconds to a sample count, rounding half up after 8 decimals: lhotse's rule (lhotse.utils.compute_num_samples),
     written out here so that Kaldi inputs, which do not need lhotse installed, round the same way."""
     return int(Decimal(round(seconds * rate, ndigits=8)).quantize(0, rounding=ROUND_HALF_UP))
+
+
+MAX_SECONDS = 1e7  # 116 days: no recording is longer; larger (or nan, inf) times in a manifest are typos or hostile
+
+
+def bad_times(*seconds: float) -> str | None:
+    """Why manifest times cannot be used (not finite, negative, or absurdly large), or None."""
+    for t in seconds:
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and -1 <= t <= MAX_SECONDS):
+            return f"time {t!r} s is not a finite number of seconds between 0 and {MAX_SECONDS:g}"
+    return None
 
 
 def absolute(path: str, base: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from extract.corpora import BadFile, Entry, absolute
+from extract.corpora import BadFile, Entry, absolute, bad_times
 from extract.errors import ExtractError
 
 
@@ -64,7 +64,9 @@ def read(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
         except ValueError:
             bad.append(BadFile(where, f"start and end must be seconds, got {cols[2]!r} {cols[3]!r}"))
             continue
-        if rid not in recs:
+        if bad_times(start, end):
+            bad.append(BadFile(where, bad_times(start, end)))
+        elif rid not in recs:
             bad.append(BadFile(where, f"recording '{rid}' is not in wav.scp"))
         elif start < 0 or end != -1 and end <= start:
             bad.append(BadFile(where, f"negative or zero duration ({cols[2]} to {cols[3]} s)"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 
-from extract.corpora import BadFile, Entry, absolute
+from extract.corpora import BadFile, Entry, absolute, bad_times
 from extract.errors import ExtractError
 
 SUFFIXES = (".jsonl.gz", ".jsonl")
@@ -81,6 +81,8 @@ def _entry(corpus: str, cut) -> Entry | BadFile:
     src = sources[0]
     if src.type != "file":
         return BadFile(where, f"audio source type '{src.type}' is not supported (files only); write the audio to files")
+    if bad_times(cut.start, cut.duration):
+        return BadFile(where, bad_times(cut.start, cut.duration))
     if cut.duration <= 0 or cut.start < 0:
         return BadFile(where, f"negative or zero duration (start {cut.start} s, duration {cut.duration} s)")
     channel = None if len(src.channels) == 1 else src.channels.index(cut.channel)
