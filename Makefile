@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench stress clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ test: lint
 	# pytest exits 5 when it collects nothing: that is a broken suite, not a pass
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+stress: install
+	# the randomized model test (tests/test_stateful_model.py), longer than in `make test`
+	DISTILCACHE_STRESS_EXAMPLES=$${EXAMPLES:-60} DISTILCACHE_STRESS_STEPS=$${STEPS:-12} \
+		$(PY) -m pytest -q -s -p no:cacheprovider tests/test_stateful_model.py
 
 demo: install
 	$(PY) -m train.demo

@@ -59,7 +59,8 @@ def _skip(uid: str, path: str, reason: str) -> dict:
     """A skipped file, with what it was when skipped: it is retried once it changes."""
     try:
         st = os.stat(path)
-        return {"uid": uid, "path": path, "reason": reason, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"uid": uid, "path": path, "reason": reason, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
     except OSError:
         return {"uid": uid, "path": path, "reason": reason}
 

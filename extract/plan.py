@@ -15,7 +15,7 @@ from extract.corpus import BadFile, Utterance
 from extract.errors import ExtractError
 from store import Cache, fs, part_name
 from store.layout import is_attempt_name, plan_path, write_json_atomic
-from store.verify import file_sha256
+from store.verify import file_sha256, same_stat
 
 
 def _unchanged(record: dict) -> bool:
@@ -23,7 +23,7 @@ def _unchanged(record: dict) -> bool:
         st = os.stat(record["path"])
     except OSError:
         return False
-    return (st.st_size, st.st_mtime_ns) == (record.get("size"), record.get("mtime_ns"))
+    return same_stat(st, record)
 
 
 def _where(path: str, window: dict) -> str:

@@ -74,7 +74,8 @@ def unchanged_since(path: str, st: os.stat_result) -> bool:
 def source_record(path: str, st: os.stat_result, sha256: str, window: dict | None = None) -> dict:
     """What a commit marker keeps of a source: enough to notice the file changed (size/mtime first, then sha256), and
     for a window of a file (a segment) where it is: start/stop at the file's own rate, channel and recording."""
-    record = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    record = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino,
+              "sha256": sha256}
     if window and (window.get("frames") is not None or window.get("start") or window.get("channel") is not None):
         record.update(start=window["start"], stop=None if window.get("frames") is None else window["start"] + window["frames"],
                       sample_rate=window["rate"])
@@ -85,8 +86,16 @@ def source_record(path: str, st: os.stat_result, sha256: str, window: dict | Non
     return record
 
 
+def same_stat(st: os.stat_result, record: dict) -> bool:
+    """Whether a file's stat is the one recorded: size, mtime, and ctime and inode, which no `cp -p`, `rsync -a` or
+    `touch -d` can set back. A record without ctime (an older cache) never matches: its file is hashed."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
+        record.get("size"), record.get("mtime_ns"), record.get("ctime_ns", -1), record.get("ino", -1))
+
+
 def source_changed(record: dict | None) -> str | None:
-    """Why the file behind `record` is no longer what was extracted, or None. Hashes only when size/mtime moved."""
+    """Why the file behind `record` is no longer what was extracted, or None. A source is its content (sha256); the
+    stat only spares the hash when nothing about the file moved (same_stat)."""
     if not record:
         return None
     path = record["path"]
@@ -94,7 +103,7 @@ def source_changed(record: dict | None) -> str | None:
         st = os.stat(path)
     except OSError:
         return f"{path}: source file is gone"
-    if (st.st_size, st.st_mtime_ns) == (record["size"], record["mtime_ns"]):
+    if same_stat(st, record):
         return None
     try:
         digest = file_sha256(path)[1]

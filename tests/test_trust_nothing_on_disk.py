@@ -153,3 +153,22 @@ def test_values_float16_cannot_hold_are_refused_on_write_and_import(tmp_path):
     with pytest.raises(ImportError_, match="beyond what its storage float16 holds"):
         import_hdf5(str(tmp_path / "x.h5"), str(tmp_path / "imported"))
     assert not os.path.exists(tmp_path / "imported") or not glob.glob(f"{tmp_path}/imported/*/commits/*.json")
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_re_extracted(tmp_path, tiny_teacher):
+    import soundfile as sf
+
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    path = sorted(glob.glob(f"{corpus}/spk0/*.wav"))[0]
+    before = os.stat(path)
+    data, rate = sf.read(path, dtype="float32")
+    sf.write(path, data[::-1].copy(), rate, subtype="PCM_16")  # other audio, same length
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # what cp -p / rsync -a leave
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    cache = open_cache(s.path)
+    uid = next(u for u in cache.utterance_ids if cache.source(u)["path"] == path)
+    import numpy as np
+
+    np.testing.assert_array_equal(cache.read_audio(uid), sf.read(path, dtype="float32")[0])

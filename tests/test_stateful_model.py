@@ -1,0 +1,212 @@
+"""A randomized model test (issue 19): hypothesis drives the real commands on a tiny teacher and small audio, and after
+every step checks what must always hold, whatever happened before.
+
+Rules: add, rewrite in place (same size and mtime kept, as `cp -p` does), truncate into garbage and delete files
+(long ones become --segment-seconds windows); extract; extract killed with SIGKILL at a random moment, then resumed;
+export to HDF5 and import. Invariants after each extraction: every current file is either cached, window by window,
+with the audio the file holds now and targets equal to the teacher run alone on that audio (float16 storage), or
+listed as skipped; no id twice; verify clean; the held-out split is a function of the recording, unchanged by growth.
+
+CI runs a few examples with a fixed seed (`make test`, well under 2 minutes); `make stress` runs many more
+(DISTILCACHE_STRESS_EXAMPLES, DISTILCACHE_STRESS_STEPS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from extract import ExtractConfig, extract_features, load_teacher
+from extract.segments import parent, window_starts
+from store import open_cache, verify_cache
+from store.hdf5 import export_hdf5, import_hdf5
+from tests.conftest import build_tiny_teacher
+from train.data import split_ids
+
+EXAMPLES = int(os.environ.get("DISTILCACHE_STRESS_EXAMPLES", "3"))
+STEPS = int(os.environ.get("DISTILCACHE_STRESS_STEPS", "7"))
+RATE, SEGMENT = 16000, 1.0  # windows of one second: files longer than that are cut
+LAYERS = (1, 3)
+_TEACHER: dict = {}
+RAN: Counter = Counter()  # rule -> times run, printed at the end (the closing note reports it)
+
+
+def _teacher_dir() -> str:
+    if "dir" not in _TEACHER:
+        _TEACHER["dir"] = build_tiny_teacher(tempfile.mkdtemp(prefix="stateful-teacher-"))
+        _TEACHER["model"] = load_teacher(_TEACHER["dir"], device="cpu")
+    return _TEACHER["dir"]
+
+
+def _sound(seed: int, seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.3 * np.sin(2 * np.pi * (120 + seed % 200) * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+class CacheModel(RuleBasedStateMachine):
+    """The model: which files the corpus holds now and which are garbage; the cache must agree after each extraction."""
+
+    @initialize()
+    def start(self):
+        RAN["examples"] += 1
+        self.root = tempfile.mkdtemp(prefix="stateful-")
+        self.corpus, self.caches = os.path.join(self.root, "corpus"), os.path.join(self.root, "caches")
+        os.makedirs(self.corpus)
+        self.files: dict[str, bool] = {}  # path -> holds valid audio
+        self.counter = 0
+        self.extracted = False
+        self.split: dict[str, bool] = {}  # recording -> held out, as first seen
+        self.refusals: list[str] = []
+
+    def teardown(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _config(self) -> ExtractConfig:
+        return ExtractConfig(_teacher_dir(), self.corpus, layers=LAYERS, cache_dir=self.caches, part_seconds=1.5,
+                             segment_seconds=SEGMENT, on_error="skip", progress=False)
+
+    # ---- what a user does to the corpus ----------------------------------------------------------------------
+    @rule(seconds=st.sampled_from([0.3, 0.8, 1.0, 1.7, 2.6]), speaker=st.integers(0, 1))
+    def add_file(self, seconds, speaker):
+        RAN["add_file"] += 1
+        self.counter += 1
+        path = os.path.join(self.corpus, f"spk{speaker}", f"utt{self.counter:03d}.wav")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        sf.write(path, _sound(self.counter, seconds), RATE, subtype="PCM_16")
+        self.files[path] = True
+
+    @precondition(lambda self: any(self.files.values()))
+    @rule(pick=st.integers(0, 1000), seed=st.integers(0, 10_000))
+    def rewrite_in_place_keeping_size_and_mtime(self, pick, seed):
+        RAN["rewrite_in_place_keeping_size_and_mtime"] += 1
+        path = sorted(p for p, ok in self.files.items() if ok)[pick % sum(self.files.values())]
+        st_before = os.stat(path)
+        data, _ = sf.read(path, dtype="float32")
+        sf.write(path, _sound(seed + 7919, len(data) / RATE)[: len(data)], RATE, subtype="PCM_16")
+        os.utime(path, ns=(st_before.st_atime_ns, st_before.st_mtime_ns))  # cp -p / rsync -a: the stat looks unchanged
+        assert os.stat(path).st_size == st_before.st_size
+
+    @precondition(lambda self: self.files)
+    @rule(pick=st.integers(0, 1000))
+    def truncate_into_garbage(self, pick):
+        RAN["truncate_into_garbage"] += 1
+        path = sorted(self.files)[pick % len(self.files)]
+        with open(path, "r+b") as f:
+            f.truncate(30)  # a header cut short: not decodable
+        self.files[path] = False
+
+    @precondition(lambda self: self.files)
+    @rule(pick=st.integers(0, 1000))
+    def delete_file(self, pick):
+        RAN["delete_file"] += 1
+        path = sorted(self.files)[pick % len(self.files)]
+        os.remove(path)
+        del self.files[path]
+
+    # ---- the commands ------------------------------------------------------------------------------------------
+    @precondition(lambda self: self.files)
+    @rule()
+    def extract(self):
+        RAN["extract"] += 1
+        extract_features(self._config())
+        self.extracted = True
+        self._check()
+
+    @precondition(lambda self: self.files)
+    @rule(delay=st.floats(0.2, 4.0))
+    def extract_killed_then_resumed(self, delay):
+        RAN["extract_killed_then_resumed"] += 1
+        cfg = self._config()
+        cli = os.path.join(os.path.dirname(sys.executable), "extract-features")
+        proc = subprocess.Popen([cli, "--teacher", cfg.teacher, "--corpus", cfg.corpus, "--layers", "1,3", "--cache-dir", cfg.cache_dir,
+                                 "--part-seconds", "1.5", "--segment-seconds", str(SEGMENT), "--on-error", "skip", "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+        assert b"Traceback" not in err, err.decode()[-2000:]
+        extract_features(cfg)  # resumes: completes whatever the killed run left
+        self.extracted = True
+        self._check()
+
+    @precondition(lambda self: self.extracted)
+    @rule()
+    def export_and_import(self):
+        RAN["export_and_import"] += 1
+        cache = open_cache(self._path())
+        h5 = os.path.join(self.root, "x.h5")
+        export_hdf5(cache.path, h5)
+        other = import_hdf5(h5, os.path.join(self.root, "imported"))
+        assert sorted(other.utterance_ids) == sorted(cache.utterance_ids) and verify_cache(other.path) == []
+        for uid in cache.utterance_ids[:4]:
+            np.testing.assert_array_equal(other.read(uid, 3), cache.read(uid, 3))
+            assert other.segment(uid) == cache.segment(uid)  # recordings and windows survive the round trip
+        shutil.rmtree(os.path.join(self.root, "imported"))
+        os.remove(h5)
+
+    # ---- what must always hold ----------------------------------------------------------------------------------
+    def _path(self) -> str:
+        (name,) = [n for n in os.listdir(self.caches) if not n.startswith(".")]
+        return os.path.join(self.caches, name)
+
+    def _check(self) -> None:
+        cache = open_cache(self._path())
+        assert not cache.duplicates and not cache.damaged and cache.pending()["parts"] == 0
+        assert verify_cache(cache.path) == []
+        by_path: dict[str, list[str]] = {}
+        for uid in cache.utterance_ids:
+            by_path.setdefault(cache.source(uid)["path"], []).append(uid)
+        skipped = {s.get("path") for s in cache.skipped}
+        teacher = _TEACHER["model"]
+        for path, valid in sorted(self.files.items()):
+            if not valid:
+                assert path in skipped and path not in by_path, f"{path}: garbage, but not listed as skipped"
+                continue
+            audio, _ = sf.read(path, dtype="float32")
+            digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            uids = by_path.get(path, [])
+            width = int(SEGMENT * RATE)
+            expect = 1 if len(audio) <= width else len(window_starts(len(audio), width, width))
+            assert len(uids) == expect, f"{path}: {len(uids)} cached windows, expected {expect}"
+            for uid in uids:
+                record = cache.source(uid)
+                assert record["sha256"] == digest, f"{uid}: cached from an older version of {path}"
+                start = record.get("start", 0)
+                stop = record.get("stop") or len(audio)
+                np.testing.assert_array_equal(cache.read_audio(uid), audio[start:stop])
+                alone = teacher.forward([audio[start:stop]], list(LAYERS))[0]
+                for k in LAYERS:
+                    np.testing.assert_allclose(cache.read(uid, k), alone[k], rtol=2e-3, atol=2e-3)  # float16 storage
+        ids = cache.utterance_ids
+        recording = cache.recording if cache.has_recordings else (lambda u: parent(u))
+        train, held = split_ids(ids, 0.3, recording, fallback=False)
+        assert not set(train) & set(held)
+        for uid in ids:
+            rec = recording(uid)
+            side = uid in held
+            assert self.split.setdefault(rec, side) == side, f"{rec} changed sides of the held-out split as the cache grew"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL and fork semantics of the subprocess rule")
+def test_the_cache_agrees_with_a_model_of_the_corpus():
+    CacheModel.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=True,
+                                            suppress_health_check=list(HealthCheck), database=None)
+    RAN.clear()
+    CacheModel.TestCase().runTest()
+    print(f"stateful model: {dict(RAN)}")
+    assert RAN["extract"] + RAN["extract_killed_then_resumed"] > 0, "no extraction ran: the model checked nothing"
