@@ -13,6 +13,7 @@ import numpy as np
 
 from store.errors import CacheError
 from store.index import consolidate
+from store.layout import plan_path, write_json_atomic
 from store.lock import exclusive
 from store.modes import AUDIO_MODES, TARGET_MODES, fit_and_measure, stats_digest
 from store.reader import Cache
@@ -50,7 +51,11 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
     dst = Cache(create_cache(cache_dir or os.path.dirname(src.path), spec, provenance, src.layout, stats))
     with exclusive(dst.path):
         dst.refresh()
-        for part, ids in src.ids_by_part().items():  # the source's part names: same utterances, same name
+        parts = src.ids_by_part()
+        # what this conversion will commit, before it commits any: a killed conversion is unfinished, never complete
+        write_json_atomic(plan_path(dst.path), {"parts": [{"name": p, "utterances": len(ids)} for p, ids in parts.items()],
+                                                "skipped": list(src._plan().get("skipped", []))})
+        for part, ids in parts.items():  # the source's part names: same utterances, same name
             if part not in dst.part_dirs:
                 _convert_part(src, dst, part, ids, stats, audio)
             if progress:

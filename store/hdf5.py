@@ -17,7 +17,7 @@ import numpy as np
 from store import fs
 from store.errors import CacheError
 from store.index import consolidate
-from store.layout import Layout, layer_key, part_name
+from store.layout import Layout, layer_key, part_name, plan_path, write_json_atomic
 from store.lock import exclusive
 from store.modes import STORABLE_MAX, TARGET_MODES, stats_from_json
 from store.reader import Cache, default_cache_dir, read_meta
@@ -200,6 +200,11 @@ def _write(f, cache: Cache, names: list[str], samples: dict[str, int], records: 
             group, frames = [], 0
     if group:
         groups.append(group)
+    # what this import will commit, before any of it (beside what an earlier unfinished extraction still has pending):
+    # a killed import leaves a cache that says it is unfinished
+    earlier = [p for p in cache._plan().get("parts", []) if isinstance(p, dict) and p.get("name") not in cache.part_dirs]
+    planned = [{"name": part_name([_unescape(n) for n in g]), "utterances": len(g)} for g in groups]
+    write_json_atomic(plan_path(cache.path), {"parts": earlier + planned, "skipped": list(cache._plan().get("skipped", []))})
     for group in groups:
         writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],
                             cache.layout, cache.stats, cache.audio_mode, corpus_of[group[0]])

@@ -336,10 +336,13 @@ class Cache:
         return list(self._plan().get("skipped", [])) + [s for s in self._skipped_in_parts if s.get("uid") not in self._where]
 
     def pending(self) -> dict:
-        """What the last extraction planned and has not committed: {'parts': n, 'utterances': n} (0s when complete)."""
+        """What the last extraction planned and has not committed: {'parts': n, 'utterances': n} (0s when complete);
+        'unknown' is True when no readable plan.json says what was planned (lost, damaged): nothing claims completeness."""
         plan = self._plan()
+        if "parts" not in plan:
+            return {"parts": len(self.damaged), "utterances": 0, "unknown": bool(self.parts or self.damaged)}
         todo = [p for p in plan.get("parts", []) if isinstance(p, dict) and p.get("name") not in self.part_dirs]
-        return {"parts": len(todo) + len(self.damaged), "utterances": sum(int(p.get("utterances", 0)) for p in todo)}
+        return {"parts": len(todo) + len(self.damaged), "utterances": sum(int(p.get("utterances", 0)) for p in todo), "unknown": False}
 
     def __repr__(self) -> str:
         return f"Cache({self.fingerprint}, layers={self.layers}, utterances={len(self)}, path={self.path!r})"

@@ -172,3 +172,35 @@ def test_a_file_rewritten_with_the_same_size_and_mtime_is_re_extracted(tmp_path,
     import numpy as np
 
     np.testing.assert_array_equal(cache.read_audio(uid), sf.read(path, dtype="float32")[0])
+
+
+def test_a_lost_plan_or_a_killed_conversion_never_claims_complete(tmp_path, tiny_teacher, monkeypatch):
+    from store import convert as convert_mod
+    from train.sources import check_complete
+
+    corpus = build_corpus(str(tmp_path / "c"), n=6)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    check_complete(open_cache(s.path), allow_partial=False)  # complete: fine
+    os.remove(f"{s.path}/plan.json")
+    with pytest.raises(Exception, match="plan.json is missing"):
+        check_complete(open_cache(s.path), allow_partial=False)
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))  # re-running writes it again, nothing redone
+    check_complete(open_cache(s.path), allow_partial=False)
+
+    calls = {"n": 0}
+    real = convert_mod._convert_part
+
+    def dies_on_the_second(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # a killed conversion
+        return real(*a, **kw)
+
+    monkeypatch.setattr(convert_mod, "_convert_part", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        convert_mod.convert_cache(s.path, "bfloat16", cache_dir=str(tmp_path / "k"))
+    (derived,) = [c for c in glob.glob(f"{tmp_path}/k/*") if c != s.path]
+    pending = open_cache(derived).pending()
+    assert pending["parts"] >= 1 and not pending["unknown"]
+    with pytest.raises(Exception, match="is unfinished"):
+        check_complete(open_cache(derived), allow_partial=False)

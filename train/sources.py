@@ -75,6 +75,13 @@ def check_complete(cache: Cache, allow_partial: bool) -> None:
 
     pending = cache.pending()
     running = is_locked(cache.path)
+    if pending.get("unknown") and not running:
+        line = f"{cache.path}: its plan.json is missing or unreadable, so nothing says the extraction finished"
+        if not allow_partial:
+            raise SpecMismatchError(f"{line}; re-run the extract-features (or convert/import) that wrote it (committed parts "
+                                    "are kept), or pass --allow-partial")
+        print(f"warning: {line}; training on the committed utterances (--allow-partial)", file=sys.stderr)
+        return
     if not (pending["parts"] or running):
         return
     planned = len(cache) + pending["utterances"]
