@@ -140,7 +140,7 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         cache = Cache(path)
         remove_orphans(cache)
         sources = cache.sources()
-        retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path))
+        retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path), bad=bad)
         cache.refresh()
         sources = {u: r for u, r in sources.items() if u in cache}
         pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources, corpus_input)
@@ -168,11 +168,13 @@ def remove_orphans(cache: Cache) -> None:
             fs.rmtree(part_path(cache.path, d))
 
 
-def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool) -> None:
+def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool, bad: list | None = None) -> None:
     """Uncommit parts that are damaged (missing files, metadata unlike the spec; with --repair also every crc32c)
     or whose source files changed, saying so, so that this run re-extracts them."""
     damaged = damaged_parts(cache, full=full) if check else {p: [why] for p, why in cache.damaged.items()}
-    in_corpus = {u.uid for u in utts}
+    # a cached file of this corpus that is now bad input (rewritten into garbage) changed too: its stale targets go
+    bad_paths = {b.path for b in bad or []}
+    in_corpus = {u.uid for u in utts} | {uid for uid, r in sources.items() if r and r.get("path") in bad_paths}
     changed: dict[str, list[str]] = {}
     for uid in sorted(in_corpus & set(sources)):  # a file shared by many segments is hashed once (file_sha256's memo)
         why = source_changed(sources[uid])

@@ -36,6 +36,10 @@ def check(seconds: float, overlap: float, rate: int, min_samples: int) -> None:
 
 def segment(utts: list[Utterance], seconds: float, overlap: float = 0.0) -> list[Utterance]:
     """Every utterance longer than `seconds`, cut into windows; the rest unchanged."""
+    lookalikes = [u.uid for u in utts if WINDOW_ID.match(u.uid)]
+    if lookalikes:  # 'a@0-24000' from the corpus and the same id cut from 'a' would be one id for two windows
+        raise ExtractError(f"id '{lookalikes[0]}' ({len(lookalikes)} such) has the form of a window id (ID@START-STOP) that "
+                           "--segment-seconds makes; rename those files or entries, or extract without --segment-seconds")
     out = []
     for u in utts:
         width = to_samples(seconds, u.sample_rate)

@@ -57,6 +57,8 @@ def export_hdf5(path: str, out: str) -> int:
             for k, v in sorted((cache.stats or {}).items()):  # a codebook mode's codebooks travel as datasets
                 if "codebooks" in v:
                     f[f"codebooks/{layer_key(k)}"] = v["codebooks"]
+            for group in [layer_key(k) for k in cache.layers] + (["audio"] if cache.audio_mode != "none" else []):
+                f.require_group(group)  # even when empty: a cache whose every file was skipped exports and imports too
             for uid in cache.utterance_ids:
                 for layer in cache.layers:  # float modes as stored (bfloat16 as uint16 bits); int8/int4 decoded to float32
                     x = cache.read(uid, layer)

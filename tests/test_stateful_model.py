@@ -1,9 +1,9 @@
 """A randomized model test (issue 19): hypothesis drives the real commands on a tiny teacher and small audio, and after
 every step checks what must always hold, whatever happened before.
 
-Rules: add, rewrite in place (same size and mtime kept, as `cp -p` does), truncate into garbage and delete files
-(long ones become --segment-seconds windows); extract; extract killed with SIGKILL at a random moment, then resumed;
-export to HDF5 and import. Invariants after each extraction: every current file is either cached, window by window,
+Rules: a few changes to the corpus (add, rewrite in place keeping size and mtime as `cp -p` does, truncate into garbage,
+delete; long files become --segment-seconds windows), then an extraction, or one killed with SIGKILL at a random
+moment and resumed; export to HDF5 and import. Invariants after each extraction: every current file is either cached, window by window,
 with the audio the file holds now and targets equal to the teacher run alone on that audio (float16 storage), or
 listed as skipped; no id twice; verify clean; the held-out split is a function of the recording, unchanged by growth.
 
@@ -38,7 +38,7 @@ from tests.conftest import build_tiny_teacher
 from train.data import split_ids
 
 EXAMPLES = int(os.environ.get("DISTILCACHE_STRESS_EXAMPLES", "3"))
-STEPS = int(os.environ.get("DISTILCACHE_STRESS_STEPS", "7"))
+STEPS = int(os.environ.get("DISTILCACHE_STRESS_STEPS", "5"))
 RATE, SEGMENT = 16000, 1.0  # windows of one second: files longer than that are cut
 LAYERS = (1, 3)
 _TEACHER: dict = {}
@@ -80,57 +80,59 @@ class CacheModel(RuleBasedStateMachine):
         return ExtractConfig(_teacher_dir(), self.corpus, layers=LAYERS, cache_dir=self.caches, part_seconds=1.5,
                              segment_seconds=SEGMENT, on_error="skip", progress=False)
 
-    # ---- what a user does to the corpus ----------------------------------------------------------------------
-    @rule(seconds=st.sampled_from([0.3, 0.8, 1.0, 1.7, 2.6]), speaker=st.integers(0, 1))
-    def add_file(self, seconds, speaker):
-        RAN["add_file"] += 1
-        self.counter += 1
-        path = os.path.join(self.corpus, f"spk{speaker}", f"utt{self.counter:03d}.wav")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        sf.write(path, _sound(self.counter, seconds), RATE, subtype="PCM_16")
-        self.files[path] = True
-
-    @precondition(lambda self: any(self.files.values()))
-    @rule(pick=st.integers(0, 1000), seed=st.integers(0, 10_000))
-    def rewrite_in_place_keeping_size_and_mtime(self, pick, seed):
-        RAN["rewrite_in_place_keeping_size_and_mtime"] += 1
-        path = sorted(p for p, ok in self.files.items() if ok)[pick % sum(self.files.values())]
-        st_before = os.stat(path)
-        data, _ = sf.read(path, dtype="float32")
-        sf.write(path, _sound(seed + 7919, len(data) / RATE)[: len(data)], RATE, subtype="PCM_16")
-        os.utime(path, ns=(st_before.st_atime_ns, st_before.st_mtime_ns))  # cp -p / rsync -a: the stat looks unchanged
-        assert os.stat(path).st_size == st_before.st_size
-
-    @precondition(lambda self: self.files)
-    @rule(pick=st.integers(0, 1000))
-    def truncate_into_garbage(self, pick):
-        RAN["truncate_into_garbage"] += 1
-        path = sorted(self.files)[pick % len(self.files)]
-        with open(path, "r+b") as f:
-            f.truncate(30)  # a header cut short: not decodable
-        self.files[path] = False
-
-    @precondition(lambda self: self.files)
-    @rule(pick=st.integers(0, 1000))
-    def delete_file(self, pick):
-        RAN["delete_file"] += 1
-        path = sorted(self.files)[pick % len(self.files)]
-        os.remove(path)
-        del self.files[path]
-
-    # ---- the commands ------------------------------------------------------------------------------------------
-    @precondition(lambda self: self.files)
-    @rule()
-    def extract(self):
-        RAN["extract"] += 1
-        extract_features(self._config())
+    # ---- what a user does to the corpus, then an extraction (killed or not): every step checks the cache --------
+    @rule(changes=st.lists(st.tuples(st.sampled_from(["add", "add", "rewrite", "truncate", "delete"]), st.integers(0, 10_000)),
+                           min_size=1, max_size=4),
+          kill_after=st.none() | st.floats(0.2, 4.0))
+    def change_the_corpus_then_extract(self, changes, kill_after):
+        for what, n in changes:
+            getattr(self, f"_{what}")(n)
+            RAN[what] += 1
+        if not self.files:
+            return
+        if kill_after is None:
+            extract_features(self._config())
+            RAN["extract"] += 1
+        else:
+            self._killed(kill_after)
+            extract_features(self._config())  # resumes: completes whatever the killed run left
+            RAN["extract_killed_then_resumed"] += 1
         self.extracted = True
         self._check()
 
-    @precondition(lambda self: self.files)
-    @rule(delay=st.floats(0.2, 4.0))
-    def extract_killed_then_resumed(self, delay):
-        RAN["extract_killed_then_resumed"] += 1
+    def _add(self, n: int) -> None:
+        self.counter += 1
+        path = os.path.join(self.corpus, f"spk{n % 2}", f"utt{self.counter:03d}.wav")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        sf.write(path, _sound(self.counter, [0.3, 0.8, 1.0, 1.7, 2.6][n % 5]), RATE, subtype="PCM_16")
+        self.files[path] = True
+
+    def _rewrite(self, n: int) -> None:
+        """Other audio of the same length, size and mtime kept, as `cp -p` and `rsync -a` leave a file."""
+        valid = sorted(p for p, ok in self.files.items() if ok)
+        if not valid:
+            return
+        path = valid[n % len(valid)]
+        before = os.stat(path)
+        data, _ = sf.read(path, dtype="float32")
+        sf.write(path, _sound(n + 7919, len(data) / RATE + 0.01)[: len(data)], RATE, subtype="PCM_16")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(path).st_size == before.st_size
+
+    def _truncate(self, n: int) -> None:
+        if self.files:
+            path = sorted(self.files)[n % len(self.files)]
+            with open(path, "r+b") as f:
+                f.truncate(30)  # a header cut short: not decodable
+            self.files[path] = False
+
+    def _delete(self, n: int) -> None:
+        if self.files:
+            path = sorted(self.files)[n % len(self.files)]
+            os.remove(path)
+            del self.files[path]
+
+    def _killed(self, delay: float) -> None:
         cfg = self._config()
         cli = os.path.join(os.path.dirname(sys.executable), "extract-features")
         proc = subprocess.Popen([cli, "--teacher", cfg.teacher, "--corpus", cfg.corpus, "--layers", "1,3", "--cache-dir", cfg.cache_dir,
@@ -140,9 +142,6 @@ class CacheModel(RuleBasedStateMachine):
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
         assert b"Traceback" not in err, err.decode()[-2000:]
-        extract_features(cfg)  # resumes: completes whatever the killed run left
-        self.extracted = True
-        self._check()
 
     @precondition(lambda self: self.extracted)
     @rule()

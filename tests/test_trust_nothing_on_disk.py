@@ -204,3 +204,15 @@ def test_a_lost_plan_or_a_killed_conversion_never_claims_complete(tmp_path, tiny
     assert pending["parts"] >= 1 and not pending["unknown"]
     with pytest.raises(Exception, match="is unfinished"):
         check_complete(open_cache(derived), allow_partial=False)
+
+
+def test_a_cached_file_rewritten_into_garbage_loses_its_stale_targets_and_is_skipped(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k", on_error="skip"))
+    path = sorted(glob.glob(f"{corpus}/spk0/*.wav"))[0]
+    uid = next(u for u in open_cache(s.path).utterance_ids if open_cache(s.path).source(u)["path"] == path)
+    with open(path, "r+b") as f:
+        f.truncate(30)
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k", on_error="skip"))
+    cache = open_cache(s.path)
+    assert uid not in cache and path in {x["path"] for x in cache.skipped} and len(cache) == 2

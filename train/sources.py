@@ -189,7 +189,11 @@ def load_sources(cfg: TrainConfig) -> Sources:
                                      fallback=not cfg.follow)
     pre = cache.spec["preprocessing"]
     judge = eval_cache(cfg, cache, layers) if cfg.eval_cache else cache
+    held = len(valid_ids)
     valid_ids = [u for u in valid_ids if u in judge]
+    if cfg.eval_cache and held and not valid_ids:
+        raise SpecMismatchError(f"--eval-cache {cfg.eval_cache}: holds none of the {held} held-out utterances of {cache.path}; "
+                                "give the cache extracted from the same corpus, or leave --eval-cache out")
     return Sources(cache.spec["teacher"]["config"], layers, pre["sample_rate"], pre["normalize"],
                    CachedCrops(cache, train_ids, layers, cfg.max_crop_samples, cfg.seed),
                    CachedCrops(judge, valid_ids, layers, cfg.max_crop_samples, cfg.seed, random_crop=False, ship_stored=False)

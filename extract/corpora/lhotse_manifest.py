@@ -50,6 +50,19 @@ def _one(corpus: str, pattern: str) -> str | None:
     return hits[0] if hits else None
 
 
+def _orphan_supervisions(corpus: str) -> list[BadFile]:
+    """Supervisions whose recording is not in the recordings manifest: lhotse drops them silently; they are bad input."""
+    if not os.path.isdir(corpus):
+        return []
+    lhotse = _lhotse(corpus)
+    recs, sups = _one(corpus, "*recordings*.jsonl*"), _one(corpus, "*supervisions*.jsonl*")
+    if not sups or not recs:
+        return []
+    known = set(_load(lhotse, recs).ids)
+    return [BadFile(f"{sups} supervision '{s.id}'", f"its recording '{s.recording_id}' is not in {os.path.basename(recs)}")
+            for s in _load(lhotse, sups) if s.recording_id not in known]
+
+
 def cuts_of(corpus: str):
     lhotse = _lhotse(corpus)
     if os.path.isdir(corpus):
@@ -93,7 +106,7 @@ def _entry(corpus: str, cut) -> Entry | BadFile:
 def read(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
     root = os.path.abspath(corpus if os.path.isdir(corpus) else os.path.dirname(corpus) or ".")
     try:
-        results = [_entry(corpus, cut) for cut in cuts_of(corpus)]
+        results = [_entry(corpus, cut) for cut in cuts_of(corpus)] + _orphan_supervisions(corpus)
     except ExtractError:
         raise
     except Exception as e:  # noqa: BLE001 - a malformed manifest line surfaces while iterating

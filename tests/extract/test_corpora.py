@@ -288,3 +288,24 @@ def test_finding_a_cache_by_teacher_never_picks_between_segmented_and_whole_sile
     with pytest.raises(SpecMismatchError, match="segmented differently") as e:
         load_sources(cfg)
     assert "--segment-seconds 3" in str(e.value) and "whole utterances" in str(e.value)
+
+
+def test_a_supervision_on_an_unknown_recording_is_reported_and_fails_under_on_error_fail(tmp_path, tiny_teacher):
+    pytest.importorskip("lhotse")
+    from lhotse import SupervisionSegment, SupervisionSet
+
+    recs = _recordings(tmp_path)
+    _, d = _lhotse_manifests(tmp_path, recs)
+    segs = [SupervisionSegment(u, r, a, b - a, channel=0) for u, r, a, b in SEGMENTS] + [SupervisionSegment("ghost-a", "ghost", 0, 1)]
+    SupervisionSet.from_segments(segs).to_file(d / "supervisions.jsonl.gz")
+    with pytest.raises(ExtractError, match="supervision 'ghost-a'.*recording 'ghost' is not in recordings"):
+        _extract(tiny_teacher, d, tmp_path / "k")
+    s = _extract(tiny_teacher, d, tmp_path / "k2", on_error="skip")
+    assert any("ghost-a" in x["path"] for x in open_cache(s.path).skipped) and len(open_cache(s.path)) == 3
+
+
+def test_an_id_shaped_like_a_window_id_is_refused_under_segments(tmp_path, tiny_teacher):
+    write_wav(str(tmp_path / "c/a.wav"), 3.0, seed=1)
+    write_wav(str(tmp_path / "c/a@0-16000.wav"), 1.0, seed=2)
+    with pytest.raises(ExtractError, match="'a@0-16000'.*has the form of a window id"):
+        _extract(tiny_teacher, tmp_path / "c", tmp_path / "k", segment_seconds=1.0)

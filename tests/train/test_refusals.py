@@ -16,18 +16,34 @@ def _cfg(cached, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [3, 4])
 def test_a_huge_lr_stops_the_run_and_exports_nothing(cached, tmp_path, steps):
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="not finite|the loss is|the gradient is"):
-        train(_cfg(cached, out, lr=1e308, steps=steps, warmup_fraction=0.0))
+        train(_cfg(cached, out, lr=1e6, steps=steps, warmup_fraction=0.0))
     assert not os.path.exists(out / "student") and not os.path.exists(out / "eval.json")
     assert not [n for n in os.listdir(out) if ".tmp-" in n]
 
 
 def test_the_cli_says_so_in_one_line_and_exits_non_zero(cached, tmp_path):
     r = CliRunner().invoke(train_cli, ["--cache", cached["path"], "--out", str(tmp_path / "r"), "--steps", "2", "--batch-size", "3",
-                                       "--max-crop-samples", "16000", "--num-workers", "0", "--lr", "1e308", "--quiet"])
+                                       "--max-crop-samples", "16000", "--num-workers", "0", "--lr", "1e6", "--quiet"])
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert [line for line in r.output.splitlines() if line.startswith("error:")] and len(r.output.strip().splitlines()) <= 3
     assert not os.path.exists(tmp_path / "r" / "student")
+
+
+def test_an_eval_cache_holding_none_of_the_held_out_utterances_is_one_line(cached, tmp_path):
+    from extract import ExtractConfig, extract_features
+    from store import SpecMismatchError
+    from tests.conftest import build_corpus
+
+    other = build_corpus(str(tmp_path / "other"), n=3, seed=9)
+    for name in os.listdir(os.path.join(other, "spk0")):  # other ids than the training cache's
+        os.rename(os.path.join(other, "spk0", name), os.path.join(other, "spk0", "x" + name))
+    for name in os.listdir(os.path.join(other, "spk1")):
+        os.rename(os.path.join(other, "spk1", name), os.path.join(other, "spk1", "x" + name))
+    judge = extract_features(ExtractConfig(cached["teacher"], other, layers=(1, 3), cache_dir=str(tmp_path / "k"),
+                                           storage_dtype="float32", progress=False))
+    with pytest.raises(SpecMismatchError, match="holds none of the .* held-out utterances"):
+        train(_cfg(cached, tmp_path / "r", lr=2e-4, eval_cache=judge.path))
