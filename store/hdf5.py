@@ -15,12 +15,12 @@ import json
 import numpy as np
 
 from store import fs
-from store.errors import CacheError
+from store.errors import CacheError, SpecMismatchError
 from store.index import consolidate
 from store.layout import Layout, layer_key, part_name, plan_path, write_json_atomic
 from store.lock import exclusive
 from store.modes import STORABLE_MAX, TARGET_MODES, stats_from_json
-from store.reader import Cache, default_cache_dir, read_meta
+from store.reader import Cache, check_format, default_cache_dir, read_meta
 from store.spec import validate_spec
 from store.writer import PartWriter, create_cache
 
@@ -76,6 +76,9 @@ def export_hdf5(path: str, out: str) -> int:
 def _read_meta(f, src: str) -> dict:
     try:
         meta = json.loads(f.attrs["distilcache"])
+        if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict) or not isinstance(meta.get("layout"), dict):
+            raise TypeError("spec and layout must be objects")
+        check_format(src, meta["spec"].get("format_version"))  # one line for a file from a newer (or older) format
         spec = validate_spec(meta["spec"])
         if not {"window", "hop"} <= set(spec.get("frame", {})):
             raise ValueError("spec has no frame window/hop")
@@ -85,7 +88,7 @@ def _read_meta(f, src: str) -> dict:
             raise TypeError("provenance is not an object")
     except KeyError:
         raise ImportError_(f"{src}: no 'distilcache' attribute with spec and layout; not an export of feature-cache") from None
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, SpecMismatchError) as e:
         raise ImportError_(f"{src}: its 'distilcache' attribute is not a valid export header ({str(e)[:120]})") from None
     stats = stats_from_json(meta.get("stats"))
     for k in stats if spec["storage_dtype"] == "pq" and stats else []:
@@ -95,6 +98,7 @@ def _read_meta(f, src: str) -> dict:
     return {"spec": spec, "layout": layout, "provenance": provenance, "stats": stats}
 
 
+MAX_HOURS = 4  # per utterance; extraction cuts anything longer (--max-seconds, --segment-seconds)
 _SOURCE_FIELDS = {"path": str, "size": int, "mtime_ns": int, "sha256": str}
 
 
@@ -140,6 +144,9 @@ def _utterances(f, src: str, spec: dict, records: dict[str, dict]) -> dict[str, 
             if not isinstance(n, int) or n < window:
                 raise ImportError_(f"{src}: no sample count for '{_unescape(name)}' in its records (an --audio none export needs them)")
             samples[name] = n
+        if samples[name] > MAX_HOURS * 3600 * spec["preprocessing"]["sample_rate"]:  # a hostile shape would exhaust memory
+            raise ImportError_(f"{src}: '{_unescape(name)}' declares {samples[name]} samples, more than {MAX_HOURS} hours; "
+                               "not an export of feature-cache")
         frames = (samples[name] - window) // hop + 1
         for g in groups[1 if audio_kept else 0:]:
             x = f[g].get(name)

@@ -37,6 +37,10 @@ class Layout:
     codec: str = "blosc-zstd"  # byte-shuffle + zstd with whole-chunk blocks; "zstd" or "none"
 
     def __post_init__(self) -> None:
+        for name in ("chunk_frames", "shard_frames", "hop"):  # read back from disk too: a hostile header is one line
+            value = getattr(self, name)
+            if type(value) is not int or not 0 < value <= 1 << 24:
+                raise ValueError(f"layout {name} must be a positive whole number (at most {1 << 24}), got {value!r}")
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
         if self.shard_frames % self.chunk_frames:

@@ -56,6 +56,16 @@ def validate_spec(spec: dict) -> dict:
         raise SpecMismatchError(f"layers must be distinct non-negative integers, got {layers}")
     from store.modes import AUDIO_MODES, TARGET_MODES
 
+    if type(spec["dim"]) is not int or not 0 < spec["dim"] <= 1 << 16:
+        raise SpecMismatchError(f"dim must be a positive whole number (at most {1 << 16}), got {spec['dim']!r}")
+    pre, frame = spec["preprocessing"], spec.get("frame", {"window": 400, "hop": 320})
+    rate = pre.get("sample_rate") if isinstance(pre, dict) else None
+    if type(rate) is not int or not 0 < rate <= 1_000_000:
+        raise SpecMismatchError(f"preprocessing.sample_rate must be a positive whole number of Hz, got {rate!r}")
+    if not isinstance(frame, dict) or any(type(frame.get(k)) is not int or not 0 < frame.get(k) <= 1 << 20 for k in ("window", "hop")):
+        raise SpecMismatchError(f"frame window and hop must be positive whole numbers of samples, got {frame!r}")
+    if type(spec["format_version"]) is not int:
+        raise SpecMismatchError(f"format_version must be a whole number, got {spec['format_version']!r}")
     if spec["compute_dtype"] not in DTYPES:
         raise SpecMismatchError(f"compute_dtype must be one of {', '.join(DTYPES)}, got {spec['compute_dtype']!r}")
     if spec["storage_dtype"] not in TARGET_MODES:

@@ -216,3 +216,37 @@ def test_a_cached_file_rewritten_into_garbage_loses_its_stale_targets_and_is_ski
     extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k", on_error="skip"))
     cache = open_cache(s.path)
     assert uid not in cache and path in {x["path"] for x in cache.skipped} and len(cache) == 2
+
+
+@pytest.mark.parametrize("edit,shown", [
+    (lambda m: m["layout"].update(chunk_frames=0), "chunk_frames"),
+    (lambda m: m["layout"].update(shard_frames=-64), "shard_frames"),
+    (lambda m: m["layout"].update(hop=0), "hop"),
+    (lambda m: m["spec"]["frame"].update(hop=0), "frame window and hop"),
+    (lambda m: m["spec"]["preprocessing"].update(sample_rate=0), "sample_rate"),
+    (lambda m: m["spec"].update(dim=-3), "dim"),
+    (lambda m: m["spec"].update(format_version=999), "newer than this distilcache"),
+    (lambda m: m.update(layout=[1, 2]), "spec and layout must be objects"),
+    ("huge", "more than 4 hours"),
+])
+def test_hostile_hdf5_headers_are_one_line(small_cache, tmp_path, edit, shown):
+    import h5py
+
+    from store.errors import CacheError
+    from store.hdf5 import export_hdf5, import_hdf5
+
+    cache, _ = small_cache
+    out = str(tmp_path / "x.h5")
+    export_hdf5(cache.path, out)
+    with h5py.File(out, "r+") as f:
+        if edit == "huge":
+            name = sorted(f["audio"])[0]
+            del f["audio"][name]
+            f["audio"].create_dataset(name, shape=(10**12,), dtype="float32")  # declared, never written
+        else:
+            meta = json.loads(f.attrs["distilcache"])
+            edit(meta)
+            f.attrs["distilcache"] = json.dumps(meta)
+    with pytest.raises(CacheError, match=shown) as e:
+        import_hdf5(out, str(tmp_path / "imported"))
+    assert "\n" not in str(e.value)
