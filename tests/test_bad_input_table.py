@@ -165,3 +165,28 @@ def test_manifest_times_that_are_not_finite_seconds_are_bad_entries(world, name,
     r = CliRunner().invoke(extract_cli, [*_extract(world), "--corpus", str(world["root"] / name)])
     assert r.exit_code == 2 and "Traceback" not in r.output + r.stderr
     assert f"segments line 1 (utt1): {shown} is not a finite number of seconds" in r.stderr
+
+
+@pytest.mark.parametrize("edit", ["step", "shape", "student_config", "identity"])
+def test_a_hand_edited_checkpoint_is_one_line(world, edit, tmp_path):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(world["root"] / "run", run)
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)
+    if edit == "step":
+        ckpt["step"] = "two"
+    elif edit == "shape":
+        name = next(iter(ckpt["model"]))
+        ckpt["model"][name] = torch.zeros(3, 3, 3)
+    elif edit == "student_config":
+        ckpt["student_config"]["num_hidden_layers"] = "many"
+    else:
+        ckpt["identity"] = [1, 2]
+    torch.save(ckpt, run / "ckpt.pt")
+    r = CliRunner().invoke(train_cli, [*_train(world), "--out", str(run), "--resume", "--batch-size", "2", "--max-crop-samples", "8000",
+                                       "--valid-fraction", "0.25"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.stderr.count("\n") == 1 and "ckpt.pt" in r.stderr, r.stderr

@@ -52,7 +52,22 @@ def load_checkpoint(run_dir: str) -> dict | None:
                               "start the run over") from None
     if not isinstance(ckpt, dict) or not {"model", "optimizer", "step", "config", "identity"} <= set(ckpt):
         raise CheckpointError(f"{path}: not a checkpoint of this distilcache (keys missing); remove it to start the run over")
+    kinds = {"model": dict, "optimizer": dict, "config": dict, "identity": dict, "student_config": (dict, type(None)),
+             "layers": (list, type(None)), "rng": (dict, type(None))}
+    wrong = [k for k, t in kinds.items() if not isinstance(ckpt.get(k), t)]
+    if wrong or type(ckpt["step"]) is not int or ckpt["step"] < 0:
+        raise CheckpointError(f"{path}: hand-edited or damaged ({', '.join(wrong) or 'step'} is not what train-student writes); "
+                              "restore a copy, or remove it to start the run over")
     return ckpt
+
+
+def restore(path: str, fn, *args) -> None:
+    """Load a checkpoint's part into the live objects; a state of the wrong shape or kind is one line, not a traceback."""
+    try:
+        fn(*args)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path}: does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:120]}); restore a "
+                              "copy, or remove it to start the run over") from None
 
 
 def resume_differences(saved: dict, now: dict) -> list[str]:

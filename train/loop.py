@@ -24,7 +24,16 @@ from torch.utils.data import DataLoader
 from extract.teacher import resolve_device
 from store.lock import exclusive
 from train import distributed, recipe
-from train.checkpoint import RESUMABLE_CHANGES, load_checkpoint, resume_differences, rng_state, save_checkpoint, set_rng_state
+from train.checkpoint import (
+    RESUMABLE_CHANGES,
+    CheckpointError,
+    load_checkpoint,
+    restore,
+    resume_differences,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from train.config import ConfigError, TrainConfig, TrainingDiverged
 from train.data import BucketBatches, CachedCrops, collate
 from train.decode import DeviceDecoder
@@ -110,8 +119,14 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     # teacher config cannot reshape it
     design = resolve_design(cfg.preset, cfg.student_layers, cfg.student_width, cfg.student_heads, cfg.student_ffn, cfg.match,
                             src.teacher_config)
-    model = build_student(design, src.teacher_config, len(layers), cfg.dropout, cfg.feature_grad_mult,
-                          ckpt["student_config"] if ckpt else None)
+    try:
+        model = build_student(design, src.teacher_config, len(layers), cfg.dropout, cfg.feature_grad_mult,
+                              ckpt["student_config"] if ckpt else None)
+    except Exception as e:  # noqa: BLE001 - transformers validates configs with many error types (strict dataclasses)
+        if not ckpt:
+            raise
+        raise CheckpointError(f"{os.path.join(cfg.out, 'ckpt.pt')}: its student_config does not build a student ({type(e).__name__}); "
+                              "restore a copy, or remove it to start the run over") from None
     model_config = model.encoder.config
     init = {"copied": [], "random": list(weight_groups(model.encoder))}
     if cfg.init == "teacher" and not ckpt:
@@ -137,13 +152,14 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = 0
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        where = os.path.join(cfg.out, "ckpt.pt")
+        restore(where, model.load_state_dict, ckpt["model"])
+        restore(where, optimizer.load_state_dict, ckpt["optimizer"])
         if s3prl:  # its groups hold the base lr (the optimizer schedules itself); an older checkpoint saved the scheduled one
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        restore(where, scaler.load_state_dict, ckpt.get("scaler") or {})
+        restore(where, set_rng_state, ckpt.get("rng") or {})
         step = ckpt["step"]
     if ranks.main:  # resolved config.json and run.json: what this run trains on, said again after the first step
         notes.insert(0, first_line(write_run_dir_records(cfg, src, layers, design)))
