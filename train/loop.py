@@ -87,11 +87,18 @@ def train(cfg: TrainConfig) -> dict:
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ConfigError(f"--out {cfg.out}: is a file; give a directory for the run")
     ranks, device = distributed.init(resolve_device(cfg.device))  # torchrun: one process per device
-    if not ranks.main:
-        return _train(cfg, ranks, device)
-    os.makedirs(cfg.out, exist_ok=True)
-    with exclusive(cfg.out, "another train-student is using this run dir; wait for it, or choose another --out"):
-        return _train(cfg, ranks, device)
+    try:
+        if not ranks.main:
+            return _train(cfg, ranks, device)
+        os.makedirs(cfg.out, exist_ok=True)
+        with exclusive(cfg.out, "another train-student is using this run dir; wait for it, or choose another --out"):
+            return _train(cfg, ranks, device)
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        # torch's message for a worker killed by a signal (the OOM killer, a kill -9): the run dir keeps its checkpoint
+        raise ConfigError(f"{cfg.out}: a data loader worker died ({str(e).splitlines()[0][:120]}); out of memory? lower "
+                          "--num-workers, then continue with --resume") from None
 
 
 def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> dict:

@@ -47,3 +47,23 @@ def test_an_eval_cache_holding_none_of_the_held_out_utterances_is_one_line(cache
                                            storage_dtype="float32", progress=False))
     with pytest.raises(SpecMismatchError, match="holds none of the .* held-out utterances"):
         train(_cfg(cached, tmp_path / "r", lr=2e-4, eval_cache=judge.path))
+
+
+def test_a_killed_data_loader_worker_is_one_line(cached, tmp_path, monkeypatch):
+    import signal
+
+    import torch.utils.data
+
+    from train.config import ConfigError
+    from train.data import CachedCrops
+
+    real = CachedCrops.__getitem__
+
+    def dies_in_a_worker(self, key):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+        return real(self, key)
+
+    monkeypatch.setattr(CachedCrops, "__getitem__", dies_in_a_worker)
+    with pytest.raises(ConfigError, match="a data loader worker died.*--resume"):
+        train(_cfg(cached, tmp_path / "r", lr=2e-4, num_workers=1))
