@@ -70,7 +70,7 @@ class ExtractConfig:
                             ("--segment-overlap", self.segment_overlap)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_SECONDS):
                 raise ExtractError(f"{flag} {value}: give a finite number of seconds between 0 and {MAX_SECONDS:g}")
-        if self.segment_seconds and self.segment_seconds - self.segment_overlap < MIN_SEGMENT_STEP:
+        if self.segment_seconds and 0 < self.segment_overlap < self.segment_seconds < self.segment_overlap + MIN_SEGMENT_STEP:
             raise ExtractError(f"--segment-seconds {self.segment_seconds:g} --segment-overlap {self.segment_overlap:g}: windows must "
                                f"step by at least {MIN_SEGMENT_STEP:g} s (one frame); lower --segment-overlap")
         if not isinstance(self.workers, int) or not 0 <= self.workers <= 4096:
