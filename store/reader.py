@@ -147,7 +147,10 @@ class Cache:
     def _counts_agree(self, marker: dict) -> bool:
         """Each utterance's frames are what the teacher's convs give its samples: a hand-shuffled frame list (sum kept)
         would otherwise send every read to another utterance's rows."""
-        window, hop = self.spec["frame"]["window"], self.spec["frame"]["hop"]
+        frame = self.spec.get("frame") or {}
+        window, hop = frame.get("window"), frame.get("hop")
+        if not (isinstance(window, int) and isinstance(hop, int) and hop > 0):
+            return True  # a spec without a frame rule (validate_spec refuses that for new caches): nothing to compare with
         return all(nf == (max(0, (ns - window) // hop + 1) if ns >= window else 0)
                    for nf, ns in zip(marker["frames"], marker["samples"], strict=True))
 
