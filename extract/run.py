@@ -143,6 +143,11 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path), bad=bad)
         cache.refresh()
         sources = {u: r for u, r in sources.items() if u in cache}
+        unsourced = [u.uid for u in utts if u.uid in cache and u.uid not in sources]
+        if unsourced:  # an import without source records: nothing to compare the files with, so say so
+            print(f"{cache.path}: {len(unsourced)} cached utterance(s) of this corpus have no source-file record (imported "
+                  f"without one; first: {unsourced[0]}): they are kept as they are, their files never checked for changes; "
+                  "`feature-cache rm` the cache to re-extract them", file=sys.stderr)
         pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources, corpus_input)
         if pending:
             run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local

@@ -148,6 +148,7 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
     spec = d.pop("spec")
     skipped = d.pop("skipped")
     fid = d.pop("fidelity") or {}
+    stored = d.pop("stored_error") or {}
     corpora = d.pop("corpora")
     clipped = d.pop("audio_clipped")
     for key, value in d.items():
@@ -157,6 +158,13 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
     for layer, m in fid.get("layers", {}).items():  # lossy modes: the error measured when the cache was made
         click.echo(f"{'error layer ' + layer:18} rel L2 mean {m['rel_l2_mean']:.4f} worst {m['rel_l2_worst']:.4f}, "
                    f"cos mean {m['cos_mean']:.5f} min {m['cos_min']:.5f}, L1 {m['l1']:.4g} ({where})")
+    against = fid.get("against", "the teacher's targets")
+    every = (f"on all {stored.get('parts')} parts, against {against}" if stored.get("parts") == stored.get("of_parts")
+             else f"on {stored.get('parts')} of {stored.get('of_parts')} parts, against {against}: the others were imported or written "
+             "before errors were recorded")
+    for layer, m in stored.get("layers", {}).items():  # every stored row: a cache grown past its fitting sample shows it
+        click.echo(f"{'stored layer ' + layer:18} rel L2 mean {m['rel_l2_mean']:.4f} worst {m['rel_l2_worst']:.4f}, "
+                   f"cos mean {m['cos_mean']:.5f} min {m['cos_min']:.5f}, L1 {m['l1']:.4g} ({m['frames']} frames {every})")
     click.echo(f"{'layers':18} {spec['layers']}  dim={spec['dim']}  compute={spec['compute_dtype']}  storage={spec['storage_dtype']}")
     click.echo(f"{'preprocessing':18} {json.dumps(spec['preprocessing'])}")
     click.echo(f"{'teacher digest':18} {spec['teacher'].get('digest')}")

@@ -11,6 +11,7 @@ escaped as %25 and %2F: flat groups, so ids where one is a folder prefix of anot
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 
@@ -173,6 +174,10 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
         records = _records(f, src)
         samples = _utterances(f, src, spec, records)
         names = sorted(samples)
+        unsourced = sum(1 for n in names if not records.get(_unescape(n), {}).get("source"))
+        if unsourced:  # loud: extraction checks a cached utterance's file only through its source record
+            print(f"{src}: {unsourced} of {len(names)} utterances come without a source-file record; extract-features will "
+                  "keep them as they are and never check their files for changes", file=sys.stderr)
         groups = (["audio"] if spec.get("audio", "float32") != "none" else []) + [layer_key(k) for k in spec["layers"]]
         limit = STORABLE_MAX.get(spec["storage_dtype"])
         for name in names:  # values: one pass before writing, so a bad file changes nothing
@@ -216,7 +221,7 @@ def _write(f, cache: Cache, names: list[str], samples: dict[str, int], records: 
     write_json_atomic(plan_path(cache.path), {"parts": earlier + planned, "skipped": list(cache._plan().get("skipped", []))})
     for group in groups:
         writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],
-                            cache.layout, cache.stats, cache.audio_mode, corpus_of[group[0]])
+                            cache.layout, cache.stats, cache.audio_mode, corpus_of[group[0]], measure=False)  # already coded
         for name in group:
             feats = {k: _as_float(f[layer_key(k)][name][()], spec["storage_dtype"]) for k in layers}
             audio = f["audio"][name][()].astype(np.float32) if cache.audio_mode != "none" else None

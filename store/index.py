@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from store import fs
 from store.layout import commit_path, index_path, is_attempt_name, part_path, read_json, sources_path, write_json_atomic
+from store.modes import error_sums_problem
 
 READER_FIELDS = ("part", "dir", "ids", "frames", "samples", "skipped", "total_frames", "total_samples")
-OPTIONAL_FIELDS = ("recordings", "corpus", "audio_clipped")  # uid -> recording (segments only); the part's --corpus input;
-# samples clipped to int16 (int16/flac audio)
+OPTIONAL_FIELDS = ("recordings", "corpus", "audio_clipped", "error")  # uid -> recording (segments only); the part's --corpus
+# input; samples clipped to int16 (int16/flac audio); int8/int4/pq: layer -> error sums of the stored rows (store.modes)
 
 
 def list_markers(cache: str) -> list[str]:
@@ -54,6 +55,8 @@ def marker_problem(part: str, marker) -> str | None:
         return "its skipped or recordings records are malformed"
     if type(marker.get("audio_clipped", 0)) is not int or not isinstance(marker.get("corpus", ""), str):
         return "its audio_clipped or corpus record is malformed"
+    if "error" in marker and (why := error_sums_problem(marker["error"])):
+        return f"its error record is malformed ({why})"
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -309,10 +310,46 @@ def fidelity(mode: str, stats: dict | None, exact: list[np.ndarray]) -> dict:
     """Reconstruction error of `mode` on held-out utterances of one layer: what `feature-cache info` shows."""
     m = TARGET_MODES[mode]
     x = np.concatenate(exact).astype(np.float32)
-    y = m.decode(m.encode(x, stats), stats).astype(np.float32)
-    rel = np.linalg.norm(y - x, axis=1) / np.maximum(np.linalg.norm(x, axis=1), 1e-12)
-    cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
-    logsig = lambda c: np.log1p(np.exp(-c))  # noqa: E731 - -log sigmoid(c)
-    return {"frames": len(x), "rel_l2_mean": float(rel.mean()), "rel_l2_worst": float(rel.max()),
-            "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "l1": float(np.abs(y - x).mean()),
-            "neg_log_sigmoid_cos_gap": float(logsig(cos).mean() - logsig(np.ones(1))[0])}
+    return error_summary(error_sums(x, m.decode(m.encode(x, stats), stats)))
+
+
+ERROR_SUMS = ("frames", "rel_l2_sum", "rel_l2_worst", "cos_sum", "cos_min", "abs_sum", "values", "logsig_sum")
+
+
+def error_sums(x: np.ndarray, y: np.ndarray) -> dict:
+    """Sums of the per-frame error of stored rows `y` against exact rows `x` ([frames, dim]): what the writer records in
+    every part's marker, so the error of a grown cache is that of all its rows, not of the sample its statistics came from."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    nx, ny = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
+    rel = np.linalg.norm(y - x, axis=1) / np.maximum(nx, 1e-12)
+    cos = (x * y).sum(1) / np.maximum(nx * ny, 1e-12)
+    return {"frames": int(len(x)), "rel_l2_sum": float(rel.sum()), "rel_l2_worst": float(rel.max(initial=0.0)),
+            "cos_sum": float(cos.sum()), "cos_min": float(cos.min(initial=1.0)), "abs_sum": float(np.abs(y - x).sum()),
+            "values": int(x.size), "logsig_sum": float(np.log1p(np.exp(-cos.astype(np.float64))).sum())}
+
+
+def merge_error_sums(a: dict | None, b: dict) -> dict:
+    if not a:
+        return dict(b)
+    worst = {"rel_l2_worst": max, "cos_min": min}
+    return {k: worst[k](a[k], b[k]) if k in worst else a[k] + b[k] for k in ERROR_SUMS}
+
+
+def error_sums_problem(error) -> str | None:
+    """Why a marker's recorded error cannot be trusted (read back from disk), or None."""
+    if not isinstance(error, dict):
+        return "not a record of layers"
+    for layer, sums in error.items():
+        if not (str(layer).isdigit() and len(str(layer)) < 6 and isinstance(sums, dict) and set(sums) == set(ERROR_SUMS)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= -1 for v in sums.values())
+                and type(sums["frames"]) is int and type(sums["values"]) is int):
+            return f"layer {str(layer)[:8]}'s sums are malformed"
+    return None
+
+
+def error_summary(sums: dict) -> dict:
+    """The figures `info` shows (the same as fidelity's) from error sums."""
+    n = max(sums["frames"], 1)
+    return {"frames": sums["frames"], "rel_l2_mean": sums["rel_l2_sum"] / n, "rel_l2_worst": sums["rel_l2_worst"],
+            "cos_mean": sums["cos_sum"] / n, "cos_min": sums["cos_min"], "l1": sums["abs_sum"] / max(sums["values"], 1),
+            "neg_log_sigmoid_cos_gap": sums["logsig_sum"] / n - float(np.log1p(np.exp(-1.0)))}

@@ -18,7 +18,7 @@ from store.chunks import ShardedRows, meta_problem
 from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
 from store.index import list_markers, marker_problem, read_index, read_markers
 from store.layout import Layout, layer_key, part_path, plan_path, read_json
-from store.modes import FLAC_DIR, TARGET_MODES, decode_audio, part_arrays, read_flac, stats_from_json
+from store.modes import FLAC_DIR, TARGET_MODES, decode_audio, merge_error_sums, part_arrays, read_flac, stats_from_json
 from store.spec import FORMAT_VERSION
 
 MAX_OPEN_ARRAYS = 64  # per process: ~16 parts' layers and audio
@@ -108,6 +108,8 @@ class Cache:
         self._recordings: dict[str, str] = {}
         self.part_corpus: dict[str, str] = {}  # part -> the --corpus input it came from
         self.audio_clipped = 0
+        self.stored_error: dict[str, dict] = {}  # lossy modes: layer -> error sums over every part that records them
+        self.parts_with_error = 0
         self.total_frames = self.total_samples = 0
         first_corpus = self.provenance.get("corpus_input") or self.provenance.get("corpus") or "?"  # caches before per-part records
         for part in sorted(markers):
@@ -123,6 +125,10 @@ class Cache:
             self.part_dirs[part] = marker["dir"]
             self.part_corpus[part] = marker.get("corpus") if isinstance(marker.get("corpus"), str) else first_corpus
             self.audio_clipped += int(marker.get("audio_clipped") or 0)
+            if marker.get("error"):
+                self.parts_with_error += 1
+                for layer, sums in marker["error"].items():
+                    self.stored_error[layer] = merge_error_sums(self.stored_error.get(layer), sums)
             self._skipped_in_parts.extend(marker.get("skipped", []))
             recordings = marker.get("recordings")
             if isinstance(recordings, dict):

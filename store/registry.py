@@ -8,6 +8,7 @@ import numpy as np
 
 from store import fs
 from store.errors import CacheError, FormatVersionError, NotACacheError
+from store.modes import error_summary
 from store.reader import Cache, default_cache_dir
 from store.spec import differences, fingerprint, validate_spec
 
@@ -75,6 +76,9 @@ def describe(cache: Cache) -> dict:
         "damaged_markers": len(cache.damaged),
         "storage": f"{cache.spec['storage_dtype']} targets ({frame_bytes} B per layer-frame before the codec), {cache.audio_mode} audio",
         "fidelity": cache.provenance.get("fidelity"),
+        "stored_error": {"parts": cache.parts_with_error, "of_parts": len(cache.parts),
+                         "layers": {k: error_summary(v) for k, v in sorted(cache.stored_error.items(), key=lambda kv: int(kv[0]))}}
+        if cache.parts_with_error else None,
         "corpora": cache.corpora(),
         "audio_clipped": cache.audio_clipped,
         "skipped": cache.skipped,

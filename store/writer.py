@@ -24,7 +24,17 @@ from store import fs
 from store.chunks import encode_shard, encoder, shard_file
 from store.errors import NotACacheError, SpecMismatchError, StorageRangeError, WriteError
 from store.layout import Layout, attempt_dir, commit_path, compressors, layer_key, part_path, read_json
-from store.modes import FLAC_DIR, STORABLE_MAX, TARGET_MODES, encode_audio, flac_bytes, part_arrays, stats_to_json
+from store.modes import (
+    FLAC_DIR,
+    STORABLE_MAX,
+    TARGET_MODES,
+    encode_audio,
+    error_sums,
+    flac_bytes,
+    merge_error_sums,
+    part_arrays,
+    stats_to_json,
+)
 from store.spec import FORMAT_VERSION, fingerprint, validate_spec
 
 
@@ -122,7 +132,8 @@ class PartWriter:
     and a part is published at most once (store.fs.publish_json)."""
 
     def __init__(self, cache: str, part: str, layers: list[int], dim: int, storage_dtype: str, layout: Layout,
-                 stats: dict | None = None, audio: str = "float32", corpus: str | None = None):
+                 stats: dict | None = None, audio: str = "float32", corpus: str | None = None, measure: bool = True):
+        self.measure = measure  # False where the values given are not exact (an import of already-coded rows): no error is recorded
         self.cache, self.part, self.layers, self.dim = cache, part, list(layers), dim
         self.corpus = corpus  # the --corpus input every utterance of this part came from (its record in the marker)
         self.storage_dtype, self.layout, self.stats, self.audio = storage_dtype, layout, stats, audio
@@ -131,6 +142,7 @@ class PartWriter:
             raise ValueError(f"storage {storage_dtype} needs per-layer statistics")
         self.index: dict[str, list] = {"ids": [], "frames": [], "samples": [], "sha256": [], "sources": []}
         self.clipped = 0
+        self.error: dict[int, dict] = {}  # lossy modes: layer -> store.modes.error_sums over this part's rows
         self.dir = attempt_dir(part)
         self._path = part_path(cache, self.dir)
         self._guard(self._create)
@@ -177,8 +189,12 @@ class PartWriter:
                 raise StorageRangeError(f"{uid}: layer {layer} holds values that --storage {self.storage_dtype} cannot store "
                                         f"(non-finite, or beyond {limit or 'float32'}); store as float32 or bfloat16")
         for layer, f in feats.items():
-            for suffix, stored in self.mode.encode(f, self.stats[layer] if self.stats else None).items():
+            stats = self.stats[layer] if self.stats else None
+            encoded = self.mode.encode(f, stats)
+            for suffix, stored in encoded.items():
                 self._buffers[layer_key(layer) + suffix].append(stored)
+            if self.mode.needs_stats and self.measure:  # the error of every stored row, not only of the sample the statistics came from
+                self.error[layer] = merge_error_sums(self.error.get(layer), error_sums(f, self.mode.decode(encoded, stats)))
         stored_audio, clipped = encode_audio(audio, self.audio) if audio is not None else (None, 0)
         self.clipped += clipped
         if stored_audio is not None and self.audio != "flac":
@@ -226,6 +242,8 @@ class PartWriter:
             marker["recordings"] = recordings
         if self.corpus:
             marker["corpus"] = self.corpus
+        if self.error:
+            marker["error"] = {str(k): v for k, v in sorted(self.error.items())}
         if not self._guard(self._publish, marker):
             self.abort()  # another attempt committed this part first: its files are the part, ours go
             return read_json(commit_path(self.cache, self.part))

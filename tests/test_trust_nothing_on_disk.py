@@ -250,3 +250,44 @@ def test_hostile_hdf5_headers_are_one_line(small_cache, tmp_path, edit, shown):
     with pytest.raises(CacheError, match=shown) as e:
         import_hdf5(out, str(tmp_path / "imported"))
     assert "\n" not in str(e.value)
+
+
+def test_links_added_to_a_corpus_later_never_cache_a_file_again(tmp_path, tiny_teacher, capfd):
+    corpus = build_corpus(str(tmp_path / "c"), n=4)
+    first = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    ids = sorted(open_cache(first.path).utterance_ids)
+    os.symlink("spk1", f"{corpus}/a_link")  # sorts before its target: os.walk would reach spk1's files through it first
+    os.symlink("../spk0/utt00.wav", f"{corpus}/spk1/again.wav")
+    os.link(f"{corpus}/spk0/utt02.wav", f"{corpus}/spk1/zz_hard.wav")
+    outside = build_corpus(str(tmp_path / "elsewhere"), n=1, seed=5)
+    os.symlink(f"{outside}/spk0", f"{corpus}/more")  # a link to files outside the corpus adds them, once
+    capfd.readouterr()
+    again = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    err = capfd.readouterr().err
+    cache = open_cache(again.path)
+    assert sorted(cache.utterance_ids) == sorted(ids + ["more/utt00"]) and again.parts_done_now == 1
+    assert "2 file(s) are links to files already in the corpus" in err  # again.wav, zz_hard.wav (a_link is walked as spk1)
+
+
+def test_an_import_with_source_records_for_only_some_utterances_says_what_is_unchecked(tmp_path, tiny_teacher, capfd):
+    import h5py
+    import numpy as np
+
+    from store.hdf5 import export_hdf5, import_hdf5
+
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    out = str(tmp_path / "x.h5")
+    export_hdf5(s.path, out)
+    with h5py.File(out, "r+") as f:
+        records = json.loads(bytes(f["records"][()]).decode())
+        records["spk1/utt01"]["source"] = None  # what an export from another tool, or a partial one, carries
+        del f["records"]
+        f["records"] = np.frombuffer(json.dumps(records).encode(), np.uint8)
+    capfd.readouterr()
+    import_hdf5(out, str(tmp_path / "k2"))
+    assert "1 of 3 utterances come without a source-file record" in capfd.readouterr().err
+    again = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k2"))
+    err = capfd.readouterr().err
+    assert not again.teacher_work and "1 cached utterance(s) of this corpus have no source-file record" in err
+    assert "first: spk1/utt01" in err

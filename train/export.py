@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+from collections.abc import Callable
 
 from safetensors.torch import save_file
 
@@ -15,19 +18,60 @@ def export_student(model: Student, out_dir: str, layers: list[int], sample_rate:
     """student/ (config.json, model.safetensors, preprocessor_config.json) and heads.safetensors beside it.
 
     The preprocessor config says what the student was trained on: the raw waveform (train.data feeds
-    crops as cached, STUDENT_INPUT_NORMALIZED = False), whatever the teacher's own config asks for."""
+    crops as cached, STUDENT_INPUT_NORMALIZED = False), whatever the teacher's own config asks for.
+    Every output is staged and renamed into place: a full disk mid-export leaves no half-written student that
+    loads, no temporary file, and the checkpoint to resume from."""
     from transformers import Wav2Vec2FeatureExtractor
 
-    student_dir = os.path.join(out_dir, "student")
-    model.encoder.save_pretrained(student_dir)
-    Wav2Vec2FeatureExtractor(sampling_rate=sample_rate, do_normalize=STUDENT_INPUT_NORMALIZED, return_attention_mask=True).save_pretrained(
-        student_dir)
+    def student(tmp: str) -> None:
+        model.encoder.save_pretrained(tmp)
+        Wav2Vec2FeatureExtractor(sampling_rate=sample_rate, do_normalize=STUDENT_INPUT_NORMALIZED,
+                                 return_attention_mask=True).save_pretrained(tmp)
+
+    def heads_json(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump({"target_layers": layers, "dim": model.encoder.config.hidden_size,
+                       "objective": "layer-to-layer" if model.match else "heads", "match": [list(m) for m in model.match]}, f)
+
     heads = {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
-    save_file(heads, os.path.join(out_dir, "heads.safetensors"))
-    with open(os.path.join(out_dir, "heads.json"), "w") as f:
-        json.dump({"target_layers": layers, "dim": model.encoder.config.hidden_size,
-                   "objective": "layer-to-layer" if model.match else "heads", "match": [list(m) for m in model.match]}, f)
-    return student_dir
+    staged(os.path.join(out_dir, "heads.safetensors"), lambda tmp: save_file(heads, tmp))
+    staged(os.path.join(out_dir, "heads.json"), heads_json)
+    return staged(os.path.join(out_dir, "student"), student)
+
+
+WRITE_FAILURES = ("no space left", "storagefull", "code: 28", "failed writing", "disk quota")
+
+
+def staged(path: str, write: Callable[[str], None]) -> str:
+    """write(tmp) then rename tmp to path (a file or a directory, replacing the old one); on any failure the temporary
+    output goes and the error is one line naming the path (OSError, which the CLIs print as such)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        if os.path.isdir(tmp) and os.path.isdir(path):  # a directory cannot replace a non-empty one in one rename
+            old = f"{path}.old-{os.getpid()}"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else _remove(tmp)
+        if isinstance(e, OSError):  # named by the output the user asked for, not its temporary name
+            raise OSError(e.errno, e.strerror or str(e), path) from None
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        if isinstance(e, Exception) and any(w in str(e).lower() for w in WRITE_FAILURES):  # safetensors', torch's words for it
+            raise OSError(errno.EIO, f"cannot write it ({str(e).splitlines()[0][:120]})", path) from None
+        raise
+    return path
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def plot_losses(metrics_file: str, out_png: str) -> str | None:
@@ -37,20 +81,35 @@ def plot_losses(metrics_file: str, out_png: str) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(metrics_file)] if os.path.exists(metrics_file) else []
-    rows = [r for r in rows if "loss" in r]
+    rows = [r for r in _rows(metrics_file) if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int)]
     if not rows:
         return None
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [r["loss"] for r in rows], label="loss", lw=2)
     for key in sorted(k for k in rows[0] if k.startswith("l1_layer")):
-        ax.plot(steps, [r[key] for r in rows], label=key.replace("_", " "), lw=1)
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=key.replace("_", " "), lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    staged(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out_png
+
+
+def _rows(metrics_file: str) -> list[dict]:
+    """metrics.jsonl's rows; a line cut short (a crash or a full disk mid-write, then --resume) is passed over."""
+    if not os.path.exists(metrics_file):
+        return []
+    rows = []
+    with open(metrics_file) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows

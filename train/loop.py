@@ -38,7 +38,7 @@ from train.config import ConfigError, TrainConfig, TrainingDiverged
 from train.data import BucketBatches, CachedCrops, collate
 from train.decode import DeviceDecoder
 from train.design import resolve as resolve_design
-from train.export import export_student, plot_losses
+from train.export import export_student, plot_losses, staged
 from train.follow import Follower
 from train.loss import distill_loss
 from train.model import build_student, count_parameters, describe_parts, describe_random, init_from_teacher, weight_groups
@@ -342,8 +342,7 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
     result = {"step": step, "out": cfg.out, "parameters": count_parameters(model.encoder)}
     if step == cfg.steps:
         last_eval = evaluate()
-        with open(os.path.join(cfg.out, "eval.json"), "w") as f:
-            json.dump(last_eval, f, indent=1)
+        staged(os.path.join(cfg.out, "eval.json"), lambda tmp: _write_json(tmp, last_eval))
         result["student"] = export_student(model, cfg.out, layers, src.sample_rate)
         result["eval"] = last_eval
     result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"))
@@ -351,6 +350,11 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
         tb.close()
     distributed.close(ranks)
     return result
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
 
 
 def _tensorboard(run_dir: str):

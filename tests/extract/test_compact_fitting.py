@@ -82,3 +82,38 @@ def test_a_channel_constant_on_the_sample_does_not_wipe_out_unseen_rows(mode, bo
     m = measured["layers"]["4"]
     assert measured["held_out_utterances"] == 16 and m["rel_l2_mean"] < bound, m
     assert fit_stats([feats[ranked[0]][4]])["std"][0] >= 0.05  # the floor: a tenth of the layer's RMS channel std
+
+
+def test_a_cache_fitted_on_silence_and_grown_with_speech_records_its_real_error(tmp_path, tiny_teacher):
+    from click.testing import CliRunner
+
+    from store import describe
+    from store.cli import main as cache_cli
+    from store.modes import error_summary, error_sums, merge_error_sums
+
+    corpus = tmp_path / "c"
+    for i in range(4):  # digital silence: the statistics are fitted here (their error on it is ~0)
+        (corpus / "quiet").mkdir(parents=True, exist_ok=True)
+        sf.write(corpus / "quiet" / f"q{i}.wav", np.zeros(16000 + 800 * i, np.float32), 16000, subtype="FLOAT")
+    first = extract_features(_cfg(tiny_teacher, str(corpus), tmp_path / "k"))
+    held_out = open_cache(first.path).provenance["fidelity"]["layers"]
+    build_corpus(str(corpus / "speech"), n=4, seed=3)  # then the corpus grows with speech-like audio, same statistics
+    grown = extract_features(_cfg(tiny_teacher, str(corpus), tmp_path / "k"))
+    assert grown.fingerprint == first.fingerprint and grown.utterances == 8
+    exact = open_cache(extract_features(ExtractConfig(tiny_teacher, str(corpus), layers=(1, 3), cache_dir=str(tmp_path / "x"),
+                                                      storage_dtype="float32", progress=False)).path)
+    cache = open_cache(grown.path)
+    stored = describe(cache)["stored_error"]
+    assert stored["parts"] == stored["of_parts"] == len(cache.parts)
+    for k in cache.layers:
+        sums = None
+        for u in cache.utterance_ids:
+            sums = merge_error_sums(sums, error_sums(exact.read(u, k), cache.read(u, k)))
+        want = error_summary(sums)
+        got = stored["layers"][str(k)]
+        assert got["frames"] == want["frames"] == cache.total_frames
+        np.testing.assert_allclose(got["rel_l2_mean"], want["rel_l2_mean"], rtol=1e-4)
+        np.testing.assert_allclose(got["cos_min"], want["cos_min"], rtol=1e-4)
+        assert got["rel_l2_mean"] > 3 * held_out[str(k)]["rel_l2_mean"], (got, held_out)  # not the sample's figure
+    out = CliRunner().invoke(cache_cli, ["info", cache.path]).output
+    assert f"stored layer {cache.layers[0]}" in out and "on all" in out

@@ -67,3 +67,35 @@ def test_a_killed_data_loader_worker_is_one_line(cached, tmp_path, monkeypatch):
     monkeypatch.setattr(CachedCrops, "__getitem__", dies_in_a_worker)
     with pytest.raises(ConfigError, match="a data loader worker died.*--resume"):
         train(_cfg(cached, tmp_path / "r", lr=2e-4, num_workers=1))
+
+
+def test_a_full_disk_while_exporting_is_one_line_and_resume_finishes(cached, tmp_path, monkeypatch):
+    """ENOSPC after the last checkpoint (eval.json, the student, its heads): one line, nothing half-written, --resume ends it."""
+    import errno
+
+    from transformers import HubertModel
+
+    import train.export
+
+    out = tmp_path / "r"
+    args = ["--cache", cached["path"], "--out", str(out), "--steps", "2", "--batch-size", "3", "--max-crop-samples", "16000",
+            "--num-workers", "0", "--quiet"]
+    real = train.export.save_file
+
+    def full(tensors, path):  # the heads are written after the student: the disk fills between the two
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(train.export, "save_file", full)
+    r = CliRunner().invoke(train_cli, args)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "No space left on device" in r.output, r.output
+    assert not [n for n in os.listdir(out) if ".tmp-" in n or ".old-" in n]
+    assert not os.path.exists(out / "heads.safetensors") and os.path.exists(out / "ckpt.pt")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # and a metrics line cut short by the full disk
+    monkeypatch.setattr(train.export, "save_file", real)
+    r = CliRunner().invoke(train_cli, args + ["--resume"])
+    assert r.exit_code == 0, r.output
+    assert HubertModel.from_pretrained(str(out / "student")) is not None
+    assert os.path.exists(out / "loss.png") and os.path.exists(out / "eval.json")
