@@ -70,10 +70,23 @@ def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: in
         if samples >= budget or i == len(fresh) - 1:
             parts.append({"name": part_name([it[0] for it in items]), "items": items, "corpus": corpus})
             items, samples = [], 0
-    summary = {"parts": [{"name": p["name"], "utterances": len(p["items"])} for p in parts],
-               "skipped": [b.to_dict() for b in bad]}
-    write_json_atomic(plan_path(cache.path), summary)
+    write_json_atomic(plan_path(cache.path), merged_plan(cache, corpus, [{"name": p["name"], "utterances": len(p["items"])}
+                                                                        for p in parts], [b.to_dict() for b in bad]))
     return parts
+
+
+def merged_plan(cache: Cache, corpus: str | None, parts: list[dict], skipped: list[dict]) -> dict:
+    """plan.json after planning `corpus`: its parts and refusals replace its earlier ones; another corpus's stay (its
+    pending parts above all: a second corpus extracted into the cache must not make an unfinished first one look done).
+    Entries an older distilcache wrote carry no corpus: they are this corpus's, as that version assumed."""
+    old = cache._plan()
+
+    def others(entries) -> list[dict]:
+        return [e for e in entries if isinstance(e, dict) and e.get("corpus") not in (None, corpus)] if isinstance(entries, list) else []
+
+    kept = [p for p in others(old.get("parts")) if p.get("name") not in cache.part_dirs]
+    return {"parts": kept + [{**p, "corpus": corpus} for p in parts], "skipped": others(old.get("skipped")) + [{**b, "corpus": corpus}
+                                                                                                        for b in skipped]}
 
 
 def orphan_attempts(cache: Cache) -> list[str]:

@@ -11,6 +11,7 @@ escaped as %25 and %2F: flat groups, so ids where one is a folder prefix of anot
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -217,7 +218,8 @@ def _write(f, cache: Cache, names: list[str], samples: dict[str, int], records: 
     # what this import will commit, before any of it (beside what an earlier unfinished extraction still has pending):
     # a killed import leaves a cache that says it is unfinished
     earlier = [p for p in cache._plan().get("parts", []) if isinstance(p, dict) and p.get("name") not in cache.part_dirs]
-    planned = [{"name": part_name([_unescape(n) for n in g]), "utterances": len(g)} for g in groups]
+    source = f"hdf5 import of {os.path.realpath(f.filename)}"  # so that a later extraction keeps these in plan.json
+    planned = [{"name": part_name([_unescape(n) for n in g]), "utterances": len(g), "corpus": source} for g in groups]
     write_json_atomic(plan_path(cache.path), {"parts": earlier + planned, "skipped": list(cache._plan().get("skipped", []))})
     for group in groups:
         writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],

@@ -342,16 +342,19 @@ class Cache:
     @property
     def skipped(self) -> list[dict]:
         """Every file left out, with its reason: refused up front (plan.json), then while decoding (markers)."""
-        return list(self._plan().get("skipped", [])) + [s for s in self._skipped_in_parts if s.get("uid") not in self._where]
+        planned = self._plan().get("skipped")
+        refused = [s for s in planned if isinstance(s, dict)] if isinstance(planned, list) else []  # plan.json is untrusted
+        return refused + [s for s in self._skipped_in_parts if isinstance(s, dict) and s.get("uid") not in self._where]
 
     def pending(self) -> dict:
         """What the last extraction planned and has not committed: {'parts': n, 'utterances': n} (0s when complete);
         'unknown' is True when no readable plan.json says what was planned (lost, damaged): nothing claims completeness."""
-        plan = self._plan()
-        if "parts" not in plan:
+        planned = self._plan().get("parts")
+        if not isinstance(planned, list):
             return {"parts": len(self.damaged), "utterances": 0, "unknown": bool(self.parts or self.damaged)}
-        todo = [p for p in plan.get("parts", []) if isinstance(p, dict) and p.get("name") not in self.part_dirs]
-        return {"parts": len(todo) + len(self.damaged), "utterances": sum(int(p.get("utterances", 0)) for p in todo), "unknown": False}
+        todo = [p for p in planned if isinstance(p, dict) and p.get("name") not in self.part_dirs]
+        count = sum(p["utterances"] if type(p.get("utterances")) is int and p["utterances"] > 0 else 0 for p in todo)
+        return {"parts": len(todo) + len(self.damaged), "utterances": count, "unknown": False}
 
     def __repr__(self) -> str:
         return f"Cache({self.fingerprint}, layers={self.layers}, utterances={len(self)}, path={self.path!r})"

@@ -291,3 +291,29 @@ def test_an_import_with_source_records_for_only_some_utterances_says_what_is_unc
     err = capfd.readouterr().err
     assert not again.teacher_work and "1 cached utterance(s) of this corpus have no source-file record" in err
     assert "first: spk1/utt01" in err
+
+
+def test_a_second_corpus_keeps_the_first_ones_pending_parts_and_refusals(tmp_path, tiny_teacher, monkeypatch):
+    """plan.json after a second corpus is extracted into the same cache: the first corpus, unfinished (killed) and with a
+    refused file, still says so; found by the randomized model test."""
+    import extract.run
+
+    corpus = build_corpus(str(tmp_path / "c"), n=4)
+    with open(f"{corpus}/spk0/bad.wav", "wb") as f:
+        f.write(b"RIFF garbage")
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"r0 {corpus}/spk1/utt01.wav\n")
+    (kaldi / "segments").write_text("k0 r0 0.0 0.3\n")
+    real = extract.run._run_local
+    monkeypatch.setattr(extract.run, "_run_local", lambda *a, **kw: None)  # planned, then killed before any commit
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k", on_error="skip"))
+    assert open_cache(s.path).pending()["parts"] > 0
+    monkeypatch.setattr(extract.run, "_run_local", real)
+    extract_features(_cfg(tiny_teacher, str(kaldi), tmp_path / "k", on_error="skip"))
+    cache = open_cache(s.path)
+    assert cache.pending()["parts"] > 0, "the first corpus is unfinished, but the cache says complete"
+    assert any(x["path"].endswith("bad.wav") for x in cache.skipped)
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k", on_error="skip"))
+    cache = open_cache(s.path)
+    assert cache.pending()["parts"] == 0 and len(cache) == 5 and any(x["path"].endswith("bad.wav") for x in cache.skipped)
