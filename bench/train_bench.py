@@ -40,9 +40,11 @@ def main() -> None:
     from extract.teacher import resolve_device
     from store import open_cache
     from train.data import BucketBatches, CachedCrops, collate
-    from train.loop import _Batches, _param_groups, online_targets
+    from train.loop import _Batches
     from train.loss import distill_loss
     from train.model import Student, init_from_teacher, student_config
+    from train.recipe import decay_groups
+    from train.targets import teacher_batch
 
     device = resolve_device(args.device)
     tmp = tempfile.mkdtemp(prefix="distilcache-bench-")
@@ -60,7 +62,7 @@ def main() -> None:
         amp = torch.bfloat16 if device.type == "cuda" else None
         student = Student(student_config(teacher.config.to_dict()), len(layers)).to(device)
         init_from_teacher(student, teacher.model)
-        opt = torch.optim.AdamW(_param_groups(student, 0.01), lr=2e-4, betas=(0.9, 0.98), eps=1e-6)
+        opt = torch.optim.AdamW(decay_groups(student, 0.01), lr=2e-4, betas=(0.9, 0.98), eps=1e-6)
 
         from store.convert import convert_cache
         from train.decode import DeviceDecoder
@@ -103,7 +105,7 @@ def main() -> None:
             step(fetched)
             times["cached"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            step({**b, **online_targets(teacher, {"wave": b["wave"], "lengths": b["lengths"]}, layers)})
+            step({**b, **teacher_batch(teacher, {"wave": b["wave"], "lengths": b["lengths"]}, layers)})
             times["online"].append(time.perf_counter() - t)
             t = time.perf_counter()
             step(next(it8))

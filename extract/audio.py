@@ -33,4 +33,4 @@ def normalize(wave: np.ndarray) -> np.ndarray:
 def load_utterance(utt, rate: int) -> np.ndarray:
     """An extract.corpus.Utterance's waveform: its window of its file."""
     w = utt.window
-    return load_audio(utt.path, rate, w["start"], w["frames"], w["channel"])
+    return load_audio(utt.path, rate, w["start"], w["samples"], w["channel"])

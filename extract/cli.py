@@ -8,9 +8,9 @@ import sys
 import click
 
 from extract.run import ExtractConfig, extract_features
-from store.cli import OneLineCommand, cli_errors
 from store.layout import CODECS
 from store.modes import AUDIO_MODES, TARGET_MODES
+from store.oneline import OneLineCommand, cli_errors
 
 
 def parse_layers(value: str) -> tuple[int, ...]:

@@ -41,7 +41,7 @@ def _worker_part(path: str, part: dict, cfg, spec: dict, layout: Layout) -> tupl
     if teacher.digest != spec["teacher"]["digest"]:
         raise ExtractError(f"worker loaded different weights for --teacher {cfg.teacher}; give every worker the same teacher files")
     extract_part(path, part, teacher, spec, layout, cfg.batch_seconds, cfg.on_error)
-    return len(part["items"]), sum(it[2] for it in part["items"])
+    return len(part["items"]), sum(it.samples for it in part["items"])
 
 
 def run_parts(cfg, path: str, pending: list[dict], spec: dict, layout: Layout, progress) -> None:

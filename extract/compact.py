@@ -59,7 +59,7 @@ def fit_with_teacher(teacher, utts: list, layers: list[int], mode: str) -> tuple
     def features(uid: str) -> dict | None:
         """The utterance's exact targets, or None where the pipeline would skip it (the same check: decode_item)."""
         u = by_id[uid]
-        decoded = decode_item(teacher, [u.uid, u.path, u.samples_at(teacher.sample_rate), u.window])
+        decoded = decode_item(teacher, u.item(teacher.sample_rate))
         return None if isinstance(decoded, str) else teacher.forward([decoded[0]], layers, dtype="float32")[0]
 
     return fit_and_measure(mode, layers, list(by_id), features)

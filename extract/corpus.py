@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import soundfile as sf
 
 from extract.corpora import BadFile, Entry, read_corpus, to_samples
 from extract.errors import ExtractError
 
-__all__ = ["BadFile", "MIN_SAMPLES", "Utterance", "scan"]
+__all__ = ["BadFile", "MIN_SAMPLES", "PlanItem", "Utterance", "scan"]
 
 MIN_SAMPLES = 400  # HuBERT/wav2vec2's first conv kernel; overridden from the teacher's config
 
@@ -40,9 +41,22 @@ class Utterance:
 
     @property
     def window(self) -> dict:
-        """Where in its file this utterance is: what the pipeline reads and the commit marker records."""
-        return {"start": self.start, "frames": None if self.whole else self.samples, "rate": self.sample_rate,
+        """Where in its file this utterance is: what the pipeline reads and the commit marker records (start and
+        samples at the file's own rate; samples None: to the end of the file)."""
+        return {"start": self.start, "samples": None if self.whole else self.samples, "rate": self.sample_rate,
                 "channel": self.channel, "recording": self.recording}
+
+    def item(self, rate: int) -> PlanItem:
+        return PlanItem(self.uid, self.path, self.samples_at(rate), self.window)
+
+
+class PlanItem(NamedTuple):
+    """One utterance of a planned part, as the pipeline (and a dask worker) gets it."""
+
+    uid: str
+    path: str
+    samples: int  # at the teacher's rate: what batching and progress count
+    window: dict  # Utterance.window
 
 
 def _info(path: str) -> sf._SoundFileInfo | BadFile:

@@ -1,7 +1,7 @@
-"""Extraction errors a user reads: subclasses of the store's CacheError so every CLI prints one line."""
+"""Extraction errors a user reads: UserErrors (store.oneline), so every CLI prints them as one line."""
 
-from store.errors import CacheError
+from store.oneline import UserError
 
 
-class ExtractError(CacheError):
+class ExtractError(UserError):
     """Bad corpus, bad teacher or bad option; the message names it and says the fix."""

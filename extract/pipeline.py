@@ -15,6 +15,7 @@ import numpy as np
 
 from extract.audio import load_audio
 from extract.batching import plan_batches
+from extract.corpus import PlanItem
 from extract.errors import ExtractError
 from extract.teacher import Teacher
 from store import Layout, PartWriter
@@ -34,16 +35,16 @@ def auto_batch_seconds(value: float | None, teacher: Teacher) -> float:
     return GPU_BATCH_SECONDS if teacher.device.type == "cuda" else 0.0
 
 
-def decode_item(teacher: Teacher, item: list) -> tuple[np.ndarray, dict] | str:
+def decode_item(teacher: Teacher, item: PlanItem) -> tuple[np.ndarray, dict] | str:
     """(wave, source record), or the reason the utterance cannot be used.
 
     The file is hashed for the commit marker (a changed file is noticed later; once per process for the segments
     of one recording), its window decoded alone, and the file must be the same one (inode, size, mtime, ctime)
     after decoding as when hashed: the hash is of what the teacher heard."""
-    path, window = item[1], item[3]
+    path, window = item.path, item.window
     try:
         st, digest = file_sha256(path)
-        wave = load_audio(path, teacher.sample_rate, window["start"], window["frames"], window["channel"])
+        wave = load_audio(path, teacher.sample_rate, window["start"], window["samples"], window["channel"])
         if not unchanged_since(path, st):
             return "changed while being read; re-run extract-features"
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types; they become a reason
@@ -74,9 +75,9 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
     stats = read_stats(cache, read_meta(cache)) if TARGET_MODES[spec["storage_dtype"]].needs_stats else None
     writer = PartWriter(cache, part["name"], layers, spec["dim"], spec["storage_dtype"], layout, stats, spec.get("audio", "float32"),
                         part.get("corpus"))
-    batches = plan_batches([it[2] for it in items], int(auto_batch_seconds(batch_seconds, teacher) * teacher.sample_rate))
+    batches = plan_batches([it.samples for it in items], int(auto_batch_seconds(batch_seconds, teacher) * teacher.sample_rate))
     skipped: list[dict] = []
-    paths = {it[0]: it[1] for it in items}
+    paths = {it.uid: it.path for it in items}
     with ThreadPoolExecutor(decode_threads) as decoders, ThreadPoolExecutor(1) as write_thread:
         ahead: deque[list[Future]] = deque()
         writes: deque[Future] = deque()

@@ -29,7 +29,7 @@ def _unchanged(record: dict) -> bool:
 def _where(path: str, window: dict) -> str:
     """A file and the window of it an id stands for, comparable between a committed record and the corpus now."""
     start = window.get("start") or 0
-    stop = window.get("stop", None if window.get("frames") is None else start + window["frames"])
+    stop = window.get("stop", None if window.get("samples") is None else start + window["samples"])
     if not start and stop is None and window.get("channel") is None:
         return path
     channel = "" if window.get("channel") is None else f", channel {window['channel']}"
@@ -65,10 +65,10 @@ def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: in
     budget = int(part_seconds * rate)
     parts, items, samples = [], [], 0
     for i, u in enumerate(fresh):
-        items.append([u.uid, u.path, u.samples_at(rate), u.window])
-        samples += items[-1][2]
+        items.append(u.item(rate))
+        samples += items[-1].samples
         if samples >= budget or i == len(fresh) - 1:
-            parts.append({"name": part_name([it[0] for it in items]), "items": items, "corpus": corpus})
+            parts.append({"name": part_name([it.uid for it in items]), "items": items, "corpus": corpus})
             items, samples = [], 0
     write_json_atomic(plan_path(cache.path), merged_plan(cache, corpus, [{"name": p["name"], "utterances": len(p["items"])}
                                                                         for p in parts], [b.to_dict() for b in bad]))

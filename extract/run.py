@@ -213,7 +213,7 @@ class _Progress:
     def __init__(self, pending: list[dict], rate: int, enabled: bool):
         from tqdm import tqdm
 
-        total = sum(it[2] for p in pending for it in p["items"]) / rate
+        total = sum(it.samples for p in pending for it in p["items"]) / rate
         self.rate, self.t0, self.utts = rate, time.time(), 0
         self.bar = tqdm(total=total, unit="s", desc="extracting", file=sys.stderr, disable=not enabled,
                         bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]")

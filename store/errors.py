@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from store.oneline import UserError
 
-class CacheError(ValueError):
-    """Base of every error the store raises for a user to read."""
+
+class CacheError(UserError):
+    """Base of every error the store raises about a cache, for a user to read."""
 
 
 class CacheNotFoundError(CacheError, FileNotFoundError):

@@ -175,10 +175,6 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
         records = _records(f, src)
         samples = _utterances(f, src, spec, records)
         names = sorted(samples)
-        unsourced = sum(1 for n in names if not records.get(_unescape(n), {}).get("source"))
-        if unsourced:  # loud: extraction checks a cached utterance's file only through its source record
-            print(f"{src}: {unsourced} of {len(names)} utterances come without a source-file record; extract-features will "
-                  "keep them as they are and never check their files for changes", file=sys.stderr)
         groups = (["audio"] if spec.get("audio", "float32") != "none" else []) + [layer_key(k) for k in spec["layers"]]
         limit = STORABLE_MAX.get(spec["storage_dtype"])
         for name in names:  # values: one pass before writing, so a bad file changes nothing
@@ -189,6 +185,10 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
                 if g != "audio" and limit and x.size and np.abs(x).max() > limit:
                     raise ImportError_(f"{src}: {g}/{name} holds {np.abs(x).max():.3g}, beyond what its storage "
                                        f"{spec['storage_dtype']} holds ({limit:g}); export it again as float32 or bfloat16")
+        unsourced = sum(1 for n in names if not records.get(_unescape(n), {}).get("source"))
+        if unsourced:  # loud: extraction checks a cached utterance's file only through its source record
+            print(f"{src}: {unsourced} of {len(names)} utterances come without a source-file record; extract-features will "
+                  "keep them as they are and never check their files for changes", file=sys.stderr)
         root = cache_dir or default_cache_dir()
         fs.makedirs(root)
         cache = Cache(create_cache(root, spec, meta["provenance"], layout, meta["stats"]))

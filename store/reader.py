@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 import zarr
@@ -60,6 +61,17 @@ def default_cache_dir() -> str:
     return os.environ.get("DISTILCACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "distilcache")
 
 
+class Location(NamedTuple):
+    """Where one utterance's rows are: its part's attempt directory, then its rows in the layer arrays (feature frames)
+    and in the audio array (samples)."""
+
+    dir: str
+    first_frame: int
+    frames: int
+    first_sample: int
+    samples: int
+
+
 class Cache:
     """A committed view of one cache directory (call refresh() to see parts committed since)."""
 
@@ -96,7 +108,7 @@ class Cache:
         index = read_index(self.path)
         markers = {p: index[p] for p in names if p in index and marker_problem(p, index[p]) is None}
         markers.update(read_markers(self.path, [p for p in names if p not in markers]))  # a bad index entry: its marker decides
-        self._where: dict[str, tuple[str, int, int, int, int]] = {}
+        self._where: dict[str, Location] = {}
         self._position: dict[str, int] = {}
         self._ids_by_dir: dict[str, list[str]] = {}
         self.parts: list[str] = []
@@ -136,8 +148,8 @@ class Cache:
             f0 = s0 = 0
             for i, (uid, nf, ns) in enumerate(zip(marker["ids"], marker["frames"], marker["samples"], strict=True)):
                 if uid in self._where:
-                    self.duplicates.append(f"utterance '{uid}' is in parts {self._where[uid][0]} and {marker['dir']}")
-                self._where[uid] = (marker["dir"], f0, nf, s0, ns)
+                    self.duplicates.append(f"utterance '{uid}' is in parts {self._where[uid].dir} and {marker['dir']}")
+                self._where[uid] = Location(marker["dir"], f0, nf, s0, ns)
                 self._position[uid] = i  # its FLAC file's name, for --audio flac
                 self._ids_by_dir.setdefault(marker["dir"], []).append(uid)
                 f0, s0 = f0 + nf, s0 + ns
@@ -171,7 +183,7 @@ class Cache:
     def __len__(self) -> int:
         return len(self._where)
 
-    def _locate(self, uid: str) -> tuple[str, int, int, int, int]:
+    def _locate(self, uid: str) -> Location:
         try:
             return self._where[uid]
         except KeyError:
@@ -186,13 +198,13 @@ class Cache:
 
     def part_of(self, uid: str) -> str:
         """The committed part holding `uid`."""
-        return self._part_of_dir[self._locate(uid)[0]]
+        return self._part_of_dir[self._locate(uid).dir]
 
     def num_frames(self, uid: str) -> int:
-        return self._locate(uid)[2]
+        return self._locate(uid).frames
 
     def num_samples(self, uid: str) -> int:
-        return self._locate(uid)[4]
+        return self._locate(uid).samples
 
     def _rows(self, part_dir: str, key: str):
         """An open array, kept in a small LRU: at full size a worker touches every part each epoch, and
@@ -245,10 +257,10 @@ class Cache:
                 f"{self.path}: layer {layer} is not in this cache (it has {', '.join(map(str, self.layers))}); "
                 f"run extract-features with --layers {layer}"
             )
-        part, f0, nf, _, _ = self._locate(uid)
-        start, stop = self._bounds(uid, "frames", nf, start, stop)
+        at = self._locate(uid)
+        start, stop = self._bounds(uid, "frames", at.frames, start, stop)
         key = layer_key(layer)
-        return {sfx: self._read(part, key + sfx, f0 + start, f0 + stop) for sfx in self._suffixes}
+        return {sfx: self._read(at.dir, key + sfx, at.first_frame + start, at.first_frame + stop) for sfx in self._suffixes}
 
     @functools.cached_property
     def stats(self) -> dict | None:
@@ -266,8 +278,9 @@ class Cache:
 
     def read_audio(self, uid: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """float32 mono samples at the teacher's rate: exactly the teacher's input (int16 caches: to 1/32768)."""
-        part, _, _, s0, ns = self._locate(uid)
-        start, stop = self._bounds(uid, "samples", ns, start, stop)
+        at = self._locate(uid)
+        part, s0 = at.dir, at.first_sample
+        start, stop = self._bounds(uid, "samples", at.samples, start, stop)
         if self.audio_mode == "none":
             raise MissingDataError(f"{self.path}: keeps no audio (--audio none); read '{uid}' from its source file "
                                    "(cache.source(uid)), as train-student does")

@@ -76,8 +76,8 @@ def source_record(path: str, st: os.stat_result, sha256: str, window: dict | Non
     for a window of a file (a segment) where it is: start/stop at the file's own rate, channel and recording."""
     record = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino,
               "sha256": sha256}
-    if window and (window.get("frames") is not None or window.get("start") or window.get("channel") is not None):
-        record.update(start=window["start"], stop=None if window.get("frames") is None else window["start"] + window["frames"],
+    if window and (window.get("samples") is not None or window.get("start") or window.get("channel") is not None):
+        record.update(start=window["start"], stop=None if window.get("samples") is None else window["start"] + window["samples"],
                       sample_rate=window["rate"])
         if window.get("channel") is not None:
             record["channel"] = window["channel"]

@@ -6,10 +6,10 @@ import os
 
 import torch
 
-from store import CacheError
+from store.oneline import UserError
 
 
-class CheckpointError(CacheError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; one line."""
 
 CKPT = "ckpt.pt"

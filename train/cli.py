@@ -7,7 +7,7 @@ import json
 import click
 
 from extract.cli import parse_layers
-from store.cli import OneLineCommand, cli_errors
+from store.oneline import OneLineCommand, cli_errors
 from train.config import load_config
 from train.design import PRESETS
 from train.loop import train

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from store.cli import OneLineCommand, cli_errors
+from store.oneline import OneLineCommand, cli_errors
 from train.config import ConfigError
 
 

@@ -8,12 +8,12 @@ import math
 import os
 from dataclasses import dataclass
 
-from store import CacheError
+from store.oneline import UserError
 
 MIN_CROP_SAMPLES = 1600  # a few frames: shorter crops make the loss meaningless
 
 
-class ConfigError(CacheError):
+class ConfigError(UserError):
     """A bad --config file or flag; one line."""
 
 
@@ -113,8 +113,10 @@ class TrainConfig:
             if self.layers and sorted(t for _, t in pairs) != sorted(self.layers):
                 raise ConfigError(f"--match {self.match} predicts teacher layers {','.join(str(t) for _, t in pairs)}, but --layers "
                                   f"says {','.join(map(str, self.layers))}; leave --layers out (--match sets them)")
-        if self.recipe not in ("distilcache", "s3prl"):
-            raise ConfigError(f"--recipe {self.recipe}: choose distilcache or s3prl")
+        from train.recipe import RECIPES
+
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe {self.recipe}: choose {' or '.join(RECIPES)}")
         if self.recipe == "s3prl" and self.cache is not None:
             raise ConfigError("--recipe s3prl runs the teacher online, as s3prl does (dropout on, on each crop): drop --cache and "
                               "give --teacher and --corpus")

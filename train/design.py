@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from store import CacheError
+from store.oneline import UserError
 
 #: name -> (layers, width, heads, ffn); 0 = the teacher's (conv stack: always the teacher's)
 PRESETS: dict[str, tuple[int, int, int, int]] = {
@@ -23,7 +23,7 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-class DesignError(CacheError):
+class DesignError(UserError):
     """A student design that cannot be built; one line."""
 
 

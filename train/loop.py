@@ -16,14 +16,15 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from extract.teacher import resolve_device
 from store.lock import exclusive
-from train import distributed, recipe
+from train import distributed
 from train.checkpoint import (
     RESUMABLE_CHANGES,
     CheckpointError,
@@ -35,15 +36,17 @@ from train.checkpoint import (
     set_rng_state,
 )
 from train.config import ConfigError, TrainConfig, TrainingDiverged
-from train.data import BucketBatches, CachedCrops, collate
+from train.data import CachedCrops, collate
 from train.decode import DeviceDecoder
 from train.design import resolve as resolve_design
 from train.export import export_student, plot_losses, staged
 from train.follow import Follower
 from train.loss import distill_loss
-from train.model import build_student, count_parameters, describe_parts, describe_random, init_from_teacher, weight_groups
+from train.model import Student, build_student, count_parameters, describe_parts, describe_random, init_from_teacher
+from train.recipe import RECIPES, Recipe
 from train.record import first_line, write_run_dir_records
-from train.sources import follow_ids, load_sources
+from train.sources import Sources, follow_ids, load_sources
+from train.targets import TargetSource, make_source
 
 
 class _Batches:
@@ -57,19 +60,6 @@ class _Batches:
 
     def __len__(self) -> int:
         return self.n
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases, norms
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def online_targets(teacher, batch: dict, layers: list[int]) -> dict:
-    """The teacher on this batch's crops (exact, eval mode, no grad), padded like cached targets."""
-    waves = [batch["wave"][i, : int(n)].numpy() for i, n in enumerate(batch["lengths"])]
-    feats = teacher.forward(waves, layers)
-    return collate([(torch.from_numpy(w), torch.from_numpy(np.stack([f[k] for k in layers]))) for w, f in zip(waves, feats, strict=True)])
 
 
 def run_identity(cfg: TrainConfig, src, layers: list[int]) -> dict:
@@ -101,11 +91,38 @@ def train(cfg: TrainConfig) -> dict:
                           "--num-workers, then continue with --resume") from None
 
 
+@dataclass
+class Run:
+    """Everything the loop needs, chosen before it starts: nothing in the loop depends on which recipe or source."""
+
+    cfg: TrainConfig
+    ranks: distributed.Ranks
+    device: torch.device
+    recipe: Recipe
+    amp_dtype: torch.dtype | None
+    src: Sources
+    layers: list[int]
+    identity: dict
+    model: Student
+    net: torch.nn.Module  # the model, or its DDP wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    targets: TargetSource  # the training batches' targets
+    judge: TargetSource  # the held-out batches': exact (the cache's floats, or the teacher in eval mode)
+    step: int = 0
+    follower: Follower | None = None
+    notes: list[str] = field(default_factory=list)  # said once the first step has run
+
+
 def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> dict:
-    # ---- setup -------------------------------------------------------------------------
-    s3prl = cfg.recipe == "s3prl"  # online A/B runs the way s3prl's distiller trains (train/recipe.py)
-    auto = ("fp16" if s3prl else "bf16") if device.type == "cuda" else "fp32"
-    precision = cfg.precision if cfg.precision != "auto" else auto
+    run = prepare(cfg, ranks, device)
+    return loop(run, batches(run))
+
+
+def prepare(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> Run:
+    """Sources, checkpoint, student, optimizer and target sources; the run dir's records. Refusals happen here."""
+    recipe = RECIPES[cfg.recipe]
+    precision = recipe.precision(cfg.precision, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     torch.manual_seed(cfg.seed)
     src = load_sources(cfg)
@@ -122,233 +139,248 @@ def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> 
                           f"{f'; and {len(diff) - 3} more' if len(diff) > 3 else ''}); use the checkpoint's settings or another --out")
     if ranks.main:
         os.makedirs(cfg.out, exist_ok=True)
-    # the student's design (train/design.py); on resume the architecture comes from the checkpoint, so a changed
-    # teacher config cannot reshape it
     design = resolve_design(cfg.preset, cfg.student_layers, cfg.student_width, cfg.student_heads, cfg.student_ffn, cfg.match,
                             src.teacher_config)
-    try:
-        model = build_student(design, src.teacher_config, len(layers), cfg.dropout, cfg.feature_grad_mult,
-                              ckpt["student_config"] if ckpt else None)
-    except Exception as e:  # noqa: BLE001 - transformers validates configs with many error types (strict dataclasses)
-        if not ckpt:
-            raise
-        raise CheckpointError(f"{os.path.join(cfg.out, 'ckpt.pt')}: its student_config does not build a student ({type(e).__name__}); "
-                              "restore a copy, or remove it to start the run over") from None
-    model_config = model.encoder.config
-    init = {"copied": [], "random": list(weight_groups(model.encoder))}
-    if cfg.init == "teacher" and not ckpt:
-        copied, fresh, why = init_from_teacher(model, src.teacher.model)
-        init = {"copied": copied, "random": fresh, "why_random": why}
-    notes = ["recipe s3prl: s3prl trains in fp16, which needs CUDA; training in fp32 here"] if s3prl and amp_dtype is None else []
-    init_line = (f"student {design.layers} x {design.width} ({design.objective}): copied from the teacher: "
-                 f"{describe_parts(init['copied'])}; random: {describe_random(init['random'], init['why_random'])}"
-                 if cfg.init == "teacher" and not ckpt and ranks.main else None)
-    if ranks.main and not ckpt:
-        with open(os.path.join(cfg.out, "design.json"), "w") as f:
-            json.dump({**design.to_dict(), "target_layers": layers, "teacher_width": src.teacher_config["hidden_size"],
-                       "parameters": count_parameters(model.encoder), "head_parameters": count_parameters(model.heads),
-                       "init": init if cfg.init == "teacher" else "random"}, f, indent=1)
+    model = student_for(cfg, design, src, layers, ckpt)
+    notes = [recipe.without_cuda] if recipe.without_cuda and amp_dtype is None else []
+    if not ckpt and cfg.init == "teacher":
+        notes.insert(0, initialise(model, src, design, cfg.out if ranks.main else None, layers))
+    elif not ckpt and ranks.main:
+        write_design(cfg.out, design, model, src, layers, "random")
     model.to(device)
+    model.padding_enters_groupnorm = recipe.padding_enters_groupnorm
     net = torch.nn.parallel.DistributedDataParallel(model) if ranks.enabled else model  # averages gradients
-    if s3prl:
-        model.padding_enters_groupnorm = True
-        optimizer = recipe.S3prlAdamW(recipe.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                      schedule=lambda t: recipe.warmup_linear(t, cfg.steps, cfg.warmup_fraction))
-    else:
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    optimizer = recipe.optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step = 0
-    if ckpt:
-        where = os.path.join(cfg.out, "ckpt.pt")
-        restore(where, model.load_state_dict, ckpt["model"])
-        restore(where, optimizer.load_state_dict, ckpt["optimizer"])
-        if s3prl:  # its groups hold the base lr (the optimizer schedules itself); an older checkpoint saved the scheduled one
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr
-        restore(where, scaler.load_state_dict, ckpt.get("scaler") or {})
-        restore(where, set_rng_state, ckpt.get("rng") or {})
-        step = ckpt["step"]
+    step = restore_run(cfg, ckpt, model, optimizer, scaler, recipe) if ckpt else 0
     if ranks.main:  # resolved config.json and run.json: what this run trains on, said again after the first step
         notes.insert(0, first_line(write_run_dir_records(cfg, src, layers, design)))
     if not src.train.ids:
         raise ConfigError(f"no training utterances: {len(src.valid.ids) if src.valid else 0} held out, none left to train on; "
                           "extract more, or lower --valid-fraction")
-    def loader_over(dataset, batch_sampler, at_step: int) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers,
-                          pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.num_workers else None,
-                          generator=torch.Generator().manual_seed(cfg.seed + at_step))  # own RNG: dropout's stays resumable
-
+    decoder = DeviceDecoder(src.cache, layers, device) if src.cache is not None and src.cache.mode.needs_stats else None
+    exact = "cache" if src.cache is not None else "teacher"
+    targets = make_source(exact if src.cache is not None else recipe.online_source, device=device, decoder=decoder,
+                          teacher=src.teacher, layers=layers, num_frames=model.num_frames)
+    judge = make_source(exact, device=device, teacher=src.teacher, layers=layers)
     follower = None
     if cfg.follow:  # epoch by epoch, each over the utterances committed when it starts (train/follow.py)
         if ranks.enabled:
             raise ConfigError("--follow trains in one process: ranks would see different parts committed; drop it under torchrun")
-        follower = Follower(src.cache, src.train.ids, src.train.with_ids, cfg.valid_fraction,
-                            follow_ids(src.cache, cfg.corpus),
+        follower = Follower(src.cache, src.train.ids, src.train.with_ids, cfg.valid_fraction, follow_ids(src.cache, cfg.corpus),
                             ckpt.get("follow") if ckpt else None, src.valid.ids if src.valid else ())
+    return Run(cfg, ranks, device, recipe, amp_dtype, src, layers, identity, model, net, optimizer, scaler, targets, judge,
+               step, follower, notes if ranks.main else [])
 
-        def followed(at: int):
-            left = cfg.steps - at
-            for epoch, crops, epoch_batches in follower.epochs_from(at, CachedCrops.lengths, cfg.batch_size, cfg.seed):
-                if follower.new_in_last:
-                    bar.write(f"epoch {epoch}: {follower.new_in_last} utterances committed since the last epoch; training on "
-                              f"{len(crops)}", file=sys.stderr)
-                    follower.new_in_last = 0
-                yield from loader_over(crops, epoch_batches[:left], at)
-                at, left = at + min(left, len(epoch_batches)), left - len(epoch_batches)
-                if left <= 0:
-                    return
 
-        loader = followed(step)
-    else:
-        if s3prl:  # s3prl's batches: sorted by full length, consecutive groups, shuffled order
-            batches = recipe.SortedGroups(src.train.full_lengths(), cfg.batch_size, cfg.seed).from_step(step)
-        else:
-            batches = BucketBatches(src.train.lengths(), cfg.batch_size, cfg.seed, min_batch=ranks.world).from_step(step)
-        stream = (distributed.my_share(b, ranks) for b in batches)  # each rank reads its own share of each global batch
-        loader = loader_over(src.train, _Batches(stream, cfg.steps - step), step)
-    decoder = DeviceDecoder(src.cache, layers, device) if src.cache is not None and src.cache.mode.needs_stats else None
+def student_for(cfg: TrainConfig, design, src: Sources, layers: list[int], ckpt: dict | None) -> Student:
+    """train.model.build_student; on resume the architecture is the checkpoint's, so a changed teacher config cannot
+    reshape it, and a checkpoint whose config builds nothing is one line."""
+    try:
+        return build_student(design, src.teacher_config, len(layers), cfg.dropout, cfg.feature_grad_mult,
+                             ckpt["student_config"] if ckpt else None)
+    except Exception as e:  # noqa: BLE001 - transformers validates configs with many error types (strict dataclasses)
+        if not ckpt:
+            raise
+        raise CheckpointError(f"{os.path.join(cfg.out, 'ckpt.pt')}: its student_config does not build a student ({type(e).__name__}); "
+                              "restore a copy, or remove it to start the run over") from None
+
+
+def initialise(model: Student, src: Sources, design, out: str | None, layers: list[int]) -> str:
+    """--init teacher: copy each part that computes the teacher's function; returns the line that says what was copied."""
+    copied, fresh, why = init_from_teacher(model, src.teacher.model)
+    if out:
+        write_design(out, design, model, src, layers, {"copied": copied, "random": fresh, "why_random": why})
+    return (f"student {design.layers} x {design.width} ({design.objective}): copied from the teacher: "
+            f"{describe_parts(copied)}; random: {describe_random(fresh, why)}")
+
+
+def write_design(out: str, design, model: Student, src: Sources, layers: list[int], init) -> None:
+    with open(os.path.join(out, "design.json"), "w") as f:
+        json.dump({**design.to_dict(), "target_layers": layers, "teacher_width": src.teacher_config["hidden_size"],
+                   "parameters": count_parameters(model.encoder), "head_parameters": count_parameters(model.heads),
+                   "init": init}, f, indent=1)
+
+
+def restore_run(cfg: TrainConfig, ckpt: dict, model, optimizer, scaler, recipe: Recipe) -> int:
+    """The checkpoint's weights, optimizer, scaler and RNG; returns its step."""
+    where = os.path.join(cfg.out, "ckpt.pt")
+    restore(where, model.load_state_dict, ckpt["model"])
+    restore(where, optimizer.load_state_dict, ckpt["optimizer"])
+    if not recipe.sets_lr:  # its groups hold the base lr (the optimizer schedules itself); an older checkpoint saved the scheduled one
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+    restore(where, scaler.load_state_dict, ckpt.get("scaler") or {})
+    restore(where, set_rng_state, ckpt.get("rng") or {})
+    return ckpt["step"]
+
+
+def _loader(run: Run, dataset, batch_sampler, at_step: int) -> DataLoader:
+    cfg = run.cfg
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                      pin_memory=run.device.type == "cuda", prefetch_factor=4 if cfg.num_workers else None,
+                      generator=torch.Generator().manual_seed(cfg.seed + at_step))  # own RNG: dropout's stays resumable
+
+
+def batches(run: Run):
+    """The batches from run.step on: the recipe's sampler over the training set, or --follow's growing epochs."""
+    cfg = run.cfg
+    if run.follower is None:
+        stream = (distributed.my_share(b, run.ranks) for b in run.recipe.batches(run.src.train, cfg, run.step, run.ranks.world))
+        yield from _loader(run, run.src.train, _Batches(stream, cfg.steps - run.step), run.step)
+        return
+    at, left = run.step, cfg.steps - run.step
+    for epoch, crops, epoch_batches in run.follower.epochs_from(at, CachedCrops.lengths, cfg.batch_size, cfg.seed):
+        if run.follower.new_in_last:
+            tqdm.write(f"epoch {epoch}: {run.follower.new_in_last} utterances committed since the last epoch; training on "
+                       f"{len(crops)}", file=sys.stderr)
+            run.follower.new_in_last = 0
+        yield from _loader(run, crops, epoch_batches[:left], at)
+        at, left = at + min(left, len(epoch_batches)), left - len(epoch_batches)
+        if left <= 0:
+            return
+
+
+def step_loss(run: Run, batch: dict, net: torch.nn.Module, source: TargetSource, ranks: distributed.Ranks) -> tuple[torch.Tensor, ...]:
+    """(loss to backpropagate, then loss, per-layer L1 and cosine over the global batch's real frames, and their count)."""
+    device = run.device
+    t = source.targets(batch)
+    wave, lengths = batch["wave"].to(device, non_blocking=True), batch["lengths"].to(device)
+    with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        pred = net(wave, lengths)
+    if pred.shape[2] != t.values.shape[2] or not torch.equal(run.model.num_frames(t.counted_from), t.frames):
+        raise RuntimeError(f"student frames {pred.shape[2]} != target frames {t.values.shape[2]}: crop misaligned")
+    mask = torch.arange(t.values.shape[2], device=device)[None, :] < t.frames[:, None]
+    loss, l1, cos = distill_loss(pred, t.values, mask)
+    # ranks hold different frame counts: weight each rank's mean so DDP's average is the global frame mean
+    n = t.frames.sum().float()
+    total = distributed.global_sum(n, ranks)
+    stats = distributed.global_sum(torch.cat([loss.detach()[None], l1, cos]) * n, ranks) / total
+    k = len(run.layers)
+    return loss * n * ranks.world / total, stats[0], stats[1 : 1 + k], stats[1 + k :], total
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict:
+    """Held-out loss, measured the same way in every recipe: exact targets, unpadded (no padding in GroupNorm)."""
+    src, cfg, model, layers = run.src, run.cfg, run.model, run.layers
+    if src.valid is None:
+        return {}
+    model.eval()
+    model.padding_enters_groupnorm = False
+    sums, n = torch.zeros(3, len(layers)), 0
+    keys = [(0, i) for i in range(min(len(src.valid), cfg.eval_max_utterances))]
+    for i in range(0, len(keys), cfg.batch_size):
+        _, loss, l1, cos, frames = step_loss(run, collate([src.valid[k] for k in keys[i : i + cfg.batch_size]]), model, run.judge,
+                                             distributed.Ranks())
+        sums += torch.stack([loss.expand(len(layers)), l1, cos]).cpu() * float(frames)
+        n += float(frames)
+    model.train()
+    model.padding_enters_groupnorm = run.recipe.padding_enters_groupnorm
+    sums /= max(n, 1)
+    return {"step": run.step, "loss": float(sums[0, 0]), "utterances": len(keys),
+            **{f"l1_layer{k}": float(sums[1, j]) for j, k in enumerate(layers)},
+            **{f"cos_layer{k}": float(sums[2, j]) for j, k in enumerate(layers)}}
+
+
+def checkpoint(run: Run) -> None:
+    model = run.model
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise TrainingDiverged(f"{run.cfg.out}: the student's weights are not finite after step {run.step} "
+                               f"(lr {lr_of(run, run.step - 1):.3g}); lower --lr; the run dir keeps its last finite checkpoint "
+                               "and exports nothing")
+    save_checkpoint(run.cfg.out, {"model": model.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+                                  "rng": rng_state(), "step": run.step, "config": run.cfg.to_dict(),
+                                  "student_config": model.encoder.config.to_dict(), "layers": run.layers,
+                                  "identity": run.identity, **({"follow": run.follower.state()} if run.follower else {})})
+
+
+def lr_of(run: Run, s: int) -> float:
+    return run.recipe.lr_at(run.optimizer, run.cfg, s)
+
+
+def log_row(run: Run, loss, l1, cos, grad_norm, batch: dict, steps: int, elapsed: float, waited: float) -> dict:
+    return {"step": run.step, "loss": loss.item(), "lr": lr_of(run, run.step - 1), "grad_norm": float(grad_norm),
+            "utterances_per_rank": len(batch["lengths"]), "ranks": run.ranks.world,
+            **{f"l1_layer{k}": float(l1[j]) for j, k in enumerate(run.layers)},
+            **{f"cos_layer{k}": float(cos[j]) for j, k in enumerate(run.layers)},
+            "steps_per_s": steps / elapsed, "loader_wait_fraction": waited / elapsed}
+
+
+def loop(run: Run, loader) -> dict:
+    """fetch, targets, forward, loss, backward, step; log, evaluate, checkpoint; at the end eval.json, loss.png, student/."""
+    cfg, ranks, model, optimizer, scaler = run.cfg, run.ranks, run.model, run.optimizer, run.scaler
     metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if ranks.main else None
     tb = _tensorboard(cfg.out) if ranks.main else None
-
-    def lr_at(s: int) -> float:
-        """The lr of step s (0-based); s3prl's optimizer schedules itself by the steps it has taken."""
-        if s3prl:
-            return optimizer.last_lr()
-        warm = max(1, int(cfg.warmup_fraction * cfg.steps))
-        return cfg.lr * (s + 1) / warm if s < warm else cfg.lr * max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))
-
-    def step_loss(batch: dict, net: torch.nn.Module, ranks: distributed.Ranks, as_s3prl: bool = False) -> tuple[torch.Tensor, ...]:
-        """(loss to backpropagate, then loss, per-layer L1 and cosine over the global batch's real frames, and their count).
-        as_s3prl: s3prl's targets (teacher in train mode on the padded batch) and loss over every padded frame."""
-        if as_s3prl:
-            targets = src.teacher.forward_as_s3prl([batch["wave"][i, : int(n)].numpy() for i, n in enumerate(batch["lengths"])], layers)
-            padded = torch.full_like(batch["lengths"], batch["wave"].shape[1])
-            batch = {**batch, "targets": targets, "frames": model.num_frames(padded), "check_lengths": padded}
-        elif "targets" not in batch and "codes" not in batch:
-            batch = {**batch, **online_targets(src.teacher, batch, layers)}
-        wave, lengths = batch["wave"].to(device, non_blocking=True), batch["lengths"].to(device)
-        if "codes" in batch:  # compact cache: decoded here, on the training device
-            scales = batch["scales"].to(device, non_blocking=True) if "scales" in batch else None
-            targets = decoder(batch["codes"].to(device, non_blocking=True), scales)
-        else:
-            targets = batch["targets"].to(device, non_blocking=True)
-        frames = batch["frames"].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            pred = net(wave, lengths)
-        expect = model.num_frames(batch.get("check_lengths", batch["lengths"]).to(device))
-        if pred.shape[2] != targets.shape[2] or not torch.equal(expect, frames):
-            raise RuntimeError(f"student frames {pred.shape[2]} != target frames {targets.shape[2]}: crop misaligned")
-        mask = torch.arange(targets.shape[2], device=device)[None, :] < frames[:, None]
-        loss, l1, cos = distill_loss(pred, targets, mask)
-        # ranks hold different frame counts: weight each rank's mean so DDP's average is the global frame mean
-        n = frames.sum().float()
-        total = distributed.global_sum(n, ranks)
-        stats = distributed.global_sum(torch.cat([loss.detach()[None], l1, cos]) * n, ranks) / total
-        return loss * n * ranks.world / total, stats[0], stats[1 : 1 + len(layers)], stats[1 + len(layers) :], total
-
-    @torch.no_grad()
-    def evaluate() -> dict:
-        if src.valid is None:
-            return {}
-        model.eval()
-        model.padding_enters_groupnorm = False  # held-out loss is measured the same way in both recipes: exact, unpadded
-        sums, n = torch.zeros(3, len(layers)), 0
-        keys = [(0, i) for i in range(min(len(src.valid), cfg.eval_max_utterances))]
-        for i in range(0, len(keys), cfg.batch_size):
-            batch = collate([src.valid[k] for k in keys[i : i + cfg.batch_size]])
-            _, loss, l1, cos, frames = step_loss(batch, model, distributed.Ranks())
-            sums += torch.stack([loss.expand(len(layers)), l1, cos]).cpu() * float(frames)
-            n += float(frames)
-        model.train()
-        model.padding_enters_groupnorm = s3prl
-        sums /= max(n, 1)
-        return {"step": step, "loss": float(sums[0, 0]), "utterances": len(keys),
-                **{f"l1_layer{k}": float(sums[1, j]) for j, k in enumerate(layers)},
-                **{f"cos_layer{k}": float(sums[2, j]) for j, k in enumerate(layers)}}
-
-    def checkpoint() -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise TrainingDiverged(f"{cfg.out}: the student's weights are not finite after step {step} (lr {lr_at(step - 1):.3g}); "
-                                   "lower --lr; the run dir keeps its last finite checkpoint and exports nothing")
-        save_checkpoint(cfg.out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                  "rng": rng_state(), "step": step, "config": cfg.to_dict(),
-                                  "student_config": model_config.to_dict(), "layers": layers,
-                                  "identity": identity, **({"follow": follower.state()} if follower else {})})
-
-    # ---- the loop ----------------------------------------------------------------------
-    from tqdm import tqdm
-
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not (cfg.progress and ranks.main), dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="training", disable=not (cfg.progress and ranks.main), dynamic_ncols=True)
     t_last, waited, window_t0, window_steps = time.perf_counter(), 0.0, time.perf_counter(), 0
-    last_eval: dict = {}
     for batch in loader:
         waited += time.perf_counter() - t_last  # time the step stood waiting for data
-        if not s3prl:
+        if run.recipe.sets_lr:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
-        # forward, masked loss, backward (scaled if fp16), clip, step
-        to_backprop, loss, l1, cos, _ = step_loss(batch, net, ranks, as_s3prl=s3prl)
+                group["lr"] = lr_of(run, run.step)
+        to_backprop, loss, l1, cos, _ = step_loss(run, batch, run.net, run.targets, ranks)
         if not torch.isfinite(loss):  # nothing after a non-finite loss is worth keeping: no checkpoint of it, no export
-            raise TrainingDiverged(f"{cfg.out}: the loss is {float(loss)} at step {step + 1} (lr {lr_at(step):.3g}); lower --lr "
-                                   "or check the targets (feature-cache verify); the run dir keeps its last finite checkpoint")
+            raise TrainingDiverged(f"{cfg.out}: the loss is {float(loss)} at step {run.step + 1} (lr {lr_of(run, run.step):.3g}); lower "
+                                   "--lr or check the targets (feature-cache verify); the run dir keeps its last finite checkpoint")
         scaler.scale(to_backprop).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips such a step; else it would poison
-            raise TrainingDiverged(f"{cfg.out}: the gradient is {float(grad_norm)} at step {step + 1} (lr {lr_at(step):.3g}); lower "
-                                   "--lr; the run dir keeps its last finite checkpoint")
+            raise TrainingDiverged(f"{cfg.out}: the gradient is {float(grad_norm)} at step {run.step + 1} (lr {lr_of(run, run.step):.3g}); "
+                                   "lower --lr; the run dir keeps its last finite checkpoint")
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
+        run.step += 1
         window_steps += 1
         bar.update(1)
-        if init_line or notes:  # said once the first step has run: a run that fails before it keeps its error to one line
-            for line in [init_line, *notes]:
-                if line:
-                    bar.write(line, file=sys.stderr)
-            init_line, notes = None, []
-        # log
-        if ranks.main and (step % cfg.log_interval == 0 or step == cfg.steps):
+        for line in run.notes:  # said once the first step has run: a run that fails before it keeps its error to one line
+            bar.write(line, file=sys.stderr)
+        run.notes = []
+        if ranks.main and (run.step % cfg.log_interval == 0 or run.step == cfg.steps):
             elapsed = time.perf_counter() - window_t0
-            row = {"step": step, "loss": loss.item(), "lr": lr_at(step - 1), "grad_norm": float(grad_norm),
-                   "utterances_per_rank": len(batch["lengths"]), "ranks": ranks.world,
-                   **{f"l1_layer{k}": float(l1[j]) for j, k in enumerate(layers)},
-                   **{f"cos_layer{k}": float(cos[j]) for j, k in enumerate(layers)},
-                   "steps_per_s": window_steps / elapsed, "loader_wait_fraction": waited / elapsed}
+            row = log_row(run, loss, l1, cos, grad_norm, batch, window_steps, elapsed, waited)
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
             _tb_log(tb, row, "train")
             bar.set_postfix(loss=f"{row['loss']:.3f}", wait=f"{row['loader_wait_fraction']:.0%}")
             window_t0, window_steps, waited = time.perf_counter(), 0, 0.0
-        # evaluate and checkpoint
-        if ranks.main and step % cfg.eval_interval == 0 and step < cfg.steps:
-            last_eval = evaluate()
-            metrics.write(json.dumps({"eval": last_eval}) + "\n")
-            _tb_log(tb, last_eval, "valid")
-        if ranks.main and (step % cfg.checkpoint_interval == 0 or step == cfg.steps or step == cfg.stop_after):
-            checkpoint()
-        if step == cfg.stop_after:
+        if ranks.main and run.step % cfg.eval_interval == 0 and run.step < cfg.steps:
+            held_out = evaluate(run)
+            metrics.write(json.dumps({"eval": held_out}) + "\n")
+            metrics.flush()
+            _tb_log(tb, held_out, "valid")
+        if ranks.main and (run.step % cfg.checkpoint_interval == 0 or run.step in (cfg.steps, cfg.stop_after)):
+            checkpoint(run)
+        if run.step == cfg.stop_after:
             break
         t_last = time.perf_counter()
     bar.close()
     if not ranks.main:
         distributed.close(ranks)
-        return {"step": step, "out": cfg.out, "rank": ranks.rank}
+        return {"step": run.step, "out": cfg.out, "rank": ranks.rank}
     metrics.close()
+    return finish(run, tb)
 
-    # ---- the end: held-out evaluation, plot, export --------------------------------------
-    result = {"step": step, "out": cfg.out, "parameters": count_parameters(model.encoder)}
-    if step == cfg.steps:
-        last_eval = evaluate()
+
+def finish(run: Run, tb) -> dict:
+    """The end: held-out evaluation (into metrics.jsonl too, so loss.png shows it), eval.json, the student, loss.png."""
+    cfg = run.cfg
+    result = {"step": run.step, "out": cfg.out, "parameters": count_parameters(run.model.encoder)}
+    if run.step == cfg.steps:
+        last_eval = evaluate(run)
+        if last_eval:
+            with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as metrics:
+                metrics.write(json.dumps({"eval": last_eval}) + "\n")
         staged(os.path.join(cfg.out, "eval.json"), lambda tmp: _write_json(tmp, last_eval))
-        result["student"] = export_student(model, cfg.out, layers, src.sample_rate)
+        result["student"] = export_student(run.model, cfg.out, run.layers, run.src.sample_rate)
         result["eval"] = last_eval
     result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"))
     if tb:
         tb.close()
-    distributed.close(ranks)
+    distributed.close(run.ranks)
     return result
 
 

@@ -1,6 +1,6 @@
-"""`--recipe s3prl`: online training the way s3prl's distiller trains (pretrain/distiller/*, optimizers.py), for
-A/B runs against the paper's own setup. Our default recipe differs on purpose (docs/reproducing-distilhubert.md);
-this module holds only what s3prl does differently and torch does not provide:
+"""What `--recipe s3prl` (train.recipe) trains with: online training the way s3prl's distiller trains
+(pretrain/distiller/*, optimizers.py), for A/B runs against the paper's own setup. Our default recipe differs on
+purpose (docs/reproducing-distilhubert.md); this module holds only what s3prl does differently and torch does not provide:
 
 - its batches: the corpus sorted by length (longest first), cut into consecutive groups, the group order shuffled;
 - its optimizer: `Lamb(adam=True, correct_bias=True)`, an AdamW whose weight decay is scaled by the bias-corrected
@@ -19,7 +19,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-RECIPES = ("distilcache", "s3prl")
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # s3prl's names; transformers' norms are lower-case, so decayed
 
 

@@ -15,7 +15,7 @@ from tests.conftest import build_corpus
 from train.config import ConfigError, TrainConfig
 from train.data import CorpusCrops
 from train.loop import train
-from train.recipe import S3prlAdamW, SortedGroups, param_groups, warmup_linear
+from train.s3prl import S3prlAdamW, SortedGroups, param_groups, warmup_linear
 
 
 def test_batches_are_consecutive_length_sorted_groups_in_shuffled_order():

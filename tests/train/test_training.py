@@ -11,8 +11,9 @@ from store import SpecMismatchError, open_cache
 from train.cli import main
 from train.config import ConfigError, TrainConfig, load_config
 from train.data import CachedCrops, CorpusCrops
-from train.loop import online_targets, train
+from train.loop import train
 from train.model import Student, student_config
+from train.targets import teacher_batch
 
 
 def _cfg(cached, out, **kw):
@@ -49,7 +50,7 @@ def test_online_and_cached_targets_agree_for_short_utterances(cached):
     from train.data import collate
 
     keys = [(0, i) for i in range(len(online.ids))]
-    on = online_targets(teacher, collate([online[k] for k in keys]), [1, 3])
+    on = teacher_batch(teacher, collate([online[k] for k in keys]), [1, 3])
     off = collate([cached_ds[k] for k in keys])
     assert torch.equal(on["wave"], off["wave"]) and torch.equal(on["frames"], off["frames"])
     assert (on["targets"] - off["targets"]).abs().max() <= 1e-4

@@ -1,0 +1,100 @@
+"""The one-line error machinery every command uses (feature-cache, extract-features, train-student, compare-runs).
+
+A user's mistake (a bad option, cache, corpus, checkpoint or design) is a UserError: the CLI prints it as one line
+naming the thing and the fix, and exits 2. Environment errors (OSError) are one line too; anything else is a bug and
+keeps its traceback. click's own usage errors are one line as well (OneLineCommand, OneLineGroup).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+
+import click
+
+
+class UserError(ValueError):
+    """Base of every error a user reads as one line: store.errors.CacheError, extract's, train's configuration,
+    design and checkpoint errors."""
+
+
+def _first_words(e: BaseException) -> str:
+    """The user's message of an error: a DataLoader worker's re-raise carries the whole worker traceback, whose last
+    line is the original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text or type(e).__name__  # a list of bad files is one line per file, on purpose
+
+
+def cli_errors(kept: str = "nothing was changed"):
+    """User errors print as one line on stderr and exit 2; Ctrl-C and SIGTERM print what was kept and exit 130.
+
+    Environment errors (OSError: permissions, a full disk, a path that is a file) are one line too; any other
+    exception is a bug and keeps its traceback."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _exit_on_sigterm(kept))
+            try:
+                return fn(*args, **kwargs)
+            except UserError as e:
+                click.echo(f"error: {_first_words(e)}", err=True)
+                sys.exit(2)
+            except OSError as e:
+                where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+                click.echo(f"error: {where}{e.strerror or _first_words(e)}; check the path, its permissions and free space", err=True)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                click.echo(f"interrupted: {kept}", err=True)
+                sys.exit(130)
+
+        return wrapper
+
+    return decorate
+
+
+def _exit_on_sigterm(kept: str):
+    """SIGTERM (a scheduler's time limit, `kill`): the same line as Ctrl-C, then exit at once. Not an exception:
+    one raised from a signal handler can land in a weakref callback or __del__, where Python swallows it and the
+    run goes on. Exiting without cleanup loses nothing: work is published by commit markers and atomic
+    checkpoints, and the next run removes what an interrupted attempt left."""
+
+    def handler(signum, frame) -> None:
+        sys.stderr.write(f"interrupted: {kept}\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    return handler
+
+
+one_line_errors = cli_errors()
+
+
+class _OneLineUsage:
+    """click prints a usage error as four lines (usage, hint, blank, error); ours is one line that names the option."""
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("aborted: nothing was changed", err=True)
+            sys.exit(1)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()} (see {self.name} --help)", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class OneLineCommand(_OneLineUsage, click.Command):
+    pass
+
+
+class OneLineGroup(_OneLineUsage, click.Group):
+    pass
