@@ -1,5 +1,6 @@
-"""`compare-runs RUN_DIR...`: several runs side by side (design, parameters, held-out per-layer L1 and cosine) and in
-one plot, so a sweep of student designs over one cache reads at a glance."""
+"""`compare-runs RUN_DIR...`: several runs side by side (design, parameters, teacher, targets, steps, held-out per-layer
+L1 and cosine) and in one plot, so a sweep of student designs over one cache reads at a glance; runs whose numbers do
+not compare (another teacher, other layers, another held-out set) are said so, or refused with --strict."""
 
 from __future__ import annotations
 
@@ -13,47 +14,87 @@ from store.oneline import OneLineCommand, cli_errors
 from train.config import ConfigError
 
 
-def read_run(run_dir: str) -> dict:
-    """What a finished run dir says about itself: design.json, eval.json and the held-out curve from metrics.jsonl."""
-    found = {}
-    for name in ("design.json", "eval.json"):
-        path = os.path.join(run_dir, name)
-        try:
-            with open(path) as f:
-                found[name] = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{run_dir}: no {name}; give run dirs of finished train-student runs") from None
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable ({type(e).__name__}); re-run that training or leave the run out") from None
-    missing = [k for k in ("preset", "layers", "width", "heads", "ffn", "parameters", "head_parameters") if k not in found["design.json"]]
-    if missing or not isinstance(found["eval.json"], dict):
-        raise ConfigError(f"{run_dir}: design.json lacks {', '.join(missing) or 'nothing'} or eval.json is not an object; "
-                          "give run dirs written by this version of train-student")
-    curve = []
+def _json(path: str, required: bool, run_dir: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{run_dir}: no {os.path.basename(path)}; give run dirs of train-student runs") from None
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({type(e).__name__}); re-run that training or leave the run out") from None
+
+
+def _metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
+    """(held-out rows, training rows) of metrics.jsonl. A malformed line is refused, except a last line cut short (a run
+    still writing, or killed mid-write): that one is not a result yet."""
+    held, trained = [], []
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(metrics):
-        with open(metrics) as f:
-            for n, line in enumerate(f, 1):
-                if not line.startswith('{"eval"'):
-                    continue
-                try:
-                    row = json.loads(line)["eval"]
-                except (ValueError, KeyError):
-                    raise ConfigError(f"{metrics} line {n}: not a JSON row of held-out results; re-run that training or leave "
-                                      "the run out") from None
-                if not isinstance(row, dict):
-                    raise ConfigError(f"{metrics} line {n}: its eval entry is not an object; leave the run out")
-                curve.append(row)
-    final = found["eval.json"]
+    if not os.path.exists(metrics):
+        return held, trained
+    with open(metrics) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if not line.endswith("\n"):
+                    break
+                raise ConfigError(f"{metrics} line {n}: not a JSON row of results; re-run that training or leave the run out") from None
+            if not isinstance(row, dict) or "eval" in row and not isinstance(row["eval"], dict):
+                raise ConfigError(f"{metrics} line {n}: its eval entry is not an object; leave the run out")
+            if "eval" in row:
+                if row["eval"]:
+                    held.append(row["eval"])
+            elif isinstance(row.get("step"), int) and isinstance(row.get("loss"), (int, float)):
+                trained.append({"step": row["step"], "loss": row["loss"]})
+    return held, trained
+
+
+def read_run(run_dir: str) -> dict:
+    """What a run dir says about itself: design.json, run.json (what it trained on), eval.json (once finished; before
+    that the last held-out row, marked partial), and its held-out and training curves from metrics.jsonl."""
+    from store.lock import is_locked
+
+    design = _json(os.path.join(run_dir, "design.json"), True, run_dir)
+    record = _json(os.path.join(run_dir, "run.json"), False, run_dir)
+    final = _json(os.path.join(run_dir, "eval.json"), False, run_dir)
+    missing = [k for k in ("preset", "layers", "width", "heads", "ffn", "parameters", "head_parameters") if k not in design] \
+        if isinstance(design, dict) else ["everything"]
+    if missing or not isinstance(final, (dict, type(None))) or not isinstance(record, (dict, type(None))):
+        raise ConfigError(f"{run_dir}: design.json lacks {', '.join(missing) or 'nothing'}, or eval.json/run.json is not an object; "
+                          "give run dirs written by this version of train-student")
+    curve, trained = _metrics(run_dir)
+    status = "finished" if final is not None else "running" if is_locked(run_dir) else "unfinished"
+    if final is None:
+        final = curve[-1] if curve else {}
     bad = [k for k, v in final.items() if k != "step" and (k in ("loss",) or k.startswith(("l1_layer", "cos_layer")))
            and not isinstance(v, (int, float))]
-    counts = [found["design.json"].get(k) for k in ("parameters", "head_parameters")]
+    counts = [design.get(k) for k in ("parameters", "head_parameters")]
     if bad or not all(isinstance(c, int) for c in counts):
         raise ConfigError(f"{run_dir}: eval.json or design.json holds values that are not numbers ({', '.join(bad[:3]) or 'parameters'}); "
                           "re-run that training or leave the run out")
     if final and (not curve or curve[-1].get("step") != final.get("step")):
         curve.append(final)
-    return {"run": run_dir, "design": found["design.json"], "eval": final, "curve": [c for c in curve if c]}
+    return {"run": run_dir, "design": design, "record": record or {}, "eval": final, "status": status,
+            "step": (trained[-1]["step"] if trained else final.get("step")), "curve": [c for c in curve if c], "train_curve": trained}
+
+
+def _identity(r: dict) -> dict:
+    """What must be the same for runs to be compared fairly: the teacher, its layers, the held-out set."""
+    rec = r["record"]
+    return {"teacher": (rec.get("teacher") or {}).get("digest"), "layers": rec.get("layers") or r["design"].get("target_layers"),
+            "held-out set": (rec.get("held_out") or {}).get("ids_sha256")}
+
+
+def differences(runs: list[dict]) -> list[str]:
+    """Why these runs' held-out numbers do not compare (different teachers, layers or held-out sets), one line each."""
+    out = []
+    for key, plural in (("teacher", "teachers"), ("layers", "target layers"), ("held-out set", "held-out sets")):
+        seen = {json.dumps(_identity(r)[key]) for r in runs if _identity(r)[key] is not None}
+        if len(seen) > 1:
+            out.append(f"the runs used different {plural} ({', '.join(sorted(seen))[:160]})")
+    return out
 
 
 def _design_text(d: dict) -> str:
@@ -61,13 +102,28 @@ def _design_text(d: dict) -> str:
     return f"{d['preset']}: {d['layers']} x {d['width']}, {d['heads']} heads, FFN {d['ffn']}, {objective}"
 
 
+def _storage(rec: dict) -> str:
+    c = rec.get("cache")
+    if not rec:
+        return "?"
+    if c is None:
+        return "teacher online"
+    return f"{str(c.get('fingerprint'))[:12]} {c.get('storage')}{' (derived)' if c.get('derived_from') else ''}"
+
+
 def table(runs: list[dict]) -> str:
     layers = sorted({int(k[len("l1_layer"):]) for r in runs for k in r["eval"] if k.startswith("l1_layer")})
-    head = ["run", "design", "parameters (+heads)", "held-out loss", *[f"L1 / cos layer {k}" for k in layers]]
+    head = ["run", "design", "parameters (+heads)", "teacher", "targets", "steps", "held-out loss",
+            *[f"L1 / cos layer {k}" for k in layers]]
     rows = []
     for r in runs:
-        e, d = r["eval"], r["design"]
-        rows.append([r["run"], _design_text(d), f"{d['parameters']:,} (+{d['head_parameters']:,})", f"{e.get('loss', float('nan')):.4f}",
+        e, d, rec = r["eval"], r["design"], r["record"]
+        teacher = rec.get("teacher") or {}
+        name = teacher.get("name") or "?"
+        steps = f"{r['step']}" + ("" if r["status"] == "finished" else f" ({r['status']}, partial)")
+        rows.append([r["run"], _design_text(d), f"{d['parameters']:,} (+{d['head_parameters']:,})",
+                     f"{os.path.basename(str(name).rstrip('/'))} {str(teacher.get('digest') or '')[-8:]}".strip(), _storage(rec), steps,
+                     f"{e['loss']:.4f}" if isinstance(e.get("loss"), (int, float)) else "-",
                      *[f"{e[f'l1_layer{k}']:.4f} / {e[f'cos_layer{k}']:.4f}" if f"l1_layer{k}" in e else "-" for k in layers]])
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -83,9 +139,12 @@ def plot(runs: list[dict], out_png: str) -> str:
     width = 0.8 / max(1, len(runs))
     for i, r in enumerate(runs):
         label = f"{os.path.basename(os.path.normpath(r['run']))} ({r['design']['preset']}, {r['design']['parameters'] / 1e6:.1f}M)"
-        curves.plot([c["step"] for c in r["curve"]], [c["loss"] for c in r["curve"]], marker="o", label=label)
+        line = curves.plot([c["step"] for c in r["train_curve"]], [c["loss"] for c in r["train_curve"]], lw=1, alpha=0.6,
+                           label=f"{label} training")[0] if r["train_curve"] else None
+        curves.plot([c["step"] for c in r["curve"]], [c["loss"] for c in r["curve"]], marker="o", ls="--" if line else "-",
+                    color=line.get_color() if line else None, label=f"{label} held out")
         bars.bar([j + i * width for j in range(len(layers))], [r["eval"].get(f"cos_layer{k}", 0) for k in layers], width, label=label)
-    curves.set(xlabel="step", ylabel="held-out loss", title="held-out loss")
+    curves.set(xlabel="step", ylabel="loss", title="training loss (line) and held-out loss (points)")
     bars.set(xticks=[j + width * (len(runs) - 1) / 2 for j in range(len(layers))], xticklabels=[f"layer {k}" for k in layers],
              ylabel="held-out cosine", title="held-out cosine per target layer")
     for ax in (curves, bars):
@@ -99,15 +158,23 @@ def plot(runs: list[dict], out_png: str) -> str:
 
 @click.command("compare-runs", cls=OneLineCommand)
 @click.argument("run_dirs", nargs=-1, required=True)
-@click.option("--plot", "plot_file", default="compare-runs.png", show_default=True, help="where to draw the runs in one plot")
+@click.option("--plot", "plot_file", default=None, help="where to draw the runs in one plot [default: compare-runs.png; "
+              "with --json, none unless given]")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
+@click.option("--strict", is_flag=True, help="refuse runs whose teachers, target layers or held-out sets differ (default: warn)")
 @cli_errors(kept="nothing was changed")
-def main(run_dirs: tuple[str, ...], plot_file: str, as_json: bool) -> None:
-    """Designs, parameter counts and held-out per-layer L1/cosine of RUN_DIRS side by side, and one plot."""
+def main(run_dirs: tuple[str, ...], plot_file: str | None, as_json: bool, strict: bool) -> None:
+    """Designs, teachers, targets, steps and held-out per-layer L1/cosine of RUN_DIRS side by side, and one plot of the
+    training and held-out losses. A run still going shows its latest held-out results, marked partial."""
     runs = [read_run(d) for d in run_dirs]
-    drawn = plot(runs, plot_file)
+    differ = differences(runs)
+    if differ and strict:
+        raise ConfigError(f"compare-runs --strict: {differ[0]}; their held-out losses do not compare")
+    for line in differ:
+        click.echo(f"warning: {line}; their held-out losses do not compare (--strict refuses)", err=True)
+    drawn = plot(runs, plot_file or "compare-runs.png") if plot_file or not as_json else None
     if as_json:
-        click.echo(json.dumps({"runs": runs, "plot": drawn}))
+        click.echo(json.dumps({"runs": runs, "plot": drawn, "differences": differ}))
         return
     click.echo(table(runs))
     click.echo(f"plot: {drawn}", err=True)

@@ -75,13 +75,17 @@ def _remove(path: str) -> None:
 
 
 def plot_losses(metrics_file: str, out_png: str) -> str | None:
-    """loss.png from metrics.jsonl (total and per-layer L1); None when nothing was logged."""
+    """loss.png from metrics.jsonl: the training loss and per-layer L1, and the held-out loss at each evaluation; None
+    when nothing was logged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in _rows(metrics_file) if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int)]
+    rows = _rows(metrics_file)
+    held = [r["eval"] for r in rows if isinstance(r.get("eval"), dict) and isinstance(r["eval"].get("loss"), (int, float))
+            and isinstance(r["eval"].get("step"), int)]
+    rows = [r for r in rows if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int)]
     if not rows:
         return None
     steps = [r["step"] for r in rows]
@@ -89,6 +93,8 @@ def plot_losses(metrics_file: str, out_png: str) -> str | None:
     ax.plot(steps, [r["loss"] for r in rows], label="loss", lw=2)
     for key in sorted(k for k in rows[0] if k.startswith("l1_layer")):
         ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=key.replace("_", " "), lw=1)
+    if held:  # the held-out loss beside the training loss: the one a reader judges over-fitting by
+        ax.plot([h["step"] for h in held], [h["loss"] for h in held], "o--", color="black", label="held-out loss", ms=5)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()

@@ -7,6 +7,7 @@ used), so `train-student --config RUN/config.json` reruns the same thing. run.js
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from importlib import metadata
@@ -26,14 +27,16 @@ def _versions() -> dict:
 
 
 def _amount(crops) -> dict:
-    """Utterances and hours of a dataset of crops (cached or online)."""
+    """Utterances and hours of a dataset of crops (cached or online), and a digest of its ids: runs held out on
+    different sets do not compare (compare-runs says so)."""
     if crops is None:
-        return {"utterances": 0, "hours": 0.0}
+        return {"utterances": 0, "hours": 0.0, "ids_sha256": None}
+    digest = hashlib.sha256("\n".join(sorted(crops.ids)).encode()).hexdigest()[:16]
     if hasattr(crops, "utts"):  # online: the corpus's headers
         samples, rate = sum(crops.utts[u].samples_at(crops.rate) for u in crops.ids), crops.rate
     else:
         samples, rate = sum(crops.cache.num_samples(u) for u in crops.ids), crops.cache.spec["preprocessing"]["sample_rate"]
-    return {"utterances": len(crops.ids), "hours": round(samples / rate / 3600, 4)}
+    return {"utterances": len(crops.ids), "hours": round(samples / rate / 3600, 4), "ids_sha256": digest}
 
 
 def resolved(cfg: TrainConfig, src, layers: list[int]) -> TrainConfig:

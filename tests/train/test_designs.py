@@ -178,8 +178,7 @@ def test_init_copies_only_parts_that_compute_the_teachers_function(tmp_path, cap
     assert "CNN" in describe_random(fresh, why) and "computes something else" in describe_random(fresh, why)
 
 
-@pytest.mark.parametrize("design", [{"preset": "deep-thin"}, {"preset": "wide-4"}, {"student_layers": 3},
-                                    {"preset": "small", "match": "1:1,2:3"}])
+@pytest.mark.parametrize("design", [{"preset": p} for p in PRESETS] + [{"student_layers": 3}, {"preset": "small", "match": "1:1,2:3"}])
 def test_every_design_resumes_to_the_same_weights(cached, tmp_path, design):
     """Fresh and resumed students come from one builder (train.model.build_student): any depth resumes."""
     import torch
