@@ -30,13 +30,44 @@ def export_student(model: Student, out_dir: str, layers: list[int], sample_rate:
 
     def heads_json(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump({"target_layers": layers, "dim": model.encoder.config.hidden_size,
+            json.dump({"target_layers": layers, "dim": model.encoder.config.hidden_size, "target_dim": model.target_dim,
                        "objective": "layer-to-layer" if model.match else "heads", "match": [list(m) for m in model.match]}, f)
 
     heads = {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
     staged(os.path.join(out_dir, "heads.safetensors"), lambda tmp: save_file(heads, tmp))
     staged(os.path.join(out_dir, "heads.json"), heads_json)
     return staged(os.path.join(out_dir, "student"), student)
+
+
+def load_student(run_dir: str) -> Student:
+    """The exported student with its heads, built by the one builder (train.model.build_student) from what the run dir
+    holds: student/ (config and weights) and heads.json/heads.safetensors. Read back from disk, so checked: a run dir
+    that is not a distilcache export, or whose parts disagree, is one line."""
+    from safetensors.torch import load_file
+    from transformers import HubertModel
+
+    from train.checkpoint import CheckpointError
+    from train.design import Design
+    from train.model import build_student
+
+    student_dir = os.path.join(run_dir, "student")
+    try:
+        with open(os.path.join(run_dir, "heads.json")) as f:
+            meta = json.load(f)
+        encoder = HubertModel.from_pretrained(student_dir)
+        heads = load_file(os.path.join(run_dir, "heads.safetensors"))
+        layers, match = list(meta["target_layers"]), tuple(tuple(int(x) for x in m) for m in meta.get("match") or ())
+        target_dim = int(meta.get("target_dim") or next(v.shape[0] for k, v in heads.items() if k.endswith("weight")))
+        design = Design("exported", encoder.config.num_hidden_layers, encoder.config.hidden_size,
+                        encoder.config.num_attention_heads, encoder.config.intermediate_size, match)
+        model = build_student(design, {"hidden_size": target_dim}, len(layers), saved_config=encoder.config.to_dict())
+        model.encoder.load_state_dict(encoder.state_dict())
+        model.heads.load_state_dict(heads)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, StopIteration) as e:
+        raise CheckpointError(f"{run_dir}: not a loadable distilcache export ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+                              "give the run dir of a finished train-student run") from None
+    model.target_layers = layers
+    return model.eval()
 
 
 WRITE_FAILURES = ("no space left", "storagefull", "code: 28", "failed writing", "disk quota")

@@ -108,7 +108,7 @@ class Student(nn.Module):
         install_masked_groupnorm(self.encoder)  # padded batches see what each utterance alone would
         self.match = tuple(match)
         self.padding_enters_groupnorm = False  # True only for --recipe s3prl
-        target_dim = target_dim or config.hidden_size
+        target_dim = self.target_dim = target_dim or config.hidden_size
         self.heads = LayerProjections(config.hidden_size, self.match, target_dim) if self.match \
             else PredictionHeads(config.hidden_size, n_targets, target_dim)
         self.feature_grad_mult = feature_grad_mult

@@ -128,3 +128,25 @@ def test_compare_runs_shows_teacher_targets_steps_and_partial_runs_and_refuses_m
     strict = runner.invoke(compare_cli, [str(tmp_path / "a"), str(tmp_path / "c"), "--strict"])
     assert strict.exit_code == 2 and strict.stderr.count("\n") == 1 and "--strict" in strict.stderr
     np.testing.assert_equal(json.loads(j.stdout)["runs"][1]["status"], "unfinished")
+
+
+@pytest.mark.parametrize("design", [{}, {"preset": "small", "match": "1:1,2:3"}])
+def test_an_exported_student_loads_back_through_the_one_builder(cached, tmp_path, design):
+    from train.design import resolve
+    from train.export import load_student
+    from train.model import build_student
+
+    train(_quick(cached, tmp_path / "r", **design))
+    loaded = load_student(str(tmp_path / "r"))
+    ckpt = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
+    teacher_config = open_cache(cached["path"]).spec["teacher"]["config"]
+    d = resolve(design.get("preset", "distilhubert"), 0, 0, 0, 0, design.get("match", ""), teacher_config)
+    trained = build_student(d, teacher_config, 2, saved_config=ckpt["student_config"])
+    trained.load_state_dict(ckpt["model"])
+    wave, lengths = torch.randn(2, 16000), torch.tensor([16000, 12000])
+    with torch.no_grad():
+        assert torch.equal(loaded(wave, lengths), trained.eval()(wave, lengths))
+    assert loaded.target_layers == [1, 3]
+    os.remove(tmp_path / "r" / "heads.safetensors")
+    with pytest.raises(CheckpointError, match="not a loadable distilcache export"):
+        load_student(str(tmp_path / "r"))
