@@ -23,11 +23,16 @@ def parse_layers(value: str) -> tuple[int, ...]:
     return layers
 
 
+def parse_extract_layers(value: str) -> tuple[int, ...] | str:
+    """--layers of extract-features: numbers, or `all` (every hidden layer 0..L of the teacher, for probes)."""
+    return "all" if value.strip().lower() == "all" else parse_layers(value)
+
+
 @click.command("extract-features", cls=OneLineCommand, context_settings={"show_default": True})
 @click.option("--teacher", required=True, help="hub name (e.g. facebook/hubert-base-ls960) or local model directory")
 @click.option("--corpus", required=True, type=click.Path(exists=True),
               help="audio directory (recursive), fairseq TSV, Kaldi data dir (wav.scp [+ segments]) or lhotse manifest (*.jsonl.gz)")
-@click.option("--layers", default="4,8,12", help="teacher layers to cache (0 = input to layer 1)")
+@click.option("--layers", default="4,8,12", help="teacher layers to cache (0 = input to layer 1), or all (0..L: what probe-features weighs)")
 @click.option("--cache-dir", default=None, help="cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]")
 @click.option("--revision", default=None, help="hub revision of the teacher")
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -59,7 +64,7 @@ def parse_layers(value: str) -> tuple[int, ...]:
 def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, audio, codec, batch_seconds, part_seconds,
          max_seconds, segment_seconds, segment_overlap, workers, scheduler, on_error, allow_pickle, repair, as_json, quiet) -> None:
     """Run TEACHER once over CORPUS and cache its LAYERS; prints the cache path last."""
-    cfg = ExtractConfig(teacher=teacher, corpus=corpus, layers=parse_layers(layers), cache_dir=cache_dir, revision=revision,
+    cfg = ExtractConfig(teacher=teacher, corpus=corpus, layers=parse_extract_layers(layers), cache_dir=cache_dir, revision=revision,
                         device=device, dtype=dtype, storage_dtype=storage_dtype, audio=audio, codec=codec, batch_seconds=batch_seconds,
                         part_seconds=part_seconds, max_seconds=max_seconds,
                         segment_seconds=segment_seconds or 0.0, segment_overlap=segment_overlap, on_error=on_error, workers=workers,

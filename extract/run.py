@@ -37,7 +37,7 @@ MIN_SEGMENT_STEP = 0.02  # one frame of a 16 kHz, 320-hop teacher: a smaller ste
 class ExtractConfig:
     teacher: str  # hub name or local directory
     corpus: str  # directory, fairseq TSV, Kaldi data dir or lhotse manifest (extract/corpora)
-    layers: tuple[int, ...] = (4, 8, 12)  # DistilHuBERT's targets
+    layers: tuple[int, ...] | str = (4, 8, 12)  # DistilHuBERT's targets; "all": every hidden layer 0..L (probes)
     cache_dir: str | None = None  # default: $DISTILCACHE_HOME or ~/.cache/distilcache
     revision: str | None = None  # hub revision of the teacher
     device: str = "auto"  # auto | cpu | cuda[:N]
@@ -60,6 +60,8 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if self.on_error not in ("fail", "skip"):
             raise ExtractError(f"--on-error {self.on_error}: choose fail or skip")
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise ExtractError(f"--layers {self.layers}: give layer numbers (4,8,12) or all")
         if self.storage_dtype not in TARGET_MODES or self.audio not in AUDIO_MODES:
             raise ExtractError(f"--storage {self.storage_dtype} / --audio {self.audio}: choose from {', '.join(TARGET_MODES)} "
                                f"and {', '.join(AUDIO_MODES)}")
@@ -111,7 +113,8 @@ def extract_features(cfg: ExtractConfig) -> Summary:
 def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     """extract_features() with a teacher already loaded (benchmarks time this part)."""
     t0 = time.time()
-    spec = teacher.spec(list(cfg.layers), cfg.storage_dtype, cfg.audio)
+    layers = list(range(teacher.num_layers + 1)) if cfg.layers == "all" else list(cfg.layers)
+    spec = teacher.spec(layers, cfg.storage_dtype, cfg.audio)
     root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, 0 if cfg.segment_seconds else cfg.max_seconds)
     if cfg.segment_seconds:
         check_segments(cfg.segment_seconds, cfg.segment_overlap, teacher.sample_rate, teacher.window)

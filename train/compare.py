@@ -156,6 +156,49 @@ def plot(runs: list[dict], out_png: str) -> str:
     return out_png
 
 
+def is_probe(run_dir: str) -> bool:
+    return os.path.isfile(os.path.join(run_dir, "result.json")) and not os.path.isfile(os.path.join(run_dir, "design.json"))
+
+
+def read_probe(probe_dir: str) -> dict:
+    """A probe-features dir's result.json, checked: read back from disk, it is untrusted."""
+    r = _json(os.path.join(probe_dir, "result.json"), True, probe_dir)
+    ok = (isinstance(r, dict) and isinstance(r.get("task"), str) and isinstance(r.get("metric"), str)
+          and isinstance(r.get("value"), (int, float)) and isinstance(r.get("ci95"), list) and len(r["ci95"]) == 2
+          and all(isinstance(v, (int, float)) for v in r["ci95"]) and isinstance(r.get("split"), dict)
+          and isinstance(r.get("upstream"), dict))
+    if not ok:
+        raise ConfigError(f"{probe_dir}/result.json: not a probe-features result; re-run that probe or leave it out")
+    return {"run": probe_dir, **r}
+
+
+def probe_table(probes: list[dict]) -> str:
+    head = ["probe", "upstream", "params", "targets", "task", "metric ± 95% interval", "test utterances"]
+    rows = []
+    for p in probes:
+        up, cache = p["upstream"], p.get("cache") or {}
+        params = f"{up['parameters'] / 1e6:.2f}M" if isinstance(up.get("parameters"), int) else "?"
+        lo, hi = p["ci95"]
+        rows.append([p["run"], f"{os.path.basename(str(up.get('name') or '?').rstrip('/'))} {str(up.get('digest') or '')[-8:]}",
+                     params, f"{str(cache.get('fingerprint', '?'))[:12]} {cache.get('storage', '?')}", p["task"],
+                     f"{p['metric']} {p['value']:.4f} ({lo:.4f}-{hi:.4f})", str(p["split"].get("test", "?"))])
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def compare_probes(probe_dirs: tuple[str, ...], as_json: bool) -> None:
+    """Probes side by side; refused when they are not the same question (another task or metric, another test set)."""
+    probes = [read_probe(d) for d in probe_dirs]
+    for key, what in ((lambda p: (p["task"], p["metric"]), "tasks"), (lambda p: p["split"].get("test_ids_sha256"), "test sets")):
+        seen = sorted({json.dumps(key(p)) for p in probes})
+        if len(seen) > 1:
+            raise ConfigError(f"compare-runs: the probes answer different {what} ({', '.join(seen)[:120]}); compare probes of one "
+                              "task on one test split")
+    if as_json:
+        click.echo(json.dumps({"probes": probes}))
+    else:
+        click.echo(probe_table(probes))
+
+
 @click.command("compare-runs", cls=OneLineCommand)
 @click.argument("run_dirs", nargs=-1, required=True)
 @click.option("--plot", "plot_file", default=None, help="where to draw the runs in one plot [default: compare-runs.png; "
@@ -165,7 +208,15 @@ def plot(runs: list[dict], out_png: str) -> str:
 @cli_errors(kept="nothing was changed")
 def main(run_dirs: tuple[str, ...], plot_file: str | None, as_json: bool, strict: bool) -> None:
     """Designs, teachers, targets, steps and held-out per-layer L1/cosine of RUN_DIRS side by side, and one plot of the
-    training and held-out losses. A run still going shows its latest held-out results, marked partial."""
+    training and held-out losses. A run still going shows its latest held-out results, marked partial. Probe dirs
+    (probe-features --out) print upstream | params | task | metric ± interval instead."""
+    probes = [d for d in run_dirs if is_probe(d)]
+    if probes:
+        if len(probes) != len(run_dirs):
+            raise ConfigError(f"compare-runs: {probes[0]} is a probe dir, {next(d for d in run_dirs if d not in probes)} is not; "
+                              "compare probes with probes, training runs with training runs")
+        compare_probes(run_dirs, as_json)
+        return
     runs = [read_run(d) for d in run_dirs]
     differ = differences(runs)
     if differ and strict:

@@ -1,0 +1,140 @@
+"""Issue 21: probes from caches. A synthetic task with a known answer (the label is the tone's pitch): the teacher's
+probe beats chance by a wide margin, with shuffled labels it is at chance; CTC over a tiny vocabulary lowers its error;
+layer weights sum to 1; every bad input is one line."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from extract import ExtractConfig, extract_features
+from train.probe import ProbeConfig, ProbeError, probe_features
+from train.probe_cli import main as probe_cli
+
+PITCH = {"low": 180.0, "mid": 420.0, "high": 900.0}
+
+
+def _tone(freq: float, seconds: float, rng) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * freq * (1 + 0.02 * rng.standard_normal()) * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory, tiny_teacher):
+    """60 one-tone utterances (label: pitch class) and 40 utterances of 2-4 tones (transcript: their classes), cached
+    with every layer of the tiny teacher (--layers all)."""
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    labels, text = [], []
+    (root / "c" / "kws").mkdir(parents=True)
+    (root / "c" / "asr").mkdir(parents=True)
+    for i in range(60):
+        name = list(PITCH)[i % 3]
+        sf.write(root / "c" / "kws" / f"u{i:02d}.wav", _tone(PITCH[name], rng.uniform(0.5, 0.9), rng), 16000, subtype="PCM_16")
+        labels.append(f"kws/u{i:02d}\t{name}")
+    for i in range(40):
+        names = [list(PITCH)[j] for j in rng.integers(0, 3, rng.integers(2, 5))]
+        sf.write(root / "c" / "asr" / f"s{i:02d}.wav", np.concatenate([_tone(PITCH[n], 0.3, rng) for n in names]), 16000,
+                 subtype="PCM_16")
+        text.append(f"asr/s{i:02d} {' '.join(n[0] for n in names)}")  # Kaldi text: one symbol per tone
+    (root / "labels.tsv").write_text("\n".join(labels) + "\n")
+    (root / "text").write_text("\n".join(text) + "\n")
+    s = extract_features(ExtractConfig(tiny_teacher, str(root / "c"), layers="all", cache_dir=str(root / "k"), storage_dtype="float32",
+                                       progress=False))
+    return {"root": root, "cache": s.path}
+
+
+def _cfg(tones, out, **kw):
+    return ProbeConfig(**{"cache": tones["cache"], "task": "classify", "labels": str(tones["root"] / "labels.tsv"),
+                          "out": str(out), "test_fraction": 0.3, "epochs": 60, **kw})
+
+
+def test_layers_all_caches_every_hidden_layer(tones):
+    from store import open_cache
+
+    assert open_cache(tones["cache"]).layers == [0, 1, 2, 3]
+
+
+def test_the_teachers_probe_beats_chance_and_shuffled_labels_do_not(tones, tmp_path, capsys):
+    result = probe_features(_cfg(tones, tmp_path / "real"))
+    assert result["metric"] == "accuracy" and result["value"] >= result["chance"] + 0.4, result
+    assert result["ci95"][0] <= result["value"] <= result["ci95"][1]
+    assert abs(sum(result["layer_weights"]) - 1) < 1e-6 and len(result["layer_weights"]) == 4
+    assert "in the cache without a label" in capsys.readouterr().err  # the 40 asr utterances: said, not silently dropped
+    lines = (tones["root"] / "labels.tsv").read_text().splitlines()
+    rng = np.random.default_rng(1)
+    shuffled = [f"{a.split(chr(9))[0]}\t{b.split(chr(9))[1]}" for a, b in zip(lines, rng.permutation(lines), strict=True)]
+    (tmp_path / "shuffled.tsv").write_text("\n".join(shuffled) + "\n")
+    chance = probe_features(_cfg(tones, tmp_path / "shuffled", labels=str(tmp_path / "shuffled.tsv")))
+    assert chance["value"] <= chance["chance"] + 0.2 < result["value"], (chance, result)
+    saved = json.load(open(tmp_path / "real" / "result.json"))
+    assert saved["split"]["kind"] == "hash by recording" and saved["split"]["test"] + saved["split"]["train"] == 60
+    assert saved["upstream"]["parameters"] > 0 and os.path.getsize(tmp_path / "real" / "layers.png") > 1000
+
+
+def test_ctc_over_a_tiny_vocabulary_lowers_its_error(tones, tmp_path):
+    kw = dict(task="ctc", labels=str(tones["root"] / "text"), tokens="phone", test_fraction=0.25, lr=2e-2)
+    early = probe_features(_cfg(tones, tmp_path / "early", epochs=1, **kw))
+    late = probe_features(_cfg(tones, tmp_path / "late", epochs=80, **kw))
+    assert early["metric"] == late["metric"] == "PER" and late["vocabulary"] == ["h", "l", "m"]
+    assert late["value"] < early["value"] - 0.2, (early["value"], late["value"])
+
+
+def test_one_layer_gets_weight_one(tones, tmp_path):
+    result = probe_features(_cfg(tones, tmp_path / "one", layers=(2,), epochs=5))
+    assert result["layer_weights"] == [1.0]
+
+
+def test_bad_probe_input_is_one_line(tones, tmp_path):
+    root = tones["root"]
+    (root / "one-class.tsv").write_text("".join(f"kws/u{i:02d}\tlow\n" for i in range(0, 60, 3)))
+    (root / "ids-a").write_text("kws/u00\nkws/u01\nkws/u02\n")
+    (root / "ids-b").write_text("kws/u02\nkws/u03\n")
+    (root / "strangers.tsv").write_text("nobody\tlow\n")
+    (root / "bad-line.tsv").write_text("kws/u00\tlow\nkws/u01\t\n")
+    cases = [
+        (["--labels", str(root / "one-class.tsv")], "a classifier needs at least two"),
+        (["--layers", "7"], "the cache has 0,1,2,3"),
+        (["--train-ids", str(root / "ids-a"), "--test-ids", str(root / "ids-b")], "must not overlap training"),
+        (["--labels", str(root / "strangers.tsv")], "none of its 1 ids is an utterance"),
+        (["--labels", str(root / "bad-line.tsv")], "line 2"),
+        (["--labels", str(root / "missing.tsv")], "no such file"),
+        (["--task", "ctc", "--labels", str(root / "text"), "--tokens", "phone", "--train-ids", str(root / "ids-a"), "--test-ids",
+          str(root / "ids-b")], "none of its 3 ids is a labelled utterance"),
+    ]
+    for extra, says in cases:
+        args = ["--cache", tones["cache"], "--task", "classify", "--labels", str(root / "labels.tsv"), "--out", str(tmp_path / "x"),
+                "--epochs", "1", *extra]
+        r = CliRunner().invoke(probe_cli, args)
+        assert r.exit_code == 2 and "Traceback" not in r.output and says in r.output, (extra, r.output)
+        assert [line for line in r.output.splitlines() if line.startswith("error:")], r.output
+
+
+def test_a_test_symbol_never_seen_in_training_is_refused(tones, tmp_path):
+    root = tones["root"]
+    lines = (root / "text").read_text().splitlines()
+    ids = [line.split()[0] for line in lines]
+    (root / "text-odd").write_text("\n".join(lines[:-1] + [f"{ids[-1]} z"]) + "\n")
+    (root / "train-ids").write_text("\n".join(ids[:-1]) + "\n")
+    (root / "test-ids").write_text(ids[-1] + "\n")
+    with pytest.raises(ProbeError, match="symbol 'z'"):
+        probe_features(_cfg(tones, tmp_path / "z", task="ctc", tokens="phone", labels=str(root / "text-odd"),
+                            train_ids=str(root / "train-ids"), test_ids=str(root / "test-ids")))
+
+
+def test_compare_runs_puts_probes_side_by_side_and_refuses_mixed_tasks(tones, tmp_path):
+    from train.compare import main as compare_cli
+
+    probe_features(_cfg(tones, tmp_path / "a", epochs=5))
+    probe_features(_cfg(tones, tmp_path / "b", epochs=5, layers=(3,)))
+    probe_features(_cfg(tones, tmp_path / "c", epochs=2, task="ctc", labels=str(tones["root"] / "text"), tokens="phone"))
+    r = CliRunner().invoke(compare_cli, [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    head, _, a, b = r.stdout.strip().splitlines()
+    assert "upstream" in head and "params" in head and "metric ± 95% interval" in head
+    assert "classify" in a and "accuracy" in a and "M |" in a and "float32" in b
+    mixed = CliRunner().invoke(compare_cli, [str(tmp_path / "a"), str(tmp_path / "c")])
+    assert mixed.exit_code == 2 and "different tasks" in mixed.output

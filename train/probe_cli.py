@@ -1,0 +1,42 @@
+"""`probe-features`: a thin click layer over train.probe.probe_features()."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from extract.cli import parse_layers
+from store.oneline import OneLineCommand, cli_errors
+from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
+
+
+@click.command("probe-features", cls=OneLineCommand, context_settings={"show_default": True})
+@click.option("--cache", required=True, help="cache path or fingerprint of the upstream's layers (extract-features --layers all)")
+@click.option("--task", type=click.Choice(TASKS), required=True, help="classify: mean-pool + linear; ctc: linear per frame + CTC")
+@click.option("--labels", required=True, help="TSV id<TAB>label, Kaldi text/utt2spk, or lhotse supervisions (*.jsonl[.gz])")
+@click.option("--out", required=True, help="probe dir: result.json, metrics.jsonl, layers.png")
+@click.option("--cache-dir", default=None, help="cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]")
+@click.option("--field", default="text", help="lhotse supervisions: the label's key (text, speaker, or a custom field)")
+@click.option("--tokens", type=click.Choice(list(TOKENS)), default="char", help="ctc: what a transcript is made of (CER, PER, WER)")
+@click.option("--layers", default=None, help="cached layers to weigh [default: all the cache has]")
+@click.option("--train-ids", default=None, type=click.Path(exists=True, dir_okay=False), help="file of training ids (with --test-ids)")
+@click.option("--test-ids", default=None, type=click.Path(exists=True, dir_okay=False), help="file of test ids (with --train-ids)")
+@click.option("--test-fraction", type=float, default=0.2, help="hash split by recording, without id files")
+@click.option("--epochs", type=int, default=40)
+@click.option("--batch-size", type=int, default=16)
+@click.option("--lr", type=float, default=5e-3)
+@click.option("--seed", type=int, default=0)
+@click.option("--verbose", is_flag=True, help="list every id left out")
+@cli_errors(kept="nothing was changed")
+def main(layers, **flags) -> None:
+    """Train a SUPERB-style probe on a cache's frozen layers and report its test metric with a 95% interval."""
+    result = probe_features(ProbeConfig(layers=parse_layers(layers) if layers else (), **flags))
+    lo, hi = result["ci95"]
+    click.echo(json.dumps({k: result[k] for k in ("task", "metric", "value", "ci95")} | {"test": result["split"]["test"]}), err=True)
+    click.echo(f"{result['task']} {result['metric']} {result['value']:.4f} (95% interval {lo:.4f}-{hi:.4f}) on "
+               f"{result['split']['test']} test utterances; {flags['out']}/result.json")
+
+
+if __name__ == "__main__":
+    main()
