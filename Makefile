@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lint demo bench stress clean
+.PHONY: install test lint demo probe-demo bench stress clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ stress: install
 
 demo: install
 	$(PY) -m train.demo
+
+probe-demo: install
+	# teacher vs distilled vs random student, each probed the same way (speaker ID on the demo's voices)
+	$(PY) -m train.probe_demo
 
 bench: install
 	$(PY) -m bench.run_all

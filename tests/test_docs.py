@@ -19,6 +19,8 @@ from store.cli import main as cache_cli
 from tests.conftest import build_corpus, build_tiny_teacher
 from train.cli import main as train_cli
 from train.compare import main as compare_cli
+from train.onnx_export import main as export_cli
+from train.probe_cli import main as probe_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(
@@ -34,7 +36,8 @@ def _options(cmd: click.Command) -> set[str]:
     return found
 
 
-ALL_OPTIONS = _options(extract_cli) | _options(train_cli) | _options(cache_cli) | _options(compare_cli)
+ALL_OPTIONS = (_options(extract_cli) | _options(train_cli) | _options(cache_cli) | _options(compare_cli) | _options(probe_cli)
+               | _options(export_cli))
 
 
 def test_every_cli_option_is_documented_and_every_documented_option_exists():
@@ -81,8 +84,8 @@ def _blocks():
 def doc_world(tmp_path_factory):
     work = tmp_path_factory.mktemp("docs")
     teacher = build_tiny_teacher(str(work / "hubert-base-ls960"), layers=12, hidden=16)
-    for i, sub in enumerate(("train-clean-100", "dev-clean")):
-        build_corpus(str(work / "LibriSpeech" / sub), n=3, seed=i, ext="flac")  # LibriSpeech is FLAC
+    for i, (sub, n) in enumerate((("train-clean-100", 8), ("dev-clean", 3))):  # 8: two speakers for the probe block
+        build_corpus(str(work / "LibriSpeech" / sub), n=n, seed=i, ext="flac")  # LibriSpeech is FLAC
     return {"WORK": str(work), "TEACHER": teacher, "CORPUS": str(work / "LibriSpeech")}
 
 

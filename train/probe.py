@@ -193,7 +193,8 @@ def _train_loop(model: nn.Module, cfg: ProbeConfig, n: int, loss_of, log) -> Non
         log({"epoch": epoch + 1, "loss": total / max(count, 1)})
 
 
-def classify(cfg: ProbeConfig, cache, layers: list[int], labels: dict[str, str], train: list[str], test: list[str], log) -> dict:
+def classify(cfg: ProbeConfig, read, frames, dim: int, n_layers: int, labels: dict[str, str], train: list[str], test: list[str],
+             log) -> dict:
     classes = sorted({labels[u] for u in train})
     if len(classes) < 2:
         raise ProbeError(f"--labels {cfg.labels}: the training split has {len(classes)} class ({classes[0] if classes else '-'}); "
@@ -203,11 +204,11 @@ def classify(cfg: ProbeConfig, cache, layers: list[int], labels: dict[str, str],
         raise ProbeError(f"--labels {cfg.labels}: class '{unseen[0]}' ({len(unseen)} such) is in the test split but never in "
                          "training; label more utterances or give the split yourself")
     index = {c: i for i, c in enumerate(classes)}
-    pooled = {u: torch.from_numpy(features(cache, u, layers).mean(1)) for u in train + test}  # [N, D] per utterance
+    pooled = {u: torch.from_numpy(read(u).mean(1)) for u in train + test}  # [N, D] per utterance
     x_train = torch.stack([pooled[u] for u in train])
     y_train = torch.tensor([index[labels[u]] for u in train])
     torch.manual_seed(cfg.seed)
-    model = Probe(len(layers), x_train.shape[-1], len(classes))
+    model = Probe(n_layers, dim, len(classes))
     _train_loop(model, cfg, len(train), lambda b: nn.functional.cross_entropy(model(x_train[b]), y_train[b]), log)
     with torch.no_grad():
         predicted = model(torch.stack([pooled[u] for u in test])).argmax(1).numpy()
@@ -236,27 +237,28 @@ def _edits(ref: list[str], hyp: list[str], tokens: str) -> int:
     return int(out.substitutions + out.deletions + out.insertions)
 
 
-def ctc(cfg: ProbeConfig, cache, layers: list[int], labels: dict[str, str], train: list[str], test: list[str], log) -> dict:
+def ctc(cfg: ProbeConfig, read, frames_of, dim: int, n_layers: int, labels: dict[str, str], train: list[str], test: list[str],
+        log) -> dict:
     vocab = sorted({s for u in train for s in _symbols(labels[u], cfg.tokens)})
     missing = sorted({s for u in test for s in _symbols(labels[u], cfg.tokens)} - set(vocab))
     if missing:
         raise ProbeError(f"--labels {cfg.labels}: symbol {missing[0]!r} ({len(missing)} such) is in the test split but never in "
                          "training; label more utterances, or give the split yourself")
     index = {s: i + 1 for i, s in enumerate(vocab)}  # 0 is CTC's blank
-    frames = {u: cache.num_frames(u) for u in train + test}
+    frames = {u: frames_of(u) for u in train + test}
     too_short = [u for u in train if frames[u] < len(_symbols(labels[u], cfg.tokens))]
     if too_short:
         _say(f"{len(too_short)} training utterance(s) have fewer frames than symbols (first: {too_short[0]}): CTC cannot align "
              "them, left out of training")
         train = [u for u in train if u not in set(too_short)]
     torch.manual_seed(cfg.seed)
-    model = Probe(len(layers), cache.spec["dim"], len(vocab) + 1)
+    model = Probe(n_layers, dim, len(vocab) + 1)
 
     def batch(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         longest = max(frames[u] for u in ids)
-        x = torch.zeros(len(ids), len(layers), longest, cache.spec["dim"])
+        x = torch.zeros(len(ids), n_layers, longest, dim)
         for i, u in enumerate(ids):
-            x[i, :, : frames[u]] = torch.from_numpy(features(cache, u, layers))
+            x[i, :, : frames[u]] = torch.from_numpy(read(u))
         return x, torch.tensor([frames[u] for u in ids])
 
     def loss_of(b) -> torch.Tensor:
@@ -310,6 +312,15 @@ def probe_features(cfg: ProbeConfig) -> dict:
     metrics.jsonl and layers.png, and returns the result."""
     cache = open_cache(cfg.cache, cfg.cache_dir)
     layers = check_layers(cfg, cache)
+    upstream = {"name": cache.provenance.get("teacher"), "digest": cache.spec["teacher"]["digest"],
+                "class": cache.spec["teacher"].get("class"), "parameters": upstream_parameters(cache.spec)}
+    return probe_with(cfg, cache, lambda u: features(cache, u, layers), layers, cache.spec["dim"], cache.num_frames, upstream)
+
+
+def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, frames=None, upstream: dict | None = None) -> dict:
+    """probe_features() over any features of the cache's utterances: `read(uid)` -> [len(layers), frames, dim] (a
+    baseline with no upstream, log-mel say); `frames(uid)` its frame count (default: read it)."""
+    frames = frames or (lambda u: read(u).shape[1])
     labels, missing = labelled_ids(cfg, cache)
     train, test, how = split(cfg, cache, sorted(labels))
     os.makedirs(cfg.out, exist_ok=True)
@@ -318,10 +329,9 @@ def probe_features(cfg: ProbeConfig) -> dict:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
 
-        found = (classify if cfg.task == "classify" else ctc)(cfg, cache, layers, labels, train, test, log)
+        found = (classify if cfg.task == "classify" else ctc)(cfg, read, frames, dim, len(layers), labels, train, test, log)
     result = {"task": cfg.task, **found, "layers": layers, "split": how, "ids": missing,
-              "upstream": {"name": cache.provenance.get("teacher"), "digest": cache.spec["teacher"]["digest"],
-                           "class": cache.spec["teacher"].get("class"), "parameters": upstream_parameters(cache.spec)},
+              "upstream": upstream or {"name": "none (features of the cache's audio)", "parameters": 0},
               "cache": {"path": cache.path, "fingerprint": cache.fingerprint, "storage": cache.spec["storage_dtype"]},
               "labels": os.path.abspath(cfg.labels), "config": dataclasses.asdict(cfg)}
     with open(os.path.join(cfg.out, "result.json"), "w") as f:
