@@ -4,8 +4,8 @@
 
 The task: make probe-demo's keyword spotting (ten Speech Commands words, four espeak voices, three rates; numpy-made
 chirps without espeak-ng); the label is the word, so the answer is known. Students are distilled on make demo's
-48-utterance corpus, then every upstream is cached over the keywords and probed the same way (probe-features' classify head: softmax-weighted layers,
-mean-pool, linear; hash split by recording, 25% test; 95% bootstrap interval):
+48-utterance corpus, then every upstream is cached over the keywords and probed the same way (probe-features'
+classify head: softmax-weighted layers, mean-pool, linear; hash split by recording, 25% test; 95% bootstrap interval):
 - the teacher (the demo's: hubert-base when the hub is reachable, else a small random-weight HuBERT);
 - students distilled from its float16 cache and from int8, int4 and pq copies of it (same steps, same seed);
 - a student of the same design with random weights (what distillation must beat);

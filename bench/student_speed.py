@@ -5,8 +5,9 @@
 HuBERT-base shapes (random weights: speed and size do not depend on them). For each model: parameters (the encoder,
 as exported; heads are for training only), inference wall time per audio second at batch 1 and batched (`--batch`
 utterances of `--seconds` each), fp32, no grad; rounds interleave the models so the machine's noise hits all alike,
-and the table shows the median and range. Peak memory is the extra resident memory (CPU) or the peak allocated
-memory (CUDA) of one batched forward, measured in a fresh process per model.
+and the table shows the median and range. Peak memory is the resident memory one batched forward adds on top of
+the model and its input (CPU: Linux's peak-RSS mark, reset just before; CUDA: peak allocated), in a fresh process
+per model.
 DistilHuBERT's claim: 75% smaller and 73% faster than HuBERT-base.
 """
 
@@ -22,19 +23,23 @@ import time
 from bench.common import machine
 
 MEMORY = """
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, ".")
 from bench.student_speed import build
+def status(key):  # kB in /proc/self/status
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(key))) * 1024
 name, seconds, batch, device = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 model = build(name).to(device).eval()
 x = torch.randn(batch, int(seconds * 16000), device=device) * 0.1
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if device == "cuda":
     torch.cuda.reset_peak_memory_stats()
+else:
+    open("/proc/self/clear_refs", "w").write("5")  # resets the peak-RSS mark (Linux), so VmHWM is this forward's peak
+before = status("VmRSS:")
 with torch.no_grad():
     model(x)
-peak = torch.cuda.max_memory_allocated() if device == "cuda" else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-print(json.dumps(peak))
+peak = torch.cuda.max_memory_allocated() if device == "cuda" else status("VmHWM:") - before
+print(json.dumps({"forward": peak, "weights": sum(p.numel() * p.element_size() for p in model.parameters())}))
 """
 
 
@@ -97,7 +102,7 @@ def main() -> None:
     for n in names:
         done = subprocess.run([sys.executable, "-c", MEMORY, n, str(args.seconds), str(args.batch), device.type],
                               capture_output=True, text=True, check=True)
-        memory[n] = json.loads(done.stdout.strip().splitlines()[-1])
+        memory[n] = json.loads(done.stdout.strip().splitlines()[-1])["forward"]
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     t_med = {n: statistics.median(times[n]["1"]) for n in names}
     b_med = {n: statistics.median(times[n]["batched"]) for n in names}

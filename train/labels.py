@@ -73,7 +73,24 @@ def _lhotse(path: str, lines: list[tuple[int, str]], field: str) -> dict[str, st
 
 
 def read_ids(path: str, option: str) -> list[str]:
-    """A file of ids, one per line (or the first column of a TSV/Kaldi file)."""
+    """The ids of a split: a file with one id per line (or the first column of a TSV / Kaldi file), a Kaldi data dir
+    (its segments, else utt2spk, text or wav.scp), or a lhotse manifest (*.jsonl[.gz]: each line's "id")."""
+    if os.path.isdir(path):
+        found = next((os.path.join(path, n) for n in ("segments", "utt2spk", "text", "wav.scp") if os.path.isfile(os.path.join(path, n))),
+                     None)
+        if found is None:
+            raise LabelError(f"{option} {path}: a directory without segments, utt2spk, text or wav.scp; give a Kaldi data dir or an "
+                             "id file")
+        path = found
     if not os.path.isfile(path):
-        raise LabelError(f"{option} {path}: no such file; give a file with one utterance id per line")
-    return [line.split()[0] for _, line in _text_lines(path)]
+        raise LabelError(f"{option} {path}: no such file; give a file with one utterance id per line, a Kaldi dir or a lhotse manifest")
+    lines = _text_lines(path)
+    if lines and lines[0][1].lstrip().startswith("{"):
+        ids = []
+        for n, line in lines:
+            try:
+                ids.append(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                raise LabelError(f"{option} {path} line {n}: not a JSON manifest entry with an 'id'") from None
+        return [str(u) for u in ids]
+    return [line.split()[0] for _, line in lines]

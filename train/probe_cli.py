@@ -20,8 +20,9 @@ from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
 @click.option("--field", default="text", help="lhotse supervisions: the label's key (text, speaker, or a custom field)")
 @click.option("--tokens", type=click.Choice(list(TOKENS)), default="char", help="ctc: what a transcript is made of (CER, PER, WER)")
 @click.option("--layers", default=None, help="cached layers to weigh [default: all the cache has]")
-@click.option("--train-ids", default=None, type=click.Path(exists=True, dir_okay=False), help="file of training ids (with --test-ids)")
-@click.option("--test-ids", default=None, type=click.Path(exists=True, dir_okay=False), help="file of test ids (with --train-ids)")
+@click.option("--train-ids", default=None, type=click.Path(exists=True),
+              help="training ids: a file (one per line), a Kaldi data dir or a lhotse manifest (with --test-ids)")
+@click.option("--test-ids", default=None, type=click.Path(exists=True), help="test ids, as --train-ids")
 @click.option("--test-fraction", type=float, default=0.2, help="hash split by recording, without id files")
 @click.option("--epochs", type=int, default=40)
 @click.option("--batch-size", type=int, default=16)

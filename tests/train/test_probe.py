@@ -138,3 +138,13 @@ def test_compare_runs_puts_probes_side_by_side_and_refuses_mixed_tasks(tones, tm
     assert "classify" in a and "accuracy" in a and "M |" in a and "float32" in b
     mixed = CliRunner().invoke(compare_cli, [str(tmp_path / "a"), str(tmp_path / "c")])
     assert mixed.exit_code == 2 and "different tasks" in mixed.output
+
+
+def test_splits_come_from_id_files_kaldi_dirs_or_lhotse_manifests(tones, tmp_path):
+    ids = [f"kws/u{i:02d}" for i in range(60)]
+    kaldi = tmp_path / "train"
+    kaldi.mkdir()
+    (kaldi / "utt2spk").write_text("".join(f"{u} s\n" for u in ids[:45]))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"id": u, "start": 0}) + "\n" for u in ids[45:]))
+    result = probe_features(_cfg(tones, tmp_path / "p", train_ids=str(kaldi), test_ids=str(tmp_path / "test.jsonl"), epochs=5))
+    assert (result["split"]["kind"], result["split"]["train"], result["split"]["test"]) == ("user", 45, 15)
