@@ -123,7 +123,8 @@ def _int8(out: str, model: torch.nn.Module, ort) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     q = out[: -len(".onnx")] + ".int8.onnx" if out.endswith(".onnx") else out + ".int8.onnx"
-    quantize_dynamic(out, q, weight_type=QuantType.QInt8)
+    # MatMul (the transformer) only: onnxruntime's ConvInteger made the CNN 2.6x slower than fp32 here (docs/benchmarks.md)
+    quantize_dynamic(out, q, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
     session = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 48_000)).astype(np.float32) * 0.1)
     with torch.no_grad():
