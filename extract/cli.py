@@ -32,7 +32,7 @@ def parse_extract_layers(value: str) -> tuple[int, ...] | str:
 @click.option("--teacher", required=True, help="hub name (e.g. facebook/hubert-base-ls960) or local model directory")
 @click.option("--corpus", required=True, type=click.Path(exists=True),
               help="audio directory (recursive), fairseq TSV, Kaldi data dir (wav.scp [+ segments]) or lhotse manifest (*.jsonl.gz)")
-@click.option("--layers", default="4,8,12", help="teacher layers to cache (0 = input to layer 1), or all (0..L: what probe-features weighs)")
+@click.option("--layers", default="4,8,12", help="teacher layers to cache (0 = input to layer 1), or all (0..L, for probe-features)")
 @click.option("--cache-dir", default=None, help="cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]")
 @click.option("--revision", default=None, help="hub revision of the teacher")
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")
