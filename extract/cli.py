@@ -8,6 +8,7 @@ import sys
 import click
 
 from extract.run import ExtractConfig, extract_features
+from extract.run import dry_run as extract_dry_run
 from store.layout import CODECS
 from store.modes import AUDIO_MODES, TARGET_MODES
 from store.oneline import OneLineCommand, cli_errors
@@ -58,17 +59,23 @@ def parse_extract_layers(value: str) -> tuple[int, ...] | str:
 @click.option("--allow-pickle", is_flag=True, help="allow non-safetensors teacher weights (trusted teachers only)")
 @click.option("--repair", is_flag=True, help="check every committed chunk's crc32c too (not only that every file is there) "
               "and re-extract damaged parts")
+@click.option("--dry-run", is_flag=True, help="say what would be done (files, hours, parts, cache, size per storage mode, free disk, "
+              "ETA from one timed forward); no extraction, nothing written")
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: one JSON summary")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @cli_errors(kept="every committed part is kept; re-run the same command to continue")
 def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, audio, codec, batch_seconds, part_seconds,
-         max_seconds, segment_seconds, segment_overlap, workers, scheduler, on_error, allow_pickle, repair, as_json, quiet) -> None:
+         max_seconds, segment_seconds, segment_overlap, workers, scheduler, on_error, allow_pickle, repair, dry_run, as_json,
+         quiet) -> None:
     """Run TEACHER once over CORPUS and cache its LAYERS; prints the cache path last."""
     cfg = ExtractConfig(teacher=teacher, corpus=corpus, layers=parse_extract_layers(layers), cache_dir=cache_dir, revision=revision,
                         device=device, dtype=dtype, storage_dtype=storage_dtype, audio=audio, codec=codec, batch_seconds=batch_seconds,
                         part_seconds=part_seconds, max_seconds=max_seconds,
                         segment_seconds=segment_seconds or 0.0, segment_overlap=segment_overlap, on_error=on_error, workers=workers,
                         scheduler=scheduler, allow_pickle=allow_pickle, repair=repair, progress=not quiet)
+    if dry_run:
+        show_dry_run(extract_dry_run(cfg), as_json)
+        return
     s = extract_features(cfg)
     if not s.teacher_work:
         click.echo(f"cache complete, no teacher work: {s.utterances} utterances, {s.frames} frames", err=True)
@@ -82,6 +89,26 @@ def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dt
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
     click.echo(json.dumps(s.to_dict()) if as_json else s.path)
     sys.stdout.flush()
+
+
+def show_dry_run(f: dict, as_json: bool) -> None:
+    from extract.forecast import duration
+    from store.registry import human_bytes as human
+
+    t, chosen = f["expected_bytes"], f"{f['storage']} targets + {f['audio']} audio"
+    click.echo(f"corpus       {f['utterances']} utterances ({f['windows']} of them windows), {f['hours']:.3f} h; {f['refused']} refused")
+    click.echo(f"cache        {f['cache'] or 'new (its statistics are fitted first)'}: "
+               + (f"exists, {f['cached_utterances']} utterances cached" if f["exists"] else "would be created"))
+    click.echo(f"to extract   {f['todo_utterances']} utterances, {f['todo_hours']:.3f} h, {f['todo_frames']} frames, {f['parts']} part(s)")
+    click.echo(f"size         {human(f['need_bytes'])} for {chosen} (before the codec); targets: "
+               + ", ".join(f"{m} {human(b)}" for m, b in t["targets"].items()) + "; audio: "
+               + ", ".join(f"{m} {human(b)}" for m, b in t["audio"].items()))
+    free = "no limit (object store)" if f["free_bytes"] is None else human(f["free_bytes"])
+    click.echo(f"free disk    {free}: {'fits' if f['fits'] else 'DOES NOT FIT: the run would be refused'}")
+    click.echo(f"ETA          {duration(f['eta_seconds'])} on {f['device']} ({f['seconds_per_audio_second'] * 1000:.1f} ms per audio "
+               "second, one timed forward)")
+    if as_json:
+        click.echo(json.dumps(f))
 
 
 if __name__ == "__main__":

@@ -61,17 +61,25 @@ def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: in
                            "ids, or `feature-cache rm` this cache to rebuild it")
     # by utterance, never by path: the windows of one recording share a path, and one bad window must not take the rest along
     still_bad = {s["uid"] for s in cache.skipped if "size" in s and s.get("uid") and _unchanged(s)}
-    fresh = sorted((u for u in utts if u.uid not in cache and u.uid not in still_bad), key=lambda u: u.uid)
-    budget = int(part_seconds * rate)
-    parts, items, samples = [], [], 0
-    for i, u in enumerate(fresh):
-        items.append(u.item(rate))
-        samples += items[-1].samples
-        if samples >= budget or i == len(fresh) - 1:
-            parts.append({"name": part_name([it.uid for it in items]), "items": items, "corpus": corpus})
-            items, samples = [], 0
+    fresh = [u for u in utts if u.uid not in cache and u.uid not in still_bad]
+    parts = [{"name": part_name([it.uid for it in items]), "items": items, "corpus": corpus}
+             for items in group_parts(fresh, rate, part_seconds)]
     write_json_atomic(plan_path(cache.path), merged_plan(cache, corpus, [{"name": p["name"], "utterances": len(p["items"])}
                                                                         for p in parts], [b.to_dict() for b in bad]))
+    return parts
+
+
+def group_parts(fresh: list[Utterance], rate: int, part_seconds: float) -> list[list]:
+    """Sorted ids, greedy by --part-seconds: the same utterances always make the same parts."""
+    budget = int(part_seconds * rate)
+    parts, items, samples = [], [], 0
+    ordered = sorted(fresh, key=lambda u: u.uid)
+    for i, u in enumerate(ordered):
+        items.append(u.item(rate))
+        samples += items[-1].samples
+        if samples >= budget or i == len(ordered) - 1:
+            parts.append(items)
+            items, samples = [], 0
     return parts
 
 

@@ -16,6 +16,7 @@ from extract.compact import existing_stats, fit_with_teacher
 from extract.corpora import MAX_SECONDS
 from extract.corpus import scan
 from extract.errors import ExtractError
+from extract.forecast import check_space, first_line, forecast, seconds_per_audio_second
 from extract.pipeline import extract_part
 from extract.plan import orphan_attempts, plan_parts
 from extract.probe import probe_batching
@@ -28,6 +29,7 @@ from store.index import consolidate, uncommit
 from store.layout import CODECS, part_path
 from store.lock import exclusive
 from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
+from store.spec import fingerprint, validate_spec
 from store.verify import damaged_parts, source_changed
 
 MIN_SEGMENT_STEP = 0.02  # one frame of a 16 kHz, 320-hop teacher: a smaller step would repeat windows endlessly
@@ -110,9 +112,8 @@ def extract_features(cfg: ExtractConfig) -> Summary:
     return extract_with(cfg, teacher)
 
 
-def extract_with(cfg: ExtractConfig, teacher) -> Summary:
-    """extract_features() with a teacher already loaded (benchmarks time this part)."""
-    t0 = time.time()
+def corpus_and_spec(cfg: ExtractConfig, teacher) -> tuple[dict, str, list, list]:
+    """(spec, corpus root, utterances or windows, bad entries): headers only, no teacher work."""
     layers = list(range(teacher.num_layers + 1)) if cfg.layers == "all" else list(cfg.layers)
     spec = teacher.spec(layers, cfg.storage_dtype, cfg.audio)
     root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, 0 if cfg.segment_seconds else cfg.max_seconds)
@@ -121,6 +122,41 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         utts = segment(utts, cfg.segment_seconds, cfg.segment_overlap)
         spec["preprocessing"]["segments"] = {"seconds": cfg.segment_seconds, "overlap": cfg.segment_overlap,
                                              "placement": SEGMENT_PLACEMENT}
+    return spec, root, utts, bad
+
+
+def known_fingerprint(cache_root: str, spec: dict) -> tuple[str | None, tuple | None]:
+    """(the cache's fingerprint, the existing statistics) before any fitting: compact modes know it only when a cache of
+    this spec already exists (its statistics are kept); float modes always."""
+    if not TARGET_MODES[spec["storage_dtype"]].needs_stats:
+        return fingerprint(validate_spec(spec)), None
+    existing = existing_stats(cache_root, spec) if fs.exists(cache_root) else None
+    if not existing:
+        return None, None
+    return fingerprint(validate_spec({**spec, "storage_stats": stats_digest(existing[0])})), existing
+
+
+def dry_run(cfg: ExtractConfig) -> dict:
+    """`extract-features --dry-run`: the corpus, the cache it will use or create, its size in every storage mode, free
+    disk, and an ETA from one timed forward; no extraction work, nothing written."""
+    teacher = load_teacher(cfg.teacher, cfg.revision, "cpu" if (cfg.workers or cfg.scheduler) else cfg.device, cfg.dtype,
+                           cfg.allow_pickle)
+    spec, _, utts, bad = corpus_and_spec(cfg, teacher)
+    cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
+    fp, _ = known_fingerprint(cache_root, spec)
+    f = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp)
+    speed = seconds_per_audio_second(teacher, spec["layers"])
+    workers = max(1, cfg.workers)
+    f.update(refused=len(bad), device=str(teacher.device), seconds_per_audio_second=speed,
+             eta_seconds=f["todo_hours"] * 3600 * speed / workers, storage=cfg.storage_dtype, audio=cfg.audio,
+             fits=f["free_bytes"] is None or f["need_bytes"] <= f["free_bytes"])
+    return f
+
+
+def extract_with(cfg: ExtractConfig, teacher) -> Summary:
+    """extract_features() with a teacher already loaded (benchmarks time this part)."""
+    t0 = time.time()
+    spec, root, utts, bad = corpus_and_spec(cfg, teacher)
     if bad and cfg.on_error == "fail":
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
         raise ExtractError(f"{len(bad)} bad file(s) or entries in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
@@ -130,13 +166,17 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     except OSError as e:
         raise ExtractError(f"--cache-dir {cache_root}: cannot use it as a cache root ({e.strerror}); give a writable directory") from None
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
+    fp, existing = known_fingerprint(cache_root, spec)
+    ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp)
+    if ahead["todo_utterances"]:  # the first line of every run that has work: what, where, how big; refused if it cannot fit
+        print(first_line(ahead), file=sys.stderr)
+        check_space(ahead, cache_root, cfg.storage_dtype, cfg.audio)
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])
     corpus_input = corpus_identity(cfg.corpus)
     provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "corpus_input": corpus_input, "batching_probe": probe}
     stats = None
     if TARGET_MODES[cfg.storage_dtype].needs_stats:  # fit on a sample first (or keep the existing cache's), then one pass
-        stats, provenance["fidelity"] = existing_stats(cache_root, spec) or fit_with_teacher(teacher, utts, spec["layers"],
-                                                                                             cfg.storage_dtype)
+        stats, provenance["fidelity"] = existing or fit_with_teacher(teacher, utts, spec["layers"], cfg.storage_dtype)
         spec["storage_stats"] = stats_digest(stats)
     path = create_cache(cache_root, spec, provenance, layout, stats)
     with exclusive(path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -14,7 +15,7 @@ from store.hdf5 import export_hdf5, import_hdf5
 from store.modes import AUDIO_MODES, TARGET_MODES
 from store.oneline import OneLineGroup, cli_errors, one_line_errors
 from store.reader import default_cache_dir, open_cache
-from store.registry import describe, list_caches, remove_cache
+from store.registry import describe, human_bytes, list_caches, remove_cache
 from store.spec import FORMAT_VERSION
 from store.verify import repair_commands, verify_cache
 
@@ -41,9 +42,23 @@ def ls(cache_dir: str | None) -> None:
     if not caches:
         click.echo(f"no caches of format {FORMAT_VERSION} under {cache_dir or default_cache_dir()}", err=True)
     for c in caches:
-        teacher = c.provenance.get("teacher", "?")
-        layers = ",".join(map(str, c.layers))
-        click.echo(f"{c.fingerprint}  {teacher}  layers={layers}  {c.spec['storage_dtype']}  utterances={len(c)}  {c.path}")
+        click.echo(ls_line(c))
+
+
+def ls_line(c) -> str:
+    """One cache at a glance: teacher, layers, storage and audio, complete or not, utterances, hours, size, derivation."""
+    teacher = os.path.basename(str(c.provenance.get("teacher") or "?").rstrip("/"))
+    pending = c.pending()
+    state = "complete" if not pending["parts"] and not pending.get("unknown") else \
+        f"partial ({pending['parts']} part(s) pending)" if not pending.get("unknown") else "partial (no plan.json)"
+    hours = c.total_samples / c.spec["preprocessing"]["sample_rate"] / 3600
+    unsized = len(c.parts) - c.parts_with_bytes  # parts written before markers recorded their bytes
+    size = human_bytes(c.bytes) if not unsized else "size ? (info --du)" if not c.parts_with_bytes else \
+        f"{human_bytes(c.bytes)} + {unsized} unsized part(s) (info --du)"
+    derived = c.spec.get("derived_from", {}).get("fingerprint")
+    return (f"{c.fingerprint}  {teacher}  layers={','.join(map(str, c.layers))}  {c.spec['storage_dtype']}/{c.audio_mode} audio  "
+            f"{state}  utterances={len(c)}  {hours:.2f} h  {size}" + (f"  derived from {derived}" if derived else "") + f"  {c.path}")
+
 
 
 @main.command()
@@ -68,8 +83,14 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
     stored = d.pop("stored_error") or {}
     corpora = d.pop("corpora")
     clipped = d.pop("audio_clipped")
+    provenance = d.pop("provenance") or {}
     for key, value in d.items():
         click.echo(f"{key:18} {value}")
+    if provenance:
+        click.echo("provenance")
+    for key, value in provenance.items():  # one line each: where the cache came from (a dict of them read as noise)
+        if key != "fidelity" and value not in (None, "", {}):
+            click.echo(f"{'  ' + key:18} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     where = (f"on {fid.get('held_out_utterances')} held-out utterances" if fid.get("held_out_utterances")
              else f"on the {fid.get('measured_on')} fitting utterances: too few to hold any out")
     for layer, m in fid.get("layers", {}).items():  # lossy modes: the error measured when the cache was made

@@ -18,8 +18,9 @@ from store.layout import commit_path, index_path, is_attempt_name, part_path, re
 from store.modes import error_sums_problem
 
 READER_FIELDS = ("part", "dir", "ids", "frames", "samples", "skipped", "total_frames", "total_samples")
-OPTIONAL_FIELDS = ("recordings", "corpus", "audio_clipped", "error")  # uid -> recording (segments only); the part's --corpus
-# input; samples clipped to int16 (int16/flac audio); int8/int4/pq: layer -> error sums of the stored rows (store.modes)
+OPTIONAL_FIELDS = ("recordings", "corpus", "audio_clipped", "error", "bytes")  # uid -> recording (segments only); the part's --corpus
+# input; samples clipped to int16 (int16/flac audio); int8/int4/pq: layer -> error sums of the stored rows (store.modes);
+# the bytes its shards and FLAC files hold (metadata aside)
 
 
 def list_markers(cache: str) -> list[str]:
@@ -55,6 +56,8 @@ def marker_problem(part: str, marker) -> str | None:
         return "its skipped or recordings records are malformed"
     if type(marker.get("audio_clipped", 0)) is not int or not isinstance(marker.get("corpus", ""), str):
         return "its audio_clipped or corpus record is malformed"
+    if "bytes" in marker and not (type(marker["bytes"]) is int and marker["bytes"] >= 0):
+        return "its bytes record is not a count"
     if "error" in marker and (why := error_sums_problem(marker["error"])):
         return f"its error record is malformed ({why})"
     return None

@@ -122,6 +122,8 @@ class Cache:
         self.audio_clipped = 0
         self.stored_error: dict[str, dict] = {}  # lossy modes: layer -> error sums over every part that records them
         self.parts_with_error = 0
+        self.bytes = 0  # what the parts' markers say their shards hold; parts_with_bytes of them say it (older ones do not)
+        self.parts_with_bytes = 0
         self.total_frames = self.total_samples = 0
         first_corpus = self.provenance.get("corpus_input") or self.provenance.get("corpus") or "?"  # caches before per-part records
         for part in sorted(markers):
@@ -137,6 +139,9 @@ class Cache:
             self.part_dirs[part] = marker["dir"]
             self.part_corpus[part] = marker.get("corpus") if isinstance(marker.get("corpus"), str) else first_corpus
             self.audio_clipped += int(marker.get("audio_clipped") or 0)
+            if type(marker.get("bytes")) is int:
+                self.bytes += marker["bytes"]
+                self.parts_with_bytes += 1
             if marker.get("error"):
                 self.parts_with_error += 1
                 for layer, sums in marker["error"].items():

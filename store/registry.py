@@ -122,3 +122,12 @@ def remove_cache(path: str) -> None:
     fs.rmtree(target)
     if fs.exists(target):
         raise CacheError(f"{path}: could not be removed completely; check its permissions")
+
+
+def human_bytes(n: float) -> str:
+    """1.2 GB: sizes as people read them (powers of 1000)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

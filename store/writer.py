@@ -142,6 +142,7 @@ class PartWriter:
             raise ValueError(f"storage {storage_dtype} needs per-layer statistics")
         self.index: dict[str, list] = {"ids": [], "frames": [], "samples": [], "sha256": [], "sources": []}
         self.clipped = 0
+        self.bytes = 0  # written by this attempt (shards, FLAC files): `feature-cache ls` sums them, no file walk
         self.error: dict[int, dict] = {}  # lossy modes: layer -> store.modes.error_sums over this part's rows
         self.dir = attempt_dir(part)
         self._path = part_path(cache, self.dir)
@@ -205,7 +206,9 @@ class PartWriter:
             self.index[col].append(val)
         if self.audio == "flac":
             name = os.path.join(self._path, FLAC_DIR, f"{len(self.index['ids']) - 1}.flac")
-            self._guard(fs.write_bytes, name, flac_bytes(stored_audio, self._sample_rate()))
+            blob = flac_bytes(stored_audio, self._sample_rate())
+            self._guard(fs.write_bytes, name, blob)
+            self.bytes += len(blob)
         self._guard(self._flush, False)
 
     def _sample_rate(self) -> int:
@@ -229,6 +232,7 @@ class PartWriter:
                 name = shard_file(os.path.join(self._path, key), index, array.ndim)
                 blob = encode_shard(data[first : min(n, first + shard)], chunk, shard // chunk, self._encoders[key])
                 fs.write_bytes(name, blob)  # durable (file and directory entry) before the commit marker names it
+                self.bytes += len(blob)
             self._rows[key] += n
             self._buffers[key] = [data[n:]] if n < len(data) else []
 
@@ -242,6 +246,7 @@ class PartWriter:
             marker["recordings"] = recordings
         if self.corpus:
             marker["corpus"] = self.corpus
+        marker["bytes"] = self.bytes
         if self.error:
             marker["error"] = {str(k): v for k, v in sorted(self.error.items())}
         if not self._guard(self._publish, marker):

@@ -21,6 +21,12 @@ class TrainingDiverged(ConfigError):
     """The loss, a gradient or the weights stopped being finite: the run stops, exits non-zero and exports nothing."""
 
 
+def default_workers() -> int:
+    """DataLoader workers for this machine: one core stays with the training step, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = "runs/distilhubert"  # run dir: checkpoints, metrics.jsonl, loss.png, student/
@@ -55,7 +61,7 @@ class TrainConfig:
     log_interval: int = 50
     checkpoint_interval: int = 1000
     stop_after: int = 0  # stop (checkpointed) after this step, to resume later: for time-limited jobs
-    num_workers: int = 4  # DataLoader workers; each opens the cache itself
+    num_workers: int | None = None  # DataLoader workers, each opening the cache itself; None: min(4, cores - 1)
     seed: int = 0
     resume: bool = False  # continue the run dir's checkpoint; refused if anything that changes training differs
     eval_cache: str | None = None  # held-out targets from this cache (e.g. exact fp32) while training on another (int8)
@@ -66,6 +72,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.num_workers is None:  # what the machine has: 4 workers on 2 cores made torch warn at every start
+            object.__setattr__(self, "num_workers", default_workers())
         if self.valid_fraction is None:  # s3prl's distiller holds nothing out: an A/B run trains on the same utterances
             object.__setattr__(self, "valid_fraction", 0.0 if self.recipe == "s3prl" else 0.01)
         if not isinstance(self.valid_fraction, (int, float)) or not math.isfinite(self.valid_fraction):

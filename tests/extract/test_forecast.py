@@ -1,0 +1,72 @@
+"""Issue 22 item 6: know before you run. --dry-run says what, where, how big and how long, and writes nothing; a run
+that cannot fit is refused in one line before any work."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from extract import ExtractConfig, extract_features
+from extract.cli import main as extract_cli
+from extract.errors import ExtractError
+from extract.run import dry_run
+from store import open_cache
+from tests.conftest import build_corpus
+
+
+def _cfg(teacher, corpus, root, **kw):
+    return ExtractConfig(teacher, corpus, **{"layers": (1, 3), "cache_dir": str(root), "part_seconds": 2, "progress": False, **kw})
+
+
+def test_a_dry_run_writes_nothing_and_says_what_the_run_will_do(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=5)
+    f = dry_run(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    assert not os.path.exists(tmp_path / "k"), "a dry run wrote something"
+    assert (f["exists"], f["utterances"], f["todo_utterances"], f["refused"]) == (False, 5, 5, 0) and f["fits"]
+    assert f["expected_bytes"]["targets"]["float16"] == f["todo_frames"] * 2 * 32 * 2  # frames x layers x dim x 2 bytes
+    assert f["expected_bytes"]["targets"]["int8"] < f["expected_bytes"]["targets"]["float16"] and f["eta_seconds"] > 0
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    cache = open_cache(s.path)
+    assert f["cache"] == s.path and f["todo_frames"] == cache.total_frames and f["parts"] == len(cache.parts)
+    again = dry_run(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    assert (again["exists"], again["cached_utterances"], again["todo_utterances"], again["parts"]) == (True, 5, 0, 0)
+
+
+def test_the_cli_dry_run_prints_the_forecast(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    r = CliRunner().invoke(extract_cli, ["--teacher", tiny_teacher, "--corpus", corpus, "--layers", "1,3", "--cache-dir",
+                                         str(tmp_path / "k"), "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    for word in ("corpus", "would be created", "to extract", "float16", "free disk", "fits", "ETA"):
+        assert word in r.stdout
+    assert json.loads(r.stdout.strip().splitlines()[-1])["todo_utterances"] == 3 and not os.path.exists(tmp_path / "k")
+
+
+def test_a_run_that_cannot_fit_is_refused_before_any_work(tmp_path, tiny_teacher, monkeypatch, capfd):
+    import extract.forecast
+
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    monkeypatch.setattr(extract.forecast, "free_bytes", lambda root: 1000)
+    with pytest.raises(ExtractError, match="needs about .* but 1.0 KB is free; free space"):
+        extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    assert not [n for n in os.listdir(tmp_path / "k") if not n.startswith(".")], "a refused run left a cache behind"
+    monkeypatch.undo()
+    capfd.readouterr()
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    assert "3 of 3 utterances to extract" in capfd.readouterr().err  # the first line of a run says the same
+
+
+def test_ls_shows_size_hours_state_and_derivation(tmp_path, tiny_teacher):
+    from store.cli import main as cache_cli
+    from store.convert import convert_cache
+
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
+    convert_cache(s.path, "int8", cache_dir=str(tmp_path / "k"))
+    out = CliRunner().invoke(cache_cli, ["ls", "--cache-dir", str(tmp_path / "k")]).output
+    exact = next(line for line in out.splitlines() if line.startswith(s.fingerprint))
+    data = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(s.path, "parts")) for f in files if f != "zarr.json"]
+    assert "float16/float32 audio" in exact and "complete" in exact and "utterances=3" in exact and " h " in exact
+    assert open_cache(s.path).bytes == sum(map(os.path.getsize, data)) > 0  # what the markers say is what is on disk
+    assert any(f"derived from {s.fingerprint}" in line and "int8/" in line for line in out.splitlines())
