@@ -168,9 +168,7 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
     fp, existing = known_fingerprint(cache_root, spec)
     ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp)
-    if ahead["todo_utterances"]:  # the first line of every run that has work: what, where, how big; refused if it cannot fit
-        print(first_line(ahead), file=sys.stderr)
-        check_space(ahead, cache_root, cfg.storage_dtype, cfg.audio)
+    check_space(ahead, cache_root, cfg.storage_dtype, cfg.audio)  # refused before any teacher work if it cannot fit
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])
     corpus_input = corpus_identity(cfg.corpus)
     provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "corpus_input": corpus_input, "batching_probe": probe}
@@ -192,7 +190,8 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
                   f"without one; first: {unsourced[0]}): they are kept as they are, their files never checked for changes; "
                   "`feature-cache rm` the cache to re-extract them", file=sys.stderr)
         pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources, corpus_input)
-        if pending:
+        if pending:  # the first line of a run with work (after every refusal, so that a refusal stays one line)
+            print(first_line({**ahead, "cache": path}), file=sys.stderr)
             run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local
             run(cfg, path, pending, teacher, spec, cache.layout)
         consolidate(path)
