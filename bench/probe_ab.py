@@ -9,7 +9,7 @@ classify head: softmax-weighted layers, mean-pool, linear; hash split by recordi
 - the teacher (the demo's: hubert-base when the hub is reachable, else a small random-weight HuBERT);
 - students distilled from its float16 cache and from int8, int4 and pq copies of it (same steps, same seed);
 - a student of the same design with random weights (what distillation must beat);
-- a log-mel baseline (80 bins, 25 ms / 20 ms, transformers.audio_utils; no upstream at all).
+- a log-mel baseline (`probe-features --features logmel`: 80 bins, 25 ms / 20 ms; no upstream at all).
 The criterion for lossy storage that matters: the smallest storage whose student probes as well as the float16
 one (within the bootstrap interval).
 """
@@ -21,19 +21,7 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
-
 from bench.common import ab_args, demo_inputs, machine
-
-
-def log_mel(cache, uid: str) -> np.ndarray:
-    """[1, frames, 80] log-mel of the cached audio: the baseline with no upstream (transformers' audio utils)."""
-    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
-
-    mel = mel_filter_bank(num_frequency_bins=201, num_mel_filters=80, min_frequency=20, max_frequency=8000, sampling_rate=16000)
-    spec = spectrogram(cache.read_audio(uid), window_function(400, "hann"), frame_length=400, hop_length=320, fft_length=400,
-                       power=2.0, mel_filters=mel, log_mel="log")
-    return spec.T[None].astype(np.float32)
 
 
 def main() -> None:
@@ -43,7 +31,7 @@ def main() -> None:
     from store.convert import convert_cache
     from train.config import TrainConfig
     from train.loop import train
-    from train.probe import ProbeConfig, probe_features, probe_with
+    from train.probe import ProbeConfig, probe_features
 
     corpus, kind, teacher = demo_inputs(args.demo_out)
     tmp = tempfile.mkdtemp(prefix="distilcache-probe-ab-")
@@ -72,9 +60,8 @@ def main() -> None:
             results[name] = probe_features(ProbeConfig(cache=cache.path, out=os.path.join(tmp, "p", name.replace(" ", "_")), **probe))
         first = open_cache(extract_features(ExtractConfig(teacher, keywords, layers=layers, cache_dir=os.path.join(tmp, "kw"),
                                                           progress=False)).path)  # its audio, for the log-mel baseline
-        results["log-mel baseline"] = probe_with(ProbeConfig(cache=first.path, out=os.path.join(tmp, "p", "logmel"), **probe), first,
-                                                 lambda uid: log_mel(first, uid), layers=[0], dim=80,
-                                                 upstream={"name": "log-mel (80 bins)", "parameters": 0})
+        results["log-mel baseline"] = probe_features(ProbeConfig(cache=first.path, out=os.path.join(tmp, "p", "logmel"),
+                                                                 features="logmel", **probe))
         print(f"machine: {machine()}")
         print(f"command: python -m bench.probe_ab --steps {args.steps}  (distilled on: {kind}; probe task: {task_kind}; "
               f"teacher: {teacher})")

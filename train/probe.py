@@ -29,6 +29,7 @@ from train.data import split_ids
 from train.labels import read_ids, read_labels
 
 TASKS = ("classify", "ctc")
+FEATURES = ("cache", "logmel")
 TOKENS = {"char": "CER", "phone": "PER", "word": "WER"}  # ctc: what a label is made of -> the error rate reported
 
 
@@ -46,6 +47,7 @@ class ProbeConfig:
     field: str = "text"  # lhotse supervisions: the label's key (text, speaker, or a custom field)
     tokens: str = "char"  # ctc: char | phone (space-separated symbols) | word
     layers: tuple[int, ...] = ()  # () = every cached layer
+    features: str = "cache"  # cache: the cached layers | logmel: 80 log-mel bins of the cached audio (the no-upstream baseline)
     train_ids: str | None = None
     test_ids: str | None = None
     test_fraction: float = 0.2  # hash split by recording, when no id files are given
@@ -61,6 +63,8 @@ class ProbeConfig:
             raise ProbeError(f"--task {self.task}: choose {' or '.join(TASKS)}")
         if self.tokens not in TOKENS:
             raise ProbeError(f"--tokens {self.tokens}: choose {', '.join(TOKENS)}")
+        if self.features not in FEATURES:
+            raise ProbeError(f"--features {self.features}: choose {' or '.join(FEATURES)}")
         if not 0 < self.test_fraction < 1:
             raise ProbeError(f"--test-fraction {self.test_fraction}: a fraction between 0 and 1")
         if bool(self.train_ids) != bool(self.test_ids):
@@ -307,10 +311,27 @@ def upstream_parameters(spec: dict) -> int | None:
     return sum(p.numel() for p in model.parameters())
 
 
+def log_mel(cache, uid: str) -> np.ndarray:
+    """[1, frames, 80] log-mel of the cached audio, 25 ms windows every 20 ms (the teacher's hop): the baseline with no
+    upstream at all (transformers.audio_utils, no hand-written filterbank)."""
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    rate = cache.spec["preprocessing"]["sample_rate"]
+    mel = mel_filter_bank(num_frequency_bins=201, num_mel_filters=80, min_frequency=20, max_frequency=rate / 2, sampling_rate=rate)
+    spec = spectrogram(cache.read_audio(uid), window_function(400, "hann"), frame_length=400, hop_length=320, fft_length=400,
+                       power=2.0, mel_filters=mel, log_mel="log")
+    return spec.T[None].astype(np.float32)
+
+
 def probe_features(cfg: ProbeConfig) -> dict:
     """Train the probe on the cache's training split, measure it on the test split; writes cfg.out/result.json,
     metrics.jsonl and layers.png, and returns the result."""
     cache = open_cache(cfg.cache, cfg.cache_dir)
+    if cfg.features == "logmel":
+        if cache.audio_mode == "none":
+            raise ProbeError(f"--features logmel: {cache.path} keeps no audio (--audio none); use a cache that keeps it")
+        return probe_with(cfg, cache, lambda u: log_mel(cache, u), [0], 80,
+                          upstream={"name": "log-mel (80 bins, no upstream)", "digest": None, "parameters": 0})
     layers = check_layers(cfg, cache)
     upstream = {"name": cache.provenance.get("teacher"), "digest": cache.spec["teacher"]["digest"],
                 "class": cache.spec["teacher"].get("class"), "parameters": upstream_parameters(cache.spec)}

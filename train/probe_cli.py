@@ -20,6 +20,8 @@ from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
 @click.option("--field", default="text", help="lhotse supervisions: the label's key (text, speaker, or a custom field)")
 @click.option("--tokens", type=click.Choice(list(TOKENS)), default="char", help="ctc: what a transcript is made of (CER, PER, WER)")
 @click.option("--layers", default=None, help="cached layers to weigh [default: all the cache has]")
+@click.option("--features", type=click.Choice(["cache", "logmel"]), default="cache",
+              help="logmel: 80 log-mel bins of the cached audio instead of its layers, the baseline with no upstream")
 @click.option("--train-ids", default=None, type=click.Path(exists=True),
               help="training ids: a file (one per line), a Kaldi data dir or a lhotse manifest (with --test-ids)")
 @click.option("--test-ids", default=None, type=click.Path(exists=True), help="test ids, as --train-ids")

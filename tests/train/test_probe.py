@@ -148,3 +148,9 @@ def test_splits_come_from_id_files_kaldi_dirs_or_lhotse_manifests(tones, tmp_pat
     (tmp_path / "test.jsonl").write_text("".join(json.dumps({"id": u, "start": 0}) + "\n" for u in ids[45:]))
     result = probe_features(_cfg(tones, tmp_path / "p", train_ids=str(kaldi), test_ids=str(tmp_path / "test.jsonl"), epochs=5))
     assert (result["split"]["kind"], result["split"]["train"], result["split"]["test"]) == ("user", 45, 15)
+
+
+def test_the_log_mel_baseline_needs_no_upstream(tones, tmp_path):
+    result = probe_features(_cfg(tones, tmp_path / "mel", features="logmel", epochs=20))
+    assert result["upstream"]["parameters"] == 0 and result["layer_weights"] == [1.0]
+    assert result["value"] > result["chance"] + 0.3  # pitch classes are in the spectrum
