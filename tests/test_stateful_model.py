@@ -39,6 +39,7 @@ from store import SpecMismatchError, describe, open_cache, verify_cache
 from store.convert import convert_cache
 from store.hdf5 import export_hdf5, import_hdf5
 from store.modes import error_summary, error_sums, merge_error_sums
+from store.oneline import UserError
 from tests.conftest import build_tiny_teacher
 from train.config import TrainConfig
 from train.data import split_ids
@@ -193,6 +194,12 @@ class CacheModel(RuleBasedStateMachine):
         RAN["convert_int8"] += 1
         src = open_cache(self._path())
         out = os.path.join(self.root, "int8")
+        if not len(src):  # every file garbage: nothing to fit statistics on, refused in one line
+            with pytest.raises(UserError, match="no utterance of the corpus gives finite targets") as e:
+                convert_cache(src.path, "int8", cache_dir=out)
+            assert "\n" not in str(e.value)
+            RAN["convert_refused_empty"] += 1
+            return
         dst = convert_cache(src.path, "int8", cache_dir=out)
         assert sorted(dst.utterance_ids) == sorted(src.utterance_ids) and verify_cache(dst.path) == []
         assert dst.corpora().keys() == src.corpora().keys()
@@ -220,6 +227,11 @@ class CacheModel(RuleBasedStateMachine):
             with pytest.raises(SpecMismatchError, match="choose the one to train on with --corpus"):
                 load_sources(TrainConfig(**common))
         cfg = TrainConfig(**common, corpus=self.corpus)
+        if not open_cache(path).corpora().get(os.path.realpath(self.corpus), {}).get("utterances"):
+            with pytest.raises(SpecMismatchError, match="none of its .* utterances is in"):  # its files are all garbage now
+                load_sources(cfg)
+            RAN["train_refused_empty"] += 1
+            return
         src = load_sources(cfg)
         trained, held = set(src.train.ids), set(src.valid.ids) if src.valid is not None else set()
         assert not trained & held and not any(u.startswith("k-") for u in trained | held)
