@@ -7,6 +7,7 @@ the per-teacher check. What "layer K" means is defined in extract/layers.py.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,6 +172,33 @@ def _looks_local(name: str) -> bool:
     return "/" in name and os.path.isdir(name.split("/")[0])
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub's endpoint: huggingface_hub retries an unreachable hub five times with back-off
+    (ten lines and ~30 s before the error), so the answer is asked once, quickly, first."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connect says nothing: let huggingface_hub go through it
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline(name: str) -> bool:
+    """True when a hub name must come from the local cache: HF_HUB_OFFLINE, or a hub that does not answer."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    return not hub_reachable()
+
+
 def _load_config(name: str, revision: str | None):
     from transformers import AutoConfig
 
@@ -178,9 +206,16 @@ def _load_config(name: str, revision: str | None):
     if not local and _looks_local(name):
         raise ExtractError(f"--teacher {name}: no such directory; give a local model directory or a hub name like "
                            "facebook/hubert-base-ls960")
+    offline = not local and _offline(name)
     try:
-        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=False, local_files_only=offline)
+        if offline:
+            print(f"--teacher {name}: the hub is not reachable (or HF_HUB_OFFLINE is set); using the local cache's copy", file=sys.stderr)
+        return config, offline
     except Exception as e:  # noqa: BLE001 - hub/network/parse errors all mean "cannot load this teacher"
+        if offline:
+            raise ExtractError(f"--teacher {name}: not in the local hub cache, and the hub is not reachable (or HF_HUB_OFFLINE is "
+                               "set); give a local model directory (save_pretrained), or run once where the hub is reachable") from None
         where = ("local directory (does it hold config.json?)" if local
                  else "hub name (is the hub reachable? for a local directory check the path; HF_HUB_OFFLINE=1 uses the local cache)")
         raise ExtractError(f"--teacher {name}: cannot load its config as a {where}: {str(e).splitlines()[0][:160]}") from None
@@ -200,11 +235,11 @@ def load_teacher(name: str, revision: str | None = None, device: str = "auto", c
 
     if compute_dtype not in DTYPES:
         raise ExtractError(f"--dtype {compute_dtype}: choose one of {', '.join(DTYPES)}")
-    config = _load_config(name, revision)
+    config, offline = _load_config(name, revision)
     if not hasattr(config, "conv_stride") or not hasattr(config, "num_hidden_layers"):
         raise ExtractError(f"--teacher {name}: a {config.model_type} model is not a speech encoder with a conv feature extractor")
     try:
-        model = AutoModel.from_pretrained(name, revision=revision, config=config, dtype=torch.float32,
+        model = AutoModel.from_pretrained(name, revision=revision, config=config, dtype=torch.float32, local_files_only=offline,
                                           use_safetensors=None if allow_pickle else True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001
         hint = " (no safetensors weights: pass --allow-pickle if you trust it)" if "safetensors" in str(e).lower() else ""
@@ -212,7 +247,7 @@ def load_teacher(name: str, revision: str | None = None, device: str = "auto", c
     if not hasattr(model, "feature_extractor") or not hasattr(model.feature_extractor, "conv_layers"):
         raise ExtractError(f"--teacher {name}: {type(model).__name__} has no conv feature extractor; not a speech encoder")
     try:
-        fe = AutoFeatureExtractor.from_pretrained(name, revision=revision)
+        fe = AutoFeatureExtractor.from_pretrained(name, revision=revision, local_files_only=offline)
         rate, do_norm = int(fe.sampling_rate), bool(getattr(fe, "do_normalize", False))
     except Exception:  # noqa: BLE001 - no preprocessor_config.json: the HuBERT/wav2vec2 defaults
         rate, do_norm = 16000, False

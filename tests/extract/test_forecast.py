@@ -70,3 +70,14 @@ def test_ls_shows_size_hours_state_and_derivation(tmp_path, tiny_teacher):
     assert "float16/float32 audio" in exact and "complete" in exact and "utterances=3" in exact and " h " in exact
     assert open_cache(s.path).bytes == sum(map(os.path.getsize, data)) > 0  # what the markers say is what is on disk
     assert any(f"derived from {s.fingerprint}" in line and "int8/" in line for line in out.splitlines())
+
+
+def test_an_unreachable_hub_is_one_line_without_retries(tmp_path, monkeypatch):
+    """Issue 22 item 9: huggingface_hub retried five times with back-off (ten lines, ~30 s) before the error."""
+    import extract.teacher
+    from extract import load_teacher
+
+    monkeypatch.setattr(extract.teacher, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ExtractError, match="not in the local hub cache, and the hub is not reachable") as e:
+        load_teacher("nobody-here/no-such-model", device="cpu")
+    assert "\n" not in str(e.value)
