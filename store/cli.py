@@ -49,8 +49,10 @@ def ls_line(c) -> str:
     """One cache at a glance: teacher, layers, storage and audio, complete or not, utterances, hours, size, derivation."""
     teacher = os.path.basename(str(c.provenance.get("teacher") or "?").rstrip("/"))
     pending = c.pending()
-    state = "complete" if not pending["parts"] and not pending.get("unknown") else \
-        f"partial ({pending['parts']} part(s) pending)" if not pending.get("unknown") else "partial (no plan.json)"
+    if pending.get("unknown"):
+        state = "partial (no plan.json)"
+    else:
+        state = f"partial ({pending['parts']} part(s) pending)" if pending["parts"] else "complete"
     hours = c.total_samples / c.spec["preprocessing"]["sample_rate"] / 3600
     unsized = len(c.parts) - c.parts_with_bytes  # parts written before markers recorded their bytes
     size = human_bytes(c.bytes) if not unsized else "size ? (info --du)" if not c.parts_with_bytes else \

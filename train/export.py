@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from safetensors.torch import save_file
 
+from store import fs
 from train.data import STUDENT_INPUT_NORMALIZED
 from train.model import Student
 
@@ -28,14 +29,12 @@ def export_student(model: Student, out_dir: str, layers: list[int], sample_rate:
         Wav2Vec2FeatureExtractor(sampling_rate=sample_rate, do_normalize=STUDENT_INPUT_NORMALIZED,
                                  return_attention_mask=True).save_pretrained(tmp)
 
-    def heads_json(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump({"target_layers": layers, "dim": model.encoder.config.hidden_size, "target_dim": model.target_dim,
-                       "objective": "layer-to-layer" if model.match else "heads", "match": [list(m) for m in model.match]}, f)
-
     heads = {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
     staged(os.path.join(out_dir, "heads.safetensors"), lambda tmp: save_file(heads, tmp))
-    staged(os.path.join(out_dir, "heads.json"), heads_json)
+    objective = "layer-to-layer" if model.match else "heads"
+    write_json(os.path.join(out_dir, "heads.json"), {"target_layers": layers, "dim": model.encoder.config.hidden_size,
+                                                     "target_dim": model.target_dim, "objective": objective,
+                                                     "match": [list(m) for m in model.match]}, indent=None)
     return staged(os.path.join(out_dir, "student"), student)
 
 
@@ -87,7 +86,10 @@ def staged(path: str, write: Callable[[str], None]) -> str:
         else:
             os.replace(tmp, path)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else _remove(tmp)
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            fs.remove_quietly(tmp)
         if isinstance(e, OSError):  # named by the output the user asked for, not its temporary name
             raise OSError(e.errno, e.strerror or str(e), path) from None
         if isinstance(e, KeyboardInterrupt):
@@ -98,11 +100,13 @@ def staged(path: str, write: Callable[[str], None]) -> str:
     return path
 
 
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+def write_json(path: str, data, indent: int | None = 1) -> str:
+    """A run-dir JSON file (eval.json, run.json, heads.json), staged like every other output."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=indent)
+
+    return staged(path, dump)
 
 
 def plot_losses(metrics_file: str, out_png: str) -> str | None:

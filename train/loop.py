@@ -39,7 +39,7 @@ from train.config import ConfigError, TrainConfig, TrainingDiverged
 from train.data import CachedCrops, collate
 from train.decode import DeviceDecoder
 from train.design import resolve as resolve_design
-from train.export import export_student, plot_losses, staged
+from train.export import export_student, plot_losses, write_json
 from train.follow import Follower
 from train.loss import distill_loss
 from train.model import Student, build_student, count_parameters, describe_parts, describe_random, init_from_teacher
@@ -374,7 +374,7 @@ def finish(run: Run, tb) -> dict:
         if last_eval:
             with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as metrics:
                 metrics.write(json.dumps({"eval": last_eval}) + "\n")
-        staged(os.path.join(cfg.out, "eval.json"), lambda tmp: _write_json(tmp, last_eval))
+        write_json(os.path.join(cfg.out, "eval.json"), last_eval)
         result["student"] = export_student(run.model, cfg.out, run.layers, run.src.sample_rate)
         result["eval"] = last_eval
     result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"))
@@ -382,11 +382,6 @@ def finish(run: Run, tb) -> dict:
         tb.close()
     distributed.close(run.ranks)
     return result
-
-
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
 
 
 def _tensorboard(run_dir: str):

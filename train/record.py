@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from importlib import metadata
 
 from train.config import TrainConfig, save_config
+from train.export import write_json
 from train.sources import describe_cache
 
 
@@ -75,8 +75,5 @@ def write_run_dir_records(cfg: TrainConfig, src, layers: list[int], design) -> d
     used = resolved(cfg, src, layers)
     record = run_record(used, src, layers, design)
     save_config(used, cfg.out)
-    tmp = os.path.join(cfg.out, f"run.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, os.path.join(cfg.out, "run.json"))
+    write_json(os.path.join(cfg.out, "run.json"), record)
     return record
