@@ -7,11 +7,13 @@ import sys
 
 import click
 
+from extract.forecast import check_space
 from extract.run import ExtractConfig, extract_features
 from extract.run import dry_run as extract_dry_run
 from store.layout import CODECS
 from store.modes import AUDIO_MODES, TARGET_MODES
 from store.oneline import OneLineCommand, cli_errors
+from store.reader import default_cache_dir
 
 
 def parse_layers(value: str) -> tuple[int, ...]:
@@ -74,7 +76,9 @@ def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dt
                         segment_seconds=segment_seconds or 0.0, segment_overlap=segment_overlap, on_error=on_error, workers=workers,
                         scheduler=scheduler, allow_pickle=allow_pickle, repair=repair, progress=not quiet)
     if dry_run:
-        show_dry_run(extract_dry_run(cfg), as_json)
+        forecast = extract_dry_run(cfg)
+        check_space(forecast, cfg.cache_dir or default_cache_dir(), storage_dtype, audio)  # would not fit: one line, exit 2
+        show_dry_run(forecast, as_json)
         return
     s = extract_features(cfg)
     if not s.teacher_work:
@@ -104,7 +108,7 @@ def show_dry_run(f: dict, as_json: bool) -> None:
                + ", ".join(f"{m} {human(b)}" for m, b in t["targets"].items()) + "; audio: "
                + ", ".join(f"{m} {human(b)}" for m, b in t["audio"].items()))
     free = "no limit (object store)" if f["free_bytes"] is None else human(f["free_bytes"])
-    click.echo(f"free disk    {free}: {'fits' if f['fits'] else 'DOES NOT FIT: the run would be refused'}")
+    click.echo(f"free disk    {free}: fits")
     click.echo(f"ETA          {duration(f['eta_seconds'])} on {f['device']} ({f['seconds_per_audio_second'] * 1000:.1f} ms per audio "
                "second, one timed forward)")
     if as_json:

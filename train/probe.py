@@ -351,7 +351,9 @@ def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, frame
             metrics.flush()
 
         found = (classify if cfg.task == "classify" else ctc)(cfg, read, frames, dim, len(layers), labels, train, test, log)
-    result = {"task": cfg.task, **found, "layers": layers, "split": how, "ids": missing,
+    named = "accuracy" if cfg.task == "classify" else "error_rate"  # DESIGN.md: the metric by name, whatever the unit
+    result = {"task": cfg.task, **found, named: found["value"], f"{named}_ci95": found["ci95"], "layers": layers, "split": how,
+              "ids": missing,
               "upstream": upstream or {"name": "none (features of the cache's audio)", "parameters": 0},
               "cache": {"path": cache.path, "fingerprint": cache.fingerprint, "storage": cache.spec["storage_dtype"]},
               "labels": os.path.abspath(cfg.labels), "config": dataclasses.asdict(cfg)}

@@ -31,14 +31,17 @@ from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
 @click.option("--lr", type=float, default=5e-3)
 @click.option("--seed", type=int, default=0)
 @click.option("--verbose", is_flag=True, help="list every id left out")
+@click.option("--json", "as_json", is_flag=True, help="last stdout line: result.json's content")
 @cli_errors(kept="nothing was changed")
-def main(layers, **flags) -> None:
+def main(layers, as_json, **flags) -> None:
     """Train a SUPERB-style probe on a cache's frozen layers and report its test metric with a 95% interval."""
     result = probe_features(ProbeConfig(layers=parse_layers(layers) if layers else (), **flags))
     lo, hi = result["ci95"]
     click.echo(json.dumps({k: result[k] for k in ("task", "metric", "value", "ci95")} | {"test": result["split"]["test"]}), err=True)
     click.echo(f"{result['task']} {result['metric']} {result['value']:.4f} (95% interval {lo:.4f}-{hi:.4f}) on "
                f"{result['split']['test']} test utterances; {flags['out']}/result.json")
+    if as_json:
+        click.echo(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -81,3 +81,13 @@ def test_an_unreachable_hub_is_one_line_without_retries(tmp_path, monkeypatch):
     with pytest.raises(ExtractError, match="not in the local hub cache, and the hub is not reachable") as e:
         load_teacher("nobody-here/no-such-model", device="cpu")
     assert "\n" not in str(e.value)
+
+
+def test_a_dry_run_that_would_not_fit_is_one_line_and_exit_2(tmp_path, tiny_teacher, monkeypatch):
+    import extract.forecast
+
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    monkeypatch.setattr(extract.forecast, "free_bytes", lambda root: 1000)
+    r = CliRunner().invoke(extract_cli, ["--teacher", tiny_teacher, "--corpus", corpus, "--layers", "1,3", "--cache-dir",
+                                         str(tmp_path / "k"), "--dry-run"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "needs about" in r.output and not os.path.exists(tmp_path / "k")

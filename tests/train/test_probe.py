@@ -154,3 +154,13 @@ def test_the_log_mel_baseline_needs_no_upstream(tones, tmp_path):
     result = probe_features(_cfg(tones, tmp_path / "mel", features="logmel", epochs=20))
     assert result["upstream"]["parameters"] == 0 and result["layer_weights"] == [1.0]
     assert result["value"] > result["chance"] + 0.3  # pitch classes are in the spectrum
+
+
+def test_result_json_names_the_metric_and_the_cli_prints_it_with_json(tones, tmp_path):
+    r = CliRunner().invoke(probe_cli, ["--cache", tones["cache"], "--task", "classify", "--labels", str(tones["root"] / "labels.tsv"),
+                                       "--out", str(tmp_path / "c"), "--epochs", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout.strip().splitlines()[-1])
+    assert shown["accuracy"] == shown["value"] and shown["accuracy_ci95"] == shown["ci95"]
+    ctc = probe_features(_cfg(tones, tmp_path / "t", task="ctc", labels=str(tones["root"] / "text"), tokens="phone", epochs=1))
+    assert ctc["error_rate"] == ctc["value"] and ctc["metric"] == "PER" and len(ctc["error_rate_ci95"]) == 2
