@@ -59,14 +59,13 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def forecast(teacher, spec: dict, utts: list, cache_root: str, part_seconds: float, fingerprint: str | None) -> dict:
-    """What an extraction of `utts` into the cache of `spec` under `cache_root` will do; reads only the cache's index
-    (if it exists), writes nothing. `fingerprint` None: a compact cache whose statistics are not fitted yet (new)."""
+def forecast(teacher, spec: dict, utts: list, cache_root: str, part_seconds: float, fingerprint: str | None, cache=None) -> dict:
+    """What an extraction of `utts` into the cache of `spec` under `cache_root` will do, writing nothing. `cache`: the
+    existing cache of that spec, opened (None: there is none yet). `fingerprint` None: a compact cache whose
+    statistics are not fitted yet (new)."""
     from extract.plan import group_parts
-    from store import Cache
 
     path = os.path.join(cache_root, fingerprint) if fingerprint else None
-    cache = Cache(path) if path and fs.exists(os.path.join(path, "zarr.json")) else None
     rate = teacher.sample_rate
     todo = [u for u in utts if cache is None or u.uid not in cache]
     samples = sum(u.samples_at(rate) for u in todo)

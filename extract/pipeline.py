@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+import soundfile as sf
 
 from extract.audio import load_audio
 from extract.batching import plan_batches
@@ -44,6 +45,7 @@ def decode_item(teacher: Teacher, item: PlanItem) -> tuple[np.ndarray, dict] | s
     path, window = item.path, item.window
     try:
         st, digest = file_sha256(path)
+        info = sf.info(path)  # recorded: a re-run recognises the file from its stat and reads no header (extract.corpus.scan)
         wave = load_audio(path, teacher.sample_rate, window["start"], window["samples"], window["channel"])
         if not unchanged_since(path, st):
             return "changed while being read; re-run extract-features"
@@ -53,7 +55,7 @@ def decode_item(teacher: Teacher, item: PlanItem) -> tuple[np.ndarray, dict] | s
         return f"too short: {len(wave)} samples at {teacher.sample_rate} Hz, the teacher needs at least {teacher.window}"
     if not np.isfinite(wave).all():
         return "contains NaN or infinite samples"
-    return wave, source_record(path, st, digest, window)
+    return wave, source_record(path, st, digest, window, (int(info.samplerate), int(info.frames), int(info.channels)))
 
 
 def _skip(uid: str, path: str, reason: str) -> dict:

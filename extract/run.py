@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from extract.compact import existing_stats, fit_with_teacher
 from extract.corpora import MAX_SECONDS
-from extract.corpus import scan
+from extract.corpus import KnownFiles, scan
 from extract.errors import ExtractError
 from extract.forecast import check_space, first_line, forecast, seconds_per_audio_second
 from extract.pipeline import extract_part
@@ -112,17 +112,31 @@ def extract_features(cfg: ExtractConfig) -> Summary:
     return extract_with(cfg, teacher)
 
 
-def corpus_and_spec(cfg: ExtractConfig, teacher) -> tuple[dict, str, list, list]:
-    """(spec, corpus root, utterances or windows, bad entries): headers only, no teacher work."""
+def spec_of(cfg: ExtractConfig, teacher) -> dict:
+    """The cache spec this extraction asks for: teacher, layers, storage, audio, windows; no file is read."""
     layers = list(range(teacher.num_layers + 1)) if cfg.layers == "all" else list(cfg.layers)
     spec = teacher.spec(layers, cfg.storage_dtype, cfg.audio)
-    root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, 0 if cfg.segment_seconds else cfg.max_seconds)
     if cfg.segment_seconds:
         check_segments(cfg.segment_seconds, cfg.segment_overlap, teacher.sample_rate, teacher.window)
-        utts = segment(utts, cfg.segment_seconds, cfg.segment_overlap)
         spec["preprocessing"]["segments"] = {"seconds": cfg.segment_seconds, "overlap": cfg.segment_overlap,
                                              "placement": SEGMENT_PLACEMENT}
-    return spec, root, utts, bad
+    return spec
+
+
+def corpus_of(cfg: ExtractConfig, teacher, known: KnownFiles | None = None) -> tuple[str, list, list]:
+    """(corpus root, utterances or windows, bad entries): headers only, no teacher work. Files a cache already holds,
+    unchanged since, are recognised from their stat and not opened (extract.corpus.scan)."""
+    root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, 0 if cfg.segment_seconds else cfg.max_seconds, known)
+    if cfg.segment_seconds:
+        utts = segment(utts, cfg.segment_seconds, cfg.segment_overlap)
+    return root, utts, bad
+
+
+def existing_cache(cache_root: str, fp: str | None) -> Cache | None:
+    """The cache of fingerprint `fp` under `cache_root` if it exists (opened once per run: at full size an open reads
+    tens of MB of index)."""
+    path = os.path.join(cache_root, fp) if fp else None
+    return Cache(path) if path and fs.exists(os.path.join(path, "zarr.json")) else None
 
 
 def known_fingerprint(cache_root: str, spec: dict) -> tuple[str | None, tuple | None]:
@@ -141,10 +155,12 @@ def dry_run(cfg: ExtractConfig) -> dict:
     disk, and an ETA from one timed forward; no extraction work, nothing written."""
     teacher = load_teacher(cfg.teacher, cfg.revision, "cpu" if (cfg.workers or cfg.scheduler) else cfg.device, cfg.dtype,
                            cfg.allow_pickle)
-    spec, _, utts, bad = corpus_and_spec(cfg, teacher)
+    spec = spec_of(cfg, teacher)
     cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
     fp, _ = known_fingerprint(cache_root, spec)
-    f = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp)
+    cache = existing_cache(cache_root, fp)
+    _, utts, bad = corpus_of(cfg, teacher, KnownFiles(cache.sources()) if cache else None)
+    f = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, cache)
     speed = seconds_per_audio_second(teacher, spec["layers"])
     workers = max(1, cfg.workers)
     f.update(refused=len(bad), device=str(teacher.device), seconds_per_audio_second=speed,
@@ -156,18 +172,21 @@ def dry_run(cfg: ExtractConfig) -> dict:
 def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     """extract_features() with a teacher already loaded (benchmarks time this part)."""
     t0 = time.time()
-    spec, root, utts, bad = corpus_and_spec(cfg, teacher)
+    spec = spec_of(cfg, teacher)
+    cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
+    fp, existing = known_fingerprint(cache_root, spec)
+    found = existing_cache(cache_root, fp)
+    known = KnownFiles(found.sources() if found else None)
+    root, utts, bad = corpus_of(cfg, teacher, known)
     if bad and cfg.on_error == "fail":
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
         raise ExtractError(f"{len(bad)} bad file(s) or entries in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
-    cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
     try:
         fs.makedirs(cache_root)
     except OSError as e:
         raise ExtractError(f"--cache-dir {cache_root}: cannot use it as a cache root ({e.strerror}); give a writable directory") from None
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
-    fp, existing = known_fingerprint(cache_root, spec)
-    ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp)
+    ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, found)
     check_space(ahead, cache_root, cfg.storage_dtype, cfg.audio)  # refused before any teacher work if it cannot fit
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])
     corpus_input = corpus_identity(cfg.corpus)
@@ -178,12 +197,13 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
         spec["storage_stats"] = stats_digest(stats)
     path = create_cache(cache_root, spec, provenance, layout, stats)
     with exclusive(path):
-        cache = Cache(path)
+        cache = found if found is not None and found.path == path else Cache(path)
+        cache.refresh_if_changed()  # what committed before the lock was taken
         remove_orphans(cache)
         sources = cache.sources()
-        retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path), bad=bad)
-        cache.refresh()
-        sources = {u: r for u, r in sources.items() if u in cache}
+        if retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path), bad=bad, known=known):
+            cache.refresh()
+            sources = {u: r for u, r in sources.items() if u in cache}
         unsourced = [u.uid for u in utts if u.uid in cache and u.uid not in sources]
         if unsourced:  # an import without source records: nothing to compare the files with, so say so
             print(f"{cache.path}: {len(unsourced)} cached utterance(s) of this corpus have no source-file record (imported "
@@ -194,8 +214,9 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
             print(first_line({**ahead, "cache": path}), file=sys.stderr)
             run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local
             run(cfg, path, pending, teacher, spec, cache.layout)
-        consolidate(path)
-        cache.refresh()
+        if pending or not cache.consolidated:  # an unchanged index is not rewritten (89 MB at LibriSpeech scale)
+            consolidate(path)
+            cache.refresh()
         remove_orphans(cache)  # attempts of workers that died during this run (a dask retry committed the part)
     return Summary(path, cache.fingerprint, len(cache), cache.total_frames,
                    round(cache.total_samples / teacher.sample_rate / 3600, 4), cache.skipped,
@@ -215,15 +236,19 @@ def remove_orphans(cache: Cache) -> None:
             fs.rmtree(part_path(cache.path, d))
 
 
-def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool, bad: list | None = None) -> None:
+def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool, bad: list | None = None,
+           known: KnownFiles | None = None) -> bool:
     """Uncommit parts that are damaged (missing files, metadata unlike the spec; with --repair also every crc32c)
-    or whose source files changed, saying so, so that this run re-extracts them."""
+    or whose source files changed, saying so, so that this run re-extracts them. Returns whether it uncommitted any.
+    Files the scan saw unchanged (`known`) are not looked at again."""
     damaged = damaged_parts(cache, full=full) if check else {p: [why] for p, why in cache.damaged.items()}
     # a cached file of this corpus that is now bad input (rewritten into garbage) changed too: its stale targets go
     bad_paths = {b.path for b in bad or []}
     in_corpus = {u.uid for u in utts} | {uid for uid, r in sources.items() if r and r.get("path") in bad_paths}
     changed: dict[str, list[str]] = {}
-    for uid in sorted(in_corpus & set(sources)):  # a file shared by many segments is hashed once (file_sha256's memo)
+    seen = known.unchanged if known else lambda _record: False
+    todo = sorted(uid for uid, r in sources.items() if uid in in_corpus and not seen(r))
+    for uid in todo:  # a file shared by many segments is hashed once (file_sha256's memo)
         why = source_changed(sources[uid])
         if why:
             changed.setdefault(cache.part_of(uid), []).append(why)
@@ -233,6 +258,7 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
             print(f"{cache.path}: {len(found)} part(s) {label}, re-extracting them (first: {first})", file=sys.stderr)
     for part in sorted(set(damaged) | set(changed)):
         uncommit(cache.path, part, cache.part_dirs.get(part))
+    return bool(damaged or changed)
 
 
 def checked_batching(cfg: ExtractConfig, teacher, layers: list[int]) -> tuple[ExtractConfig, dict | None]:

@@ -8,7 +8,6 @@ source and its sample range at the file's own rate: `talks/day1@480000-730000`.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 from extract.corpora import to_samples
@@ -47,8 +46,8 @@ def segment(utts: list[Utterance], seconds: float, overlap: float = 0.0) -> list
             out.append(u)
             continue
         hop = width - to_samples(overlap, u.sample_rate)
-        out.extend(dataclasses.replace(u, uid=f"{u.uid}@{a}-{a + width}", start=u.start + a, samples=width, whole=False,
-                                       recording=u.recording or u.uid)
+        out.extend(u._replace(uid=f"{u.uid}@{a}-{a + width}", start=u.start + a, samples=width, whole=False,
+                              recording=u.recording or u.uid)
                    for a in window_starts(u.samples, width, hop))
     return out
 

@@ -122,13 +122,13 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
 @click.argument("path")
 @cache_dir_option
 @click.option("--sources", is_flag=True, help="also check that every source file is unchanged (size/mtime, then sha256)")
-@click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="processes checking parts side by side [default: one per core]")
 @one_line_errors
-def verify(path: str, cache_dir: str | None, sources: bool, threads: int) -> None:
+def verify(path: str, cache_dir: str | None, sources: bool, workers: int | None) -> None:
     """Check that every chunk the index needs exists and passes its crc32c, and that metadata matches the spec."""
     cache = open_cache(path, cache_dir)
     with click.progressbar(length=len(cache.parts), label="verifying", file=sys.stderr) as bar:
-        problems = verify_cache(cache.path, progress=lambda _part: bar.update(1), sources=sources, threads=threads)
+        problems = verify_cache(cache.path, progress=lambda _part: bar.update(1), sources=sources, workers=workers)
     for p in problems:
         click.echo(f"damaged: {p}", err=True)
     if problems:

@@ -8,6 +8,7 @@
     <root>/<fingerprint>/index.json             consolidation of the markers of a known set of parts (speed only)
     <root>/<fingerprint>/sources.json           the same parts' source files (paths, sizes, mtimes, sha256)
     <root>/<fingerprint>/plan.json              the last extraction's plan (progress only; rebuilt from markers + corpus)
+    <root>/<fingerprint>/checked.json           stamps of the parts whose structure the last extraction checked (speed only)
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def index_path(cache: str) -> str:
 
 def sources_path(cache: str) -> str:
     return os.path.join(cache, "sources.json")
+
+
+def checked_path(cache: str) -> str:
+    return os.path.join(cache, "checked.json")
 
 
 def plan_path(cache: str) -> str:

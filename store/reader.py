@@ -18,7 +18,7 @@ from store import fs
 from store.chunks import ShardedRows, meta_problem
 from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
 from store.index import list_markers, marker_problem, read_index, read_markers
-from store.layout import Layout, layer_key, part_path, plan_path, read_json
+from store.layout import Layout, commit_path, index_path, layer_key, part_path, plan_path, read_json
 from store.modes import FLAC_DIR, TARGET_MODES, decode_audio, merge_error_sums, part_arrays, read_flac, stats_from_json
 from store.spec import FORMAT_VERSION
 
@@ -102,12 +102,48 @@ class Cache:
                                  "feature-cache rm and re-extract") from None
         self.refresh()
 
+    def _stamp(self, names: list[str], direct: list[str]) -> tuple | None:
+        """What a refresh saw, cheaply comparable later (local caches): the marker names, index.json's stat and the stats
+        of the markers read directly. Any commit, uncommit or consolidation changes one of them (files are replaced by
+        rename, so their inode changes). None on object stores: there a refresh always reloads."""
+        if fs.is_remote(self.path):
+            return None
+
+        def key(path: str) -> tuple | None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+        return tuple(names), key(index_path(self.path)), tuple(key(commit_path(self.path, p)) for p in direct)
+
+    def refresh_if_changed(self) -> bool:
+        """refresh() unless nothing was committed, uncommitted or consolidated since the last one (a LibriSpeech-sized
+        index takes seconds to load; its stamp, a listing and a few stats). Returns whether it reloaded."""
+        names = list_markers(self.path)
+        if self._seen is not None and self._stamp(names, self._seen[1]) == self._seen[0]:
+            return False
+        self.refresh()
+        return True
+
+    @property
+    def consolidated(self) -> bool:
+        """Whether index.json (and sources.json, once read) cover exactly the committed parts: consolidate() would
+        rewrite them unchanged."""
+        return self._index_exact and self._sources_exact is not False
+
     def refresh(self) -> None:
         """Load the index of every committed part: the consolidated index plus the markers it does not cover."""
         names = list_markers(self.path)
         index = read_index(self.path)
         markers = {p: index[p] for p in names if p in index and marker_problem(p, index[p]) is None}
-        markers.update(read_markers(self.path, [p for p in names if p not in markers]))  # a bad index entry: its marker decides
+        direct = [p for p in names if p not in markers]
+        markers.update(read_markers(self.path, direct))  # a bad index entry: its marker decides
+        self._index_exact = not direct and len(index) == len(markers)
+        self._sources_exact: bool | None = None  # known once sources() has read sources.json
+        stamp = self._stamp(names, direct)
+        self._seen = None if stamp is None else (stamp, direct)
         self._where: dict[str, Location] = {}
         self._position: dict[str, int] = {}
         self._ids_by_dir: dict[str, list[str]] = {}
@@ -304,6 +340,7 @@ class Cache:
         if self._sources is None:
             records = read_index(self.path, "sources")
             todo = [p for p in self.parts if p not in records]
+            self._sources_exact = not todo and len(records) == len(self.parts) and not self.damaged
             records.update({p: m for p, m in read_markers(self.path, todo).items() if isinstance(m, dict)})
             self._sources = {u: r for p in self.parts for u, r in zip(records.get(p, {}).get("ids", []),
                                                                       records.get(p, {}).get("sources") or [], strict=False) if r}

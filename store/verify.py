@@ -15,10 +15,10 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from store import fs
-from store.chunks import _MISSING, ShardedRows, meta_problem
+from store.chunks import _MISSING, ShardedRows, meta_problem, shard_file
 from store.errors import CorruptDataError
 from store.index import read_index, read_markers
-from store.layout import part_path, read_json
+from store.layout import checked_path, part_path, read_json, write_json_atomic
 from store.modes import FLAC_DIR, part_arrays
 from store.reader import Cache
 
@@ -71,11 +71,15 @@ def unchanged_since(path: str, st: os.stat_result) -> bool:
         return False
 
 
-def source_record(path: str, st: os.stat_result, sha256: str, window: dict | None = None) -> dict:
+def source_record(path: str, st: os.stat_result, sha256: str, window: dict | None = None,
+                  header: tuple[int, int, int] | None = None) -> dict:
     """What a commit marker keeps of a source: enough to notice the file changed (size/mtime first, then sha256), and
-    for a window of a file (a segment) where it is: start/stop at the file's own rate, channel and recording."""
+    for a window of a file (a segment) where it is: start/stop at the file's own rate, channel and recording.
+    `header` (rate, frames, channels of the whole file) lets a re-run skip reading the header of an unchanged file."""
     record = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino,
               "sha256": sha256}
+    if header:
+        record["header"] = list(header)
     if window and (window.get("samples") is not None or window.get("start") or window.get("channel") is not None):
         record.update(start=window["start"], stop=None if window.get("samples") is None else window["start"] + window["samples"],
                       sample_rate=window["rate"])
@@ -86,11 +90,15 @@ def source_record(path: str, st: os.stat_result, sha256: str, window: dict | Non
     return record
 
 
+def stat_key(record: dict) -> tuple:
+    """What same_stat compares, as a record holds it."""
+    return record.get("size"), record.get("mtime_ns"), record.get("ctime_ns", -1), record.get("ino", -1)
+
+
 def same_stat(st: os.stat_result, record: dict) -> bool:
     """Whether a file's stat is the one recorded: size, mtime, and ctime and inode, which no `cp -p`, `rsync -a` or
     `touch -d` can set back. A record without ctime (an older cache) never matches: its file is hashed."""
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
-        record.get("size"), record.get("mtime_ns"), record.get("ctime_ns", -1), record.get("ino", -1))
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == stat_key(record)
 
 
 def source_changed(record: dict | None) -> str | None:
@@ -191,16 +199,74 @@ def bad_markers(cache: Cache) -> dict[str, str]:
     return found
 
 
+def structure_stamp(cache: Cache, part: str) -> list | None:
+    """Stats of the part's directory, each array's zarr.json and the FLAC directory (whose files it holds directly):
+    metadata edited or replaced changes them. None when one is missing."""
+    base = part_path(cache.path, cache.part_dirs[part])
+    paths = [base, *(os.path.join(base, k, "zarr.json") for k in _arrays(cache))]
+    stamp = []
+    for path in paths + ([os.path.join(base, FLAC_DIR)] if cache.audio_mode == "flac" else []):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        stamp.append([st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    return stamp
+
+
+def _arrays(cache: Cache) -> dict[str, tuple]:
+    return part_arrays(cache.layers, cache.spec["dim"], cache.spec["storage_dtype"], cache.audio_mode, cache.layout)
+
+
+def shards_present(cache: Cache, part: str) -> list[str]:
+    """The structure check of a part whose metadata is stamped unchanged: every shard file its rows need is there
+    (shards sit in a directory each, so no directory stamp stands for them)."""
+    base = part_path(cache.path, cache.part_dirs[part])
+    frames, samples = cache.part_rows[part]
+    missing = []
+    for key, (_, tail, _, shard_rows) in _arrays(cache).items():
+        for s in range(-(-(samples if key == "audio" else frames) // shard_rows)):
+            name = shard_file(os.path.join(base, key), s, 1 + len(tail))
+            if not os.path.exists(name):
+                missing.append(f"{name}: shard file is missing")
+    return missing
+
+
 def damaged_parts(cache: Cache, full: bool = False, threads: int = 4) -> dict[str, list[str]]:
-    """part -> its problems, for the parts that have any (markers that cannot be read included)."""
+    """part -> its problems, for the parts that have any (markers that cannot be read included).
+
+    The structure check (full=False) of a local cache reads the metadata only of parts whose stamp is not the one
+    checked.json recorded after their last clean check (docs/cache-format.md); it must run under the cache's lock,
+    which writes checked.json."""
+    memo = not full and not fs.is_remote(cache.path)
+    old = _checked(cache) if memo else {}
+    stamps = {p: structure_stamp(cache, p) for p in cache.parts} if memo else {}
+
+    stamped = [p for p in cache.parts if memo and stamps[p] is not None and old.get(p) == [cache.part_dirs[p], stamps[p]]]
+    found = {p: shards_present(cache, p) for p in stamped}  # in this thread: threads only slowed these stats down (GIL)
+    todo = [p for p in cache.parts if p not in found]
     with ThreadPoolExecutor(threads) as pool:
-        found = dict(zip(cache.parts, pool.map(lambda p: check_part(cache, p, full), cache.parts), strict=True))
+        found.update(zip(todo, pool.map(lambda p: check_part(cache, p, full), todo), strict=True))
+    if memo:
+        new = {p: [cache.part_dirs[p], stamps[p]] for p in cache.parts if stamps[p] is not None and not found[p]}
+        if new != old:
+            write_json_atomic(checked_path(cache.path), {"parts": new})
     markers = bad_markers(cache) if full else cache.damaged  # reading every marker costs seconds at full size
     return {p: v for p, v in found.items() if v} | {p: [why] for p, why in markers.items()}
 
 
-def verify_cache(path: str, progress=None, sources: bool = False, full: bool = True, threads: int = 4) -> list[str]:
-    """One line per problem; empty means every committed byte (and, with sources, every source file) checked out."""
+def _checked(cache: Cache) -> dict:
+    try:
+        data = read_json(checked_path(cache.path))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    parts = data.get("parts") if isinstance(data, dict) else None
+    return parts if isinstance(parts, dict) else {}
+
+
+def verify_cache(path: str, progress=None, sources: bool = False, full: bool = True, workers: int | None = None) -> list[str]:
+    """One line per problem; empty means every committed byte (and, with sources, every source file) checked out.
+    `workers`: processes checking parts side by side (default: one per core)."""
     cache = Cache(path)
     problems = list(bad_markers(cache).values()) + [f"{cache.path}: {d}" for d in cache.duplicates]
     listed = set(cache.parts) | set(cache.damaged)
@@ -213,18 +279,52 @@ def verify_cache(path: str, progress=None, sources: bool = False, full: bool = T
     except CorruptDataError as e:
         problems.append(str(e))
 
-    def one(part: str) -> list[str]:
-        found = check_part(cache, part, full)
-        if progress:
-            progress(part)
-        return found
-
-    with ThreadPoolExecutor(threads) as pool:
-        for found in pool.map(one, cache.parts):
-            problems += found
+    problems += check_parts(cache, full, workers, progress)
     if sources:
         problems += changed_sources(cache)
     return problems
+
+
+_worker_cache: Cache | None = None
+
+
+def _open_in_worker(path: str) -> None:
+    global _worker_cache
+    _worker_cache = Cache(path)
+
+
+def _check_in_worker(parts: list[str], full: bool) -> list[list[str]]:
+    return [check_part(_worker_cache, p, full) for p in parts]
+
+
+def check_parts(cache: Cache, full: bool, workers: int | None = None, progress=None) -> list[str]:
+    """check_part of every part, in `workers` processes (default: one per core). Processes, not threads: a part's check
+    is ~1,900 chunk reads, crc32c and decodes, mostly Python, and threads measured no faster than one (GIL); each
+    worker opens the cache itself (pickling a LibriSpeech-sized index to every task would cost more than the check)."""
+    workers = max(1, min(workers or os.cpu_count() or 1, 64, len(cache.parts)))
+    if workers == 1 or fs.is_remote(cache.path):  # object stores: requests, which threads overlap well enough
+        problems: list[str] = []
+        with ThreadPoolExecutor(1 if workers == 1 else 8) as pool:
+            for part, found in zip(cache.parts, pool.map(lambda p: check_part(cache, p, full), cache.parts), strict=True):
+                problems += found
+                if progress:
+                    progress(part)
+        return problems
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    size = max(1, min(8, len(cache.parts) // (4 * workers)))  # a few batches per worker: the slow ones even out
+    batches = [cache.parts[i : i + size] for i in range(0, len(cache.parts), size)]
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (zarr, torch)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_in_worker, initargs=(cache.path,)) as pool:
+        futures = {pool.submit(_check_in_worker, b, full): i for i, b in enumerate(batches)}
+        done: dict[int, list[list[str]]] = {}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            if progress:
+                for part in batches[futures[future]]:
+                    progress(part)
+    return [line for i in range(len(batches)) for found in done[i] for line in found]  # in the parts' order
 
 
 def repair_commands(cache: Cache) -> list[str]:

@@ -141,6 +141,7 @@ class PartWriter:
         if self.mode.needs_stats and not stats:
             raise ValueError(f"storage {storage_dtype} needs per-layer statistics")
         self.index: dict[str, list] = {"ids": [], "frames": [], "samples": [], "sha256": [], "sources": []}
+        self._unsynced: list[str] = []  # FLAC files written, durable only at commit
         self.clipped = 0
         self.bytes = 0  # written by this attempt (shards, FLAC files): `feature-cache ls` sums them, no file walk
         self.error: dict[int, dict] = {}  # lossy modes: layer -> store.modes.error_sums over this part's rows
@@ -207,7 +208,8 @@ class PartWriter:
         if self.audio == "flac":
             name = os.path.join(self._path, FLAC_DIR, f"{len(self.index['ids']) - 1}.flac")
             blob = flac_bytes(stored_audio, self._sample_rate())
-            self._guard(fs.write_bytes, name, blob)
+            self._guard(fs.write_bytes, name, blob, False)  # made durable all at once at commit (fs.make_durable)
+            self._unsynced.append(name)
             self.bytes += len(blob)
         self._guard(self._flush, False)
 
@@ -239,6 +241,7 @@ class PartWriter:
     def commit(self, skipped: list[dict] | None = None) -> dict:
         """Write the tail, then publish the marker; returns the part's marker (another attempt's, if it won)."""
         self._guard(self._flush, True)
+        self._guard(fs.make_durable, self._unsynced, os.path.join(self._path, FLAC_DIR))  # before the marker names them
         marker = {"part": self.part, "dir": self.dir, **self.index, "skipped": skipped or [], "audio_clipped": self.clipped,
                   "total_frames": self._rows[layer_key(self.layers[0])], "total_samples": sum(self.index["samples"])}
         recordings = {u: s["recording"] for u, s in zip(self.index["ids"], self.index["sources"], strict=True) if s and s.get("recording")}

@@ -234,3 +234,21 @@ def test_one_skipped_window_never_drops_the_rest_of_its_recording(tmp_path, tiny
     again = extract_features(cfg)
     assert again.teacher_work and sorted(open_cache(s.path).utterance_ids) == ["w1", "w3"]
     assert not extract_features(cfg).teacher_work  # the bad window itself is not retried while its file is unchanged
+
+
+def test_verify_in_worker_processes_finds_what_one_process_finds(tmp_path, tiny_teacher):
+    """verify checks parts in one process per core (issue 22 item 5): the same problems, in the parts' order."""
+    corpus = build_corpus(str(tmp_path / "c"), n=10)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k", part_seconds=1))
+    cache = open_cache(s.path)
+    assert len(cache.parts) >= 4
+    for part in (cache.parts[1], cache.parts[-1]):
+        shard = f"{s.path}/parts/{cache.part_dirs[part]}/layer_3/c/0/0"
+        data = bytearray(open(shard, "rb").read())
+        data[len(data) // 3] ^= 0xFF  # one flipped byte inside a chunk: only its crc32c tells
+        open(shard, "wb").write(bytes(data))
+    one = verify_cache(s.path, workers=1)
+    seen = []
+    many = verify_cache(s.path, workers=2, progress=seen.append)
+    assert len(one) == 2 and many == one and sorted(seen) == sorted(cache.parts)
+    assert cache.part_dirs[cache.parts[1]] in one[0] and cache.part_dirs[cache.parts[-1]] in one[1]

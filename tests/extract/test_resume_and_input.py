@@ -21,11 +21,11 @@ _ATTEMPT = re.compile(rb"(p[0-9a-f]{16})\.[0-9a-f]{12}")
 
 
 def _tree(path):
-    """Every byte of a cache, with each attempt directory's random token taken out (plan.json is progress, not data)."""
+    """Every byte of a cache, with each attempt directory's random token taken out (plan.json is progress, checked.json local stats, not data)."""
     out = {}
     for d, _, files in os.walk(path):
         for f in files:
-            if f not in (".lock", "plan.json"):
+            if f not in (".lock", "plan.json", "checked.json"):  # checked.json: stats of this machine's files
                 p = os.path.join(d, f)
                 out[_ATTEMPT.sub(rb"\1", os.path.relpath(p, path).encode()).decode()] = _ATTEMPT.sub(rb"\1", open(p, "rb").read())
     return out

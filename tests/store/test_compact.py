@@ -165,3 +165,45 @@ def test_flac_audio_is_bit_exact_to_int16_reads_crops_and_is_verified(tmp_path, 
     victim = os.path.join(flac.path, "parts", flac.part_dirs[part], "audio_flac", "0.flac")
     os.remove(victim)
     assert any("audio file" in p and "missing" in p for p in verify_cache(flac.path))
+
+
+def test_flac_audio_is_made_durable_once_per_part_not_per_file(tmp_path, tiny_teacher, monkeypatch):
+    """--audio flac fsynced every utterance's file and directory (~5 minutes over LibriSpeech); now one syncfs per part
+    at commit, before the marker (acknowledged = durable), and an fsync each where there is no syncfs."""
+    import os
+
+    from extract import ExtractConfig, extract_features
+    from store import fs
+    from tests.conftest import build_corpus
+
+    if fs._SYNCFS is None:
+        pytest.skip("no syncfs(2) on this platform")
+    calls = {"syncfs": 0, "fsync": 0}
+    real_syncfs, real_fsync = fs._SYNCFS, os.fsync
+
+    def syncfs(fd):
+        calls["syncfs"] += 1
+        return real_syncfs(fd)
+
+    def fsync(fd):
+        calls["fsync"] += 1
+        return real_fsync(fd)
+
+    monkeypatch.setattr(fs, "_SYNCFS", syncfs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    counts = []
+    for n in (2, 8):
+        calls.update(syncfs=0, fsync=0)
+        corpus = build_corpus(str(tmp_path / f"c{n}"), n=n)
+        s = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1,), cache_dir=str(tmp_path / f"k{n}"), audio="flac",
+                                           part_seconds=1000, progress=False))
+        assert s.parts_total == 1 and calls["syncfs"] == 1
+        counts.append(calls["fsync"])
+    assert counts[0] == counts[1]  # four times the utterances, not one fsync more
+    monkeypatch.setattr(fs, "_SYNCFS", None)  # the fallback: every file fsynced at commit, then its directory
+    names = [str(tmp_path / "d" / f"{i}.flac") for i in range(3)]
+    for name in names:
+        fs.write_bytes(name, b"x", durable=False)
+    calls.update(fsync=0)
+    fs.make_durable(names, str(tmp_path / "d"))
+    assert calls["fsync"] == 4

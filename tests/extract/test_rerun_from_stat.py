@@ -1,0 +1,125 @@
+"""A re-run recognises known files from their stat, checks structure from stamps and rewrites no unchanged index; each
+shortcut must still notice every change it stands in for (issue 22, item 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import soundfile as sf
+
+from extract import ExtractConfig, extract_features
+from extract.corpus import KnownFiles, scan
+from store import Cache
+from store.layout import checked_path, index_path, sources_path
+from tests.conftest import build_corpus, write_wav
+
+
+def _cfg(tiny_teacher, corpus, tmp_path, **kw) -> ExtractConfig:
+    return ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), part_seconds=2, progress=False, **kw)
+
+
+def _count_header_reads(monkeypatch) -> list[str]:
+    import extract.corpus
+
+    opened: list[str] = []
+    real = extract.corpus._info
+
+    def info(path):
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(extract.corpus, "_info", info)  # the scan's header reads (the pipeline decodes new files anyway)
+    return opened
+
+
+def test_a_rerun_opens_no_known_file_and_only_the_new_one(tmp_path, tiny_teacher, monkeypatch):
+    corpus = build_corpus(str(tmp_path / "c"), n=5)
+    cache = extract_features(_cfg(tiny_teacher, corpus, tmp_path)).path
+    opened = _count_header_reads(monkeypatch)
+    again = extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    assert opened == [] and not again.teacher_work
+    write_wav(f"{corpus}/spk0/new.wav", 1.0, seed=9)
+    grown = extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    assert opened == [f"{corpus}/spk0/new.wav"] and grown.utterances == 6
+    # the recorded header is what the file's own header says
+    records = Cache(cache).sources()
+    assert records["spk0/new"]["header"] == [16000, 16000, 1]
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_put_back_is_read_again(tmp_path, tiny_teacher):
+    """Same size, mtime set back (what `cp -p` or `touch -d` can do), another length: the ctime and inode differ, so
+    the header is read from the file, not taken from the record, and the part is re-extracted."""
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    path = f"{corpus}/spk0/utt00.wav"
+    st = os.stat(path)
+    data, rate = sf.read(path, dtype="int16")
+    half = np.resize(data[: len(data) // 2], len(data))  # another waveform of the same length and byte size
+    sf.write(path + ".tmp.wav", half, rate // 2, subtype="PCM_16")  # ... and half the sample rate: twice as long
+    os.replace(path + ".tmp.wav", path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size
+    known = KnownFiles(Cache(extract_features(_cfg(tiny_teacher, corpus, tmp_path)).path).sources())
+    _, utts, _ = scan(corpus, 16000, known=known)
+    utt = next(u for u in utts if u.uid == "spk0/utt00")
+    assert utt.sample_rate == rate // 2 and utt.samples == len(half)
+    assert Cache(str(tmp_path / "k" / os.listdir(tmp_path / "k")[0])).source("spk0/utt00")["header"] == [rate // 2, len(half), 1]
+
+
+def test_a_recorded_header_that_is_garbage_is_not_used(tmp_path):
+    corpus = build_corpus(str(tmp_path / "c"), n=1)
+    path = f"{corpus}/spk0/utt00.wav"
+    st = os.stat(path)
+    record = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+    for header in ([16000, -1, 1], [0, 10, 1], [16000, 10], "x", [16000.0, 10, 1], [16000, 10, 99999]):
+        _, (utt,), _ = scan(corpus, 16000, known=KnownFiles({"u": {**record, "header": header}}))
+        assert utt.samples == sf.info(path).frames
+    _, (utt,), _ = scan(corpus, 16000, known=KnownFiles({"u": {**record, "header": [16000, 12345, 1]}}))
+    assert utt.samples == 12345  # a sane record of an unchanged file is used (that is the point): same stat, same file
+
+
+def test_structure_stamps_still_notice_a_removed_shard_and_garbage_memos(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=4)
+    s = extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path))  # the first check of the parts made by the run before
+    checked = json.load(open(checked_path(s.path)))["parts"]
+    cache = Cache(s.path)
+    assert sorted(checked) == sorted(cache.parts)
+    part = cache.parts[0]
+    shard_dir = os.path.join(s.path, "parts", cache.part_dirs[part], "layer_1", "c")
+    shard = next(os.path.join(d, f) for d, _, fs in os.walk(shard_dir) for f in fs)
+    os.remove(shard)
+    redo = extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    assert redo.parts_done_now == 1 and redo.utterances == 4
+    for garbage in (b"not json", b'{"parts": []}', b'{"parts": {"%s": 7}}' % part.encode()):
+        with open(checked_path(s.path), "wb") as f:
+            f.write(garbage)
+        assert not extract_features(_cfg(tiny_teacher, corpus, tmp_path)).teacher_work
+        assert sorted(json.load(open(checked_path(s.path)))["parts"]) == sorted(Cache(s.path).parts)  # checked again, rewritten
+
+
+def test_an_unchanged_index_is_not_rewritten_and_a_changed_one_is(tmp_path, tiny_teacher):
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    path = extract_features(_cfg(tiny_teacher, corpus, tmp_path)).path
+    before = [os.stat(p).st_mtime_ns for p in (index_path(path), sources_path(path))]
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    assert [os.stat(p).st_mtime_ns for p in (index_path(path), sources_path(path))] == before
+    os.remove(index_path(path))  # lost: the next run writes it again
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    assert os.path.exists(index_path(path))
+    write_wav(f"{corpus}/spk1/more.wav", 1.0, seed=5)
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    assert "spk1/more" in json.dumps(json.load(open(index_path(path))))
+
+
+def test_refresh_if_changed_sees_a_commit_made_after_the_open(tmp_path, tiny_teacher):
+    """The extraction opens the cache before taking its lock; a part another process committed meanwhile is seen."""
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    path = extract_features(_cfg(tiny_teacher, corpus, tmp_path)).path
+    early = Cache(path)
+    assert not early.refresh_if_changed()
+    write_wav(f"{corpus}/spk1/late.wav", 1.0, seed=7)
+    extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    assert "spk1/late" not in early and early.refresh_if_changed() and "spk1/late" in early
