@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -93,3 +94,43 @@ def demo_cache(demo_out: str, tmp: str, storage_dtype: str = "float16") -> dict:
     cache = extract_features(ExtractConfig(teacher, corpus, layers=(2, 4, 6), cache_dir=os.path.join(tmp, "k"),
                                            storage_dtype=storage_dtype, progress=False)).path
     return {"cache": cache, "corpus": corpus, "kind": kind, "teacher": teacher}
+
+
+class MotoLog:
+    """The request log of a moto server: one line per request it answered."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def requests(self) -> int:
+        self.f.flush()
+        self.f.seek(0)
+        return sum(1 for line in self.f.read().splitlines() if '" 20' in line or '" 40' in line)
+
+
+@contextlib.contextmanager
+def moto_server():
+    """A moto S3 server on loopback for the length of the block, with AWS_* set to reach it; yields its MotoLog."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(os.path.join(tempfile.mkdtemp(), "moto.log"), "w+")
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=log)
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield MotoLog(log)
+    finally:
+        proc.kill()

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import table
+from bench.common import moto_server, table
 
 UTTERANCES, PER_PART = 281_241, 49  # LibriSpeech 960 h; ~600 s of audio per part
 
@@ -102,26 +102,9 @@ def measure(path: str, snippet: str, cwd: str | None = None) -> tuple[float, flo
 def s3_rows(path: str) -> list[list]:
     """Upload the cache to a moto S3 server on loopback; open it with and without the consolidated index, counting
     the requests moto logs (one line each) and the time."""
-    import socket
-
     import s3fs
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(os.path.join(tempfile.mkdtemp(), "moto.log"), "w+")
-    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=log)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(env)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with moto_server() as log:
         fs = s3fs.S3FileSystem()
         fs.mkdir("scale")
         url = f"s3://scale/caches/{os.path.basename(path)}"
@@ -130,15 +113,10 @@ def s3_rows(path: str) -> list[list]:
         for label in ("open, consolidated index", "open, markers only (no index.json)"):
             if "no index" in label:
                 fs.rm(f"{url}/index.json")
-            log.seek(0, os.SEEK_END)
-            before = log.tell()
+            before = log.requests()
             seconds, rss = measure(url, "import store\nfrom store import open_cache; print(len(open_cache(P)))")
-            log.seek(before)
-            requests = sum(1 for line in log.read().splitlines() if '" 20' in line or '" 40' in line)
-            rows.append([label, f"{seconds:.2f}", str(requests), f"{rss:.0f}"])
+            rows.append([label, f"{seconds:.2f}", str(log.requests() - before), f"{rss:.0f}"])
         return rows
-    finally:
-        moto.kill()
 
 
 FLAC_SAMPLES = 195_918  # 12.24 s: 49 files are one 600 s part

@@ -120,6 +120,17 @@ def open_file(path: str, mode: str = "rb"):
     return filesystem(path).open(path, mode, cache_type="none") if "r" in mode else filesystem(path).open(path, mode)
 
 
+def read_range(path: str, start: int, stop: int | None = None) -> bytes:
+    """Bytes start:stop of a file; start < 0 with stop None: its last -start bytes. On an object store one ranged GET
+    (a suffix range needs no HEAD for the size): what the reader's coalesced chunk reads are made of."""
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            f.seek(start, os.SEEK_END if start < 0 else os.SEEK_SET)
+            return f.read() if stop is None else f.read(stop - start)
+    with remote_errors(path):
+        return filesystem(path).cat_file(path, start=start, end=stop)
+
+
 def fsync_dir(path: str) -> None:
     """Make a directory's entries (new files, renames) durable: POSIX does not promise it otherwise."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ from store.layout import Layout, commit_path, index_path, layer_key, part_path, 
 from store.modes import FLAC_DIR, TARGET_MODES, decode_audio, merge_error_sums, part_arrays, read_flac, stats_from_json
 from store.spec import FORMAT_VERSION
 
+_HANDLES_LOCK = threading.Lock()
 MAX_OPEN_ARRAYS = 64  # per process: ~16 parts' layers and audio
 
 
@@ -252,10 +254,11 @@ class Cache:
         unbounded handles (with their shard indexes) grew ~0.3 GB per DataLoader worker per epoch."""
         if self._pid != os.getpid():
             self._handles, self._pid = OrderedDict(), os.getpid()
-        handle = self._handles.get((part_dir, key))
-        if handle is not None:
-            self._handles.move_to_end((part_dir, key))
-        else:
+        with _HANDLES_LOCK:  # a crop's arrays may be fetched by several threads at once (remote caches: train.data)
+            handle = self._handles.get((part_dir, key))
+            if handle is not None:
+                self._handles.move_to_end((part_dir, key))
+        if handle is None:
             array_dir = os.path.join(part_path(self.path, part_dir), key)
             try:
                 meta = read_json(os.path.join(array_dir, "zarr.json"))
@@ -270,9 +273,10 @@ class Cache:
             if problem:  # never decode with hand-edited metadata: the values would be wrong, silently
                 raise CorruptDataError(f"{problem}; run feature-cache verify, then extract-features --repair to redo the part")
             handle = ShardedRows(array_dir, meta, fs.open_file)
-            self._handles[(part_dir, key)] = handle
-            while len(self._handles) > MAX_OPEN_ARRAYS:
-                self._handles.popitem(last=False)
+            with _HANDLES_LOCK:
+                self._handles[(part_dir, key)] = handle
+                while len(self._handles) > MAX_OPEN_ARRAYS:
+                    self._handles.popitem(last=False)
         return handle
 
     def _expected_arrays(self) -> dict:

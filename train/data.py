@@ -7,13 +7,16 @@ depend on the number of loader workers, and a resumed run sees exactly what it w
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from store import Cache
+from store import Cache, fs
 
 #: The student sees crops of the waveform exactly as cached (before any teacher-side normalisation);
 #: its exported preprocessor_config.json says so (train.export).
@@ -77,18 +80,37 @@ class CachedCrops(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         uid, k, length = self.crop(key)
-        if self.cache.audio_mode == "none":  # the cache keeps no audio: the source file, if it is still what was extracted
-            wave = source_audio(self.cache, uid)[k * self.hop : k * self.hop + length]
-        else:
-            wave = self.cache.read_audio(uid, k * self.hop, k * self.hop + length)
         frames = (length - self.window) // self.hop + 1
-        if self.ship_stored and self.cache.mode.needs_stats:  # int8/int4: ship the stored form, the step decodes it on its device
-            stored = [self.cache.read_stored(uid, layer, k, k + frames) for layer in self.layers]
+        stored_form = self.ship_stored and self.cache.mode.needs_stats
+        read = self.cache.read_stored if stored_form else self.cache.read
+
+        def audio() -> np.ndarray:
+            if self.cache.audio_mode == "none":  # the cache keeps no audio: the source file, if it is still what was extracted
+                return source_audio(self.cache, uid)[k * self.hop : k * self.hop + length]
+            return self.cache.read_audio(uid, k * self.hop, k * self.hop + length)
+
+        jobs = [audio, *(functools.partial(read, uid, layer, k, k + frames) for layer in self.layers)]
+        if fs.is_remote(self.cache.path):  # each array is a request or two: fetch them side by side, not one after another
+            wave, *rows = _fetcher().map(lambda job: job(), jobs)
+        else:
+            wave, *rows = (job() for job in jobs)
+        if stored_form:  # int8/int4: ship the stored form, the step decodes it on its device
+            stored = rows
             codes = torch.from_numpy(np.stack([s[""] for s in stored]))
             scales = torch.from_numpy(np.stack([s["_scale"] for s in stored])) if "_scale" in stored[0] else None  # pq: none
             return torch.from_numpy(wave), (codes, scales)
-        targets = np.stack([self.cache.read(uid, layer, k, k + frames) for layer in self.layers])
-        return torch.from_numpy(wave), torch.from_numpy(targets)
+        return torch.from_numpy(wave), torch.from_numpy(np.stack(rows))
+
+
+_FETCHER: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _fetcher() -> ThreadPoolExecutor:
+    """One small thread pool per process (a DataLoader worker makes its own after the fork)."""
+    global _FETCHER
+    if _FETCHER is None or _FETCHER[0] != os.getpid():
+        _FETCHER = (os.getpid(), ThreadPoolExecutor(8, thread_name_prefix="crop-fetch"))
+    return _FETCHER[1]
 
 
 def source_audio(cache: Cache, uid: str) -> np.ndarray:

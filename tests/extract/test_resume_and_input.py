@@ -21,7 +21,7 @@ _ATTEMPT = re.compile(rb"(p[0-9a-f]{16})\.[0-9a-f]{12}")
 
 
 def _tree(path):
-    """Every byte of a cache, with each attempt directory's random token taken out (plan.json is progress, checked.json local stats, not data)."""
+    """Every byte of a cache, with each attempt directory's random token taken out (plan.json: progress; checked.json: local stats)."""
     out = {}
     for d, _, files in os.walk(path):
         for f in files:
