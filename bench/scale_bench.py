@@ -225,6 +225,25 @@ def rerun_rows(root: str, base: str | None, repeat: int) -> list[list]:
     return rows
 
 
+def verify_rows(root: str, parts: int, rounds: int = 2) -> list[list]:
+    """feature-cache verify's per-part cost on realistic parts (the --rerun cache: ~1,900 chunks each), one process
+    against one per core, interleaved."""
+    from store import Cache
+    from store.verify import check_parts
+
+    caches = os.path.join(root, "caches")
+    cache = Cache(os.path.join(caches, next(d for d in os.listdir(caches) if not d.startswith("."))))
+    cache.parts = cache.parts[:parts]  # the first `parts` parts only: the whole cache would take minutes per round
+    cores = os.cpu_count() or 1
+    times: dict[int, list[float]] = {1: [], cores: []}
+    for _ in range(rounds):
+        for workers in times:
+            t = time.perf_counter()
+            assert check_parts(cache, True, workers) == []
+            times[workers].append(time.perf_counter() - t)
+    return [[f"{w} process(es)", f"{1000 * min(v) / parts:.1f}-{1000 * max(v) / parts:.1f}"] for w, v in times.items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of LibriSpeech's 281,241 utterances")
@@ -233,6 +252,7 @@ def main() -> None:
     ap.add_argument("--rerun", action="store_true", help="time extract-features re-run over a full corpus tree instead")
     ap.add_argument("--base", default=None, help="with --rerun: also time this checkout of the code (git worktree)")
     ap.add_argument("--repeat", type=int, default=3, help="with --rerun: alternating runs of each checkout")
+    ap.add_argument("--verify-parts", type=int, default=0, help="with --rerun: also time verify's check of this many parts")
     args = ap.parse_args()
     n = int(UTTERANCES * args.scale)
     root = args.keep or tempfile.mkdtemp(prefix="scale-")
@@ -244,6 +264,9 @@ def main() -> None:
             print(f"corpus and cache of {n} files built in {time.perf_counter() - t:.0f} s")
         print(table(["extract-features, nothing to do (fresh process)", "seconds (range)", "minus teacher load",
                      "peak RSS MB (range)", "minus teacher load"], rerun_rows(root, args.base, args.repeat)))
+        if args.verify_parts:
+            print(table([f"verify, every crc32c, {args.verify_parts} parts of ~1,900 chunks", "ms per part (range)"],
+                        verify_rows(root, args.verify_parts)))
         return
 
     existing = [d for d in os.listdir(root) if not d.startswith(".")] if os.path.isdir(root) else []

@@ -13,6 +13,7 @@ import soundfile as sf
 
 from extract.corpora import BadFile, Entry, read_corpus, to_samples
 from extract.errors import ExtractError
+from store.progress import tracked
 from store.verify import same_stat, stat_key
 
 __all__ = ["BadFile", "KnownFiles", "MIN_SAMPLES", "PlanItem", "Utterance", "scan"]
@@ -149,6 +150,6 @@ def scan(corpus: str, rate: int, min_samples: int = MIN_SAMPLES, max_seconds: fl
     infos = {p: h for p in paths if (h := known.header(p)) is not None}  # one stat each, no thread hand-off
     todo = [p for p in paths if p not in infos]
     with ThreadPoolExecutor(16) as pool:
-        infos.update(zip(todo, pool.map(_info, todo), strict=True))
+        infos.update(zip(todo, tracked(pool.map(_info, todo), len(todo), "reading audio headers", "file"), strict=True))
     results = [_resolve(e, infos[e.path], rate, min_samples, max_seconds) for e in entries]
     return root, [r for r in results if isinstance(r, Utterance)], bad + [r for r in results if isinstance(r, BadFile)]

@@ -29,6 +29,7 @@ from store.index import consolidate, uncommit
 from store.layout import CODECS, part_path
 from store.lock import exclusive
 from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
+from store.progress import tracked
 from store.spec import fingerprint, validate_spec
 from store.verify import damaged_parts, source_changed
 
@@ -248,7 +249,7 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
     changed: dict[str, list[str]] = {}
     seen = known.unchanged if known else lambda _record: False
     todo = sorted(uid for uid, r in sources.items() if uid in in_corpus and not seen(r))
-    for uid in todo:  # a file shared by many segments is hashed once (file_sha256's memo)
+    for uid in tracked(todo, len(todo), "checking changed source files", "file"):  # a file shared by segments is hashed once
         why = source_changed(sources[uid])
         if why:
             changed.setdefault(cache.part_of(uid), []).append(why)

@@ -22,6 +22,7 @@ from store.index import consolidate
 from store.layout import Layout, layer_key, part_name, plan_path, write_json_atomic
 from store.lock import exclusive
 from store.modes import STORABLE_MAX, TARGET_MODES, stats_from_json
+from store.progress import bar, tracked
 from store.reader import Cache, check_format, default_cache_dir, read_meta
 from store.spec import validate_spec
 from store.writer import PartWriter, create_cache
@@ -61,7 +62,7 @@ def export_hdf5(path: str, out: str) -> int:
                     f[f"codebooks/{layer_key(k)}"] = v["codebooks"]
             for group in [layer_key(k) for k in cache.layers] + (["audio"] if cache.audio_mode != "none" else []):
                 f.require_group(group)  # even when empty: a cache whose every file was skipped exports and imports too
-            for uid in cache.utterance_ids:
+            for uid in tracked(cache.utterance_ids, len(cache), f"exporting to {os.path.basename(out)}", "utt"):
                 for layer in cache.layers:  # float modes as stored (bfloat16 as uint16 bits); int8/int4 decoded to float32
                     x = cache.read(uid, layer)
                     f[f"{layer_key(layer)}/{_escape(uid)}"] = x if cache.mode.needs_stats else cache.mode.encode(x, None)[""]
@@ -177,7 +178,7 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
         names = sorted(samples)
         groups = (["audio"] if spec.get("audio", "float32") != "none" else []) + [layer_key(k) for k in spec["layers"]]
         limit = STORABLE_MAX.get(spec["storage_dtype"])
-        for name in names:  # values: one pass before writing, so a bad file changes nothing
+        for name in tracked(names, len(names), f"checking {os.path.basename(src)}", "utt"):  # before writing: a bad file changes nothing
             for g in groups:
                 x = _as_float(f[g][name][()], spec["storage_dtype"] if g != "audio" else "float32")
                 if not np.isfinite(x).all():
@@ -221,14 +222,16 @@ def _write(f, cache: Cache, names: list[str], samples: dict[str, int], records: 
     source = f"hdf5 import of {os.path.realpath(f.filename)}"  # so that a later extraction keeps these in plan.json
     planned = [{"name": part_name([_unescape(n) for n in g]), "utterances": len(g), "corpus": source} for g in groups]
     write_json_atomic(plan_path(cache.path), {"parts": earlier + planned, "skipped": list(cache._plan().get("skipped", []))})
-    for group in groups:
-        writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],
-                            cache.layout, cache.stats, cache.audio_mode, corpus_of[group[0]], measure=False)  # already coded
-        for name in group:
-            feats = {k: _as_float(f[layer_key(k)][name][()], spec["storage_dtype"]) for k in layers}
-            audio = f["audio"][name][()].astype(np.float32) if cache.audio_mode != "none" else None
-            writer.add(_unescape(name), feats, audio, records.get(_unescape(name), {}).get("source"), samples=samples[name])
-        writer.commit()
+    with bar(len(names), "importing", "utt") as progress:
+        for group in groups:
+            writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],
+                                cache.layout, cache.stats, cache.audio_mode, corpus_of[group[0]], measure=False)  # already coded
+            for name in group:
+                feats = {k: _as_float(f[layer_key(k)][name][()], spec["storage_dtype"]) for k in layers}
+                audio = f["audio"][name][()].astype(np.float32) if cache.audio_mode != "none" else None
+                writer.add(_unescape(name), feats, audio, records.get(_unescape(name), {}).get("source"), samples=samples[name])
+                progress.update(1)
+            writer.commit()
 
 
 def _as_float(x: np.ndarray, storage_dtype: str) -> np.ndarray:

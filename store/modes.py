@@ -237,19 +237,24 @@ def fit_and_measure(mode: str, layers: list[int], ids: list[str], features: Call
     exact (or source) targets: the teacher's during extraction, the source cache's in a conversion; or None for an
     utterance the pipeline would not accept (undecodable, NaN audio or targets): the sample takes the next id by
     hash instead, so one bad file never poisons the statistics every row is coded with."""
+    from store.progress import bar, tracked
+
     feats: dict[str, dict] = {}
-    for uid in _by_hash(ids):
-        if len(feats) == STATS_FIT + STATS_HELD_OUT:
-            break
-        f = features(uid)
-        if f is not None and all(np.isfinite(f[k]).all() for k in layers):
-            feats[uid] = f
+    with bar(min(len(ids), STATS_FIT + STATS_HELD_OUT), f"{mode} statistics: targets of the sample", "utt") as progress:
+        for uid in _by_hash(ids):
+            if len(feats) == STATS_FIT + STATS_HELD_OUT:
+                break
+            f = features(uid)
+            if f is not None and all(np.isfinite(f[k]).all() for k in layers):
+                feats[uid] = f
+                progress.update(1)
     if not feats:
         raise StatsError(f"--storage {mode}: no utterance of the corpus gives finite targets to fit statistics on; "
                          "fix the corpus (see the skipped files) or use --storage float16")
     accepted = list(feats)
     fit, held = accepted[:STATS_FIT], accepted[STATS_FIT:]
-    stats = {k: TARGET_MODES[mode].fit([feats[u][k] for u in fit]) for k in layers}
+    stats = {k: TARGET_MODES[mode].fit([feats[u][k] for u in fit]) for k in tracked(layers, len(layers), f"{mode} statistics: fitting",
+                                                                                   "layer")}
     measured_on = held or fit
     measured = {"held_out_utterances": len(held), "measured_on": len(measured_on),
                 "layers": {str(k): fidelity(mode, stats[k], [feats[u][k] for u in measured_on]) for k in layers}}

@@ -8,10 +8,12 @@ keeps its traceback. click's own usage errors are one line as well (OneLineComma
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import sys
 import threading
+import time
 
 import click
 
@@ -30,6 +32,21 @@ def _first_words(e: BaseException) -> str:
     return text or type(e).__name__  # a list of bad files is one line per file, on purpose
 
 
+def _refuse(line: str) -> None:
+    """Print the one line and exit 2. Under torchrun, also hand it to the launcher (its per-rank error file, in
+    torch.distributed.elastic's format): its failure report then quotes this line, not "To enable traceback see...",
+    and `python -m train.torchrun` prints it as the last line."""
+    click.echo(line, err=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        try:
+            with open(error_file, "w") as f:
+                json.dump({"message": line, "timestamp": int(time.time())}, f)
+        except OSError:
+            pass  # the line is printed; the launcher's report falls back to its own text
+    sys.exit(2)
+
+
 def cli_errors(kept: str = "nothing was changed"):
     """User errors print as one line on stderr and exit 2; Ctrl-C and SIGTERM print what was kept and exit 130.
 
@@ -44,12 +61,10 @@ def cli_errors(kept: str = "nothing was changed"):
             try:
                 return fn(*args, **kwargs)
             except UserError as e:
-                click.echo(f"error: {_first_words(e)}", err=True)
-                sys.exit(2)
+                _refuse(f"error: {_first_words(e)}")
             except OSError as e:
                 where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-                click.echo(f"error: {where}{e.strerror or _first_words(e)}; check the path, its permissions and free space", err=True)
-                sys.exit(2)
+                _refuse(f"error: {where}{e.strerror or _first_words(e)}; check the path, its permissions and free space")
             except KeyboardInterrupt:
                 click.echo(f"interrupted: {kept}", err=True)
                 sys.exit(130)

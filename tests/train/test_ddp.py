@@ -14,12 +14,12 @@ def _args(cached, out, *extra):
             "--valid-fraction", "0", "--num-workers", "0", "--log-interval", "1", "--quiet", "--config", cached["nodrop"], *extra]
 
 
-def _torchrun(args):
+def _torchrun(args, launcher="torch.distributed.run"):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    return subprocess.run([sys.executable, "-m", launcher, "--nproc_per_node", "2", "--master_port", str(port),
                            "-m", "train", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -47,3 +47,15 @@ def test_two_ranks_match_one_and_resume(cached, tmp_path):
     assert os.path.isdir(tmp_path / "two" / "student")  # rank 0 exported
     rows = [json.loads(line) for line in open(tmp_path / "two" / "metrics.jsonl") if '"loss"' in line]
     assert {r["utterances_per_rank"] for r in rows} == {2} and {r["ranks"] for r in rows} == {2}  # each rank read half
+
+
+def test_a_refusal_under_torchrun_is_quoted_by_its_report_and_last_under_our_launcher(tmp_path):
+    """Issue 22 item 9: torchrun's 40-line report buried the rank's one line; its report now quotes the line, and
+    `python -m train.torchrun` (the same options) prints it as the last line, with the rank's exit code."""
+    args = ["--cache", str(tmp_path / "no-such-cache"), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet"]
+    plain = _torchrun(args)
+    assert plain.returncode != 0 and "traceback : error: " in plain.stderr, plain.stderr[-3000:]
+    ours = _torchrun(args, launcher="train.torchrun")
+    last = ours.stderr.strip().splitlines()[-1]
+    assert ours.returncode == 2 and last.startswith("error: ") and "no-such-cache" in last, ours.stderr[-3000:]
+    assert "Traceback" not in ours.stderr and "ChildFailedError" not in ours.stderr
