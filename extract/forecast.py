@@ -68,16 +68,20 @@ def forecast(teacher, spec: dict, utts: list, cache_root: str, part_seconds: flo
     path = os.path.join(cache_root, fingerprint) if fingerprint else None
     rate = teacher.sample_rate
     todo = [u for u in utts if cache is None or u.uid not in cache]
-    samples = sum(u.samples_at(rate) for u in todo)
-    frames = sum(teacher.num_frames(u.samples_at(rate)) for u in todo)
-    expected = sizes(frames, samples, len(spec["layers"]), spec["dim"])
-    need = expected["targets"][spec["storage_dtype"]] + expected["audio"][spec.get("audio", "float32")]
     return {"cache": path, "exists": cache is not None, "cached_utterances": len(cache) if cache else 0,
             "utterances": len(utts), "windows": sum(1 for u in utts if not u.whole),
             "hours": round(sum(u.samples_at(rate) for u in utts) / rate / 3600, 4),
-            "todo_utterances": len(todo), "todo_hours": round(samples / rate / 3600, 4), "todo_frames": frames,
-            "parts": len(group_parts(todo, rate, part_seconds)), "expected_bytes": expected, "need_bytes": need,
+            **todo_figures(teacher, spec, [u.samples_at(rate) for u in todo], len(group_parts(todo, rate, part_seconds))),
             "free_bytes": free_bytes(cache_root)}
+
+
+def todo_figures(teacher, spec: dict, samples: list[int], parts: int) -> dict:
+    """What is left to extract (utterances of `samples` at the teacher's rate, in `parts` parts) and its size."""
+    frames = sum(teacher.num_frames(n) for n in samples)
+    expected = sizes(frames, sum(samples), len(spec["layers"]), spec["dim"])
+    need = expected["targets"][spec["storage_dtype"]] + expected["audio"][spec.get("audio", "float32")]
+    return {"todo_utterances": len(samples), "todo_hours": round(sum(samples) / teacher.sample_rate / 3600, 4), "todo_frames": frames,
+            "parts": parts, "expected_bytes": expected, "need_bytes": need}
 
 
 def first_line(f: dict) -> str:

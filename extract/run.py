@@ -16,7 +16,7 @@ from extract.compact import existing_stats, fit_with_teacher
 from extract.corpora import MAX_SECONDS
 from extract.corpus import KnownFiles, scan
 from extract.errors import ExtractError
-from extract.forecast import check_space, first_line, forecast, seconds_per_audio_second
+from extract.forecast import check_space, first_line, forecast, seconds_per_audio_second, todo_figures
 from extract.pipeline import extract_part
 from extract.plan import orphan_attempts, plan_parts
 from extract.probe import probe_batching
@@ -212,7 +212,8 @@ def extract_with(cfg: ExtractConfig, teacher) -> Summary:
                   "`feature-cache rm` the cache to re-extract them", file=sys.stderr)
         pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources, corpus_input)
         if pending:  # the first line of a run with work (after every refusal, so that a refusal stays one line)
-            print(first_line({**ahead, "cache": path}), file=sys.stderr)
+            planned = todo_figures(teacher, spec, [it.samples for p in pending for it in p["items"]], len(pending))
+            print(first_line({**ahead, **planned, "cache": path}), file=sys.stderr)  # the plan: retaken and retried parts too
             run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local
             run(cfg, path, pending, teacher, spec, cache.layout)
         if pending or not cache.consolidated:  # an unchanged index is not rewritten (89 MB at LibriSpeech scale)

@@ -104,27 +104,29 @@ class Cache:
                                  "feature-cache rm and re-extract") from None
         self.refresh()
 
-    def _stamp(self, names: list[str], direct: list[str]) -> tuple | None:
-        """What a refresh saw, cheaply comparable later (local caches): the marker names, index.json's stat and the stats
-        of the markers read directly. Any commit, uncommit or consolidation changes one of them (files are replaced by
-        rename, so their inode changes). None on object stores: there a refresh always reloads."""
+    def _stat_key(self, path: str) -> tuple | None:
+        """What changes whenever a file of the cache is written: files are replaced by rename, so the inode changes too.
+        None on object stores (there a refresh always reloads) and for a missing file."""
         if fs.is_remote(self.path):
             return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
-        def key(path: str) -> tuple | None:
-            try:
-                st = os.stat(path)
-            except OSError:
-                return None
-            return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-        return tuple(names), key(index_path(self.path)), tuple(key(commit_path(self.path, p)) for p in direct)
+    def _stamp(self, names: list[str], index_key: tuple | None, direct: list[str]) -> tuple | None:
+        """What a refresh saw, cheaply comparable later (local caches): the marker names, index.json's stat and the stats
+        of the markers read directly, each taken before the file was read (a change during the read shows later)."""
+        if fs.is_remote(self.path):
+            return None
+        return tuple(names), index_key, tuple(self._stat_key(commit_path(self.path, p)) for p in direct)
 
     def refresh_if_changed(self) -> bool:
         """refresh() unless nothing was committed, uncommitted or consolidated since the last one (a LibriSpeech-sized
         index takes seconds to load; its stamp, a listing and a few stats). Returns whether it reloaded."""
         names = list_markers(self.path)
-        if self._seen is not None and self._stamp(names, self._seen[1]) == self._seen[0]:
+        if self._seen is not None and self._stamp(names, self._stat_key(index_path(self.path)), self._seen[1]) == self._seen[0]:
             return False
         self.refresh()
         return True
@@ -138,13 +140,14 @@ class Cache:
     def refresh(self) -> None:
         """Load the index of every committed part: the consolidated index plus the markers it does not cover."""
         names = list_markers(self.path)
+        index_key = self._stat_key(index_path(self.path))
         index = read_index(self.path)
         markers = {p: index[p] for p in names if p in index and marker_problem(p, index[p]) is None}
         direct = [p for p in names if p not in markers]
+        stamp = self._stamp(names, index_key, direct)
         markers.update(read_markers(self.path, direct))  # a bad index entry: its marker decides
         self._index_exact = not direct and len(index) == len(markers)
         self._sources_exact: bool | None = None  # known once sources() has read sources.json
-        stamp = self._stamp(names, direct)
         self._seen = None if stamp is None else (stamp, direct)
         self._where: dict[str, Location] = {}
         self._position: dict[str, int] = {}

@@ -48,7 +48,7 @@ def test_a_rerun_opens_no_known_file_and_only_the_new_one(tmp_path, tiny_teacher
     assert records["spk0/new"]["header"] == [16000, 16000, 1]
 
 
-def test_a_file_rewritten_with_its_size_and_mtime_put_back_is_read_again(tmp_path, tiny_teacher):
+def test_a_file_rewritten_with_its_size_and_mtime_put_back_is_read_again(tmp_path, tiny_teacher, capfd):
     """Same size, mtime set back (what `cp -p` or `touch -d` can do), another length: the ctime and inode differ, so
     the header is read from the file, not taken from the record, and the part is re-extracted."""
     corpus = build_corpus(str(tmp_path / "c"), n=3)
@@ -61,7 +61,10 @@ def test_a_file_rewritten_with_its_size_and_mtime_put_back_is_read_again(tmp_pat
     os.replace(path + ".tmp.wav", path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert os.stat(path).st_size == st.st_size
+    capfd.readouterr()
     known = KnownFiles(Cache(extract_features(_cfg(tiny_teacher, corpus, tmp_path)).path).sources())
+    plan = [line for line in capfd.readouterr().err.splitlines() if "utterances to extract" in line]
+    assert len(plan) == 1 and " 0 of 3" not in plan[0] and " 0 B " not in plan[0], plan  # the retaken part, not the forecast's 0
     _, utts, _ = scan(corpus, 16000, known=known)
     utt = next(u for u in utts if u.uid == "spk0/utt00")
     assert utt.sample_rate == rate // 2 and utt.samples == len(half)
