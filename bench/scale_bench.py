@@ -225,7 +225,7 @@ def rerun_rows(root: str, base: str | None, repeat: int) -> list[list]:
     return rows
 
 
-def verify_rows(root: str, parts: int, rounds: int = 2) -> list[list]:
+def verify_rows(root: str, parts: int, base: str | None = None, rounds: int = 2) -> list[list]:
     """feature-cache verify's per-part cost on realistic parts (the --rerun cache: ~1,900 chunks each), one process
     against one per core, interleaved."""
     from store import Cache
@@ -241,7 +241,17 @@ def verify_rows(root: str, parts: int, rounds: int = 2) -> list[list]:
             t = time.perf_counter()
             assert check_parts(cache, True, workers) == []
             times[workers].append(time.perf_counter() - t)
-    return [[f"{w} process(es)", f"{1000 * min(v) / parts:.1f}-{1000 * max(v) / parts:.1f}"] for w, v in times.items()]
+    rows = [[f"this checkout, {w} process(es)", f"{1000 * min(v) / parts:.1f}-{1000 * max(v) / parts:.1f}"] for w, v in times.items()]
+    if base:  # the commit before: 4 threads in one process, chunk by chunk (what its verify_cache did)
+        code = (f"import sys, time; sys.path.insert(0, {os.path.abspath(base)!r})\n"
+                "from concurrent.futures import ThreadPoolExecutor\nfrom store import Cache\nfrom store.verify import check_part\n"
+                f"c = Cache({cache.path!r}); parts = c.parts[:{parts}]; t = time.perf_counter()\n"
+                "with ThreadPoolExecutor(4) as pool:\n    assert not any(pool.map(lambda p: check_part(c, p, True), parts))\n"
+                "print(time.perf_counter() - t)")
+        runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=base).stdout.split()[-1])
+                for _ in range(rounds)]
+        rows.append(["base, 4 threads", f"{1000 * min(runs) / parts:.1f}-{1000 * max(runs) / parts:.1f}"])
+    return rows
 
 
 def main() -> None:
@@ -266,7 +276,7 @@ def main() -> None:
                      "peak RSS MB (range)", "minus teacher load"], rerun_rows(root, args.base, args.repeat)))
         if args.verify_parts:
             print(table([f"verify, every crc32c, {args.verify_parts} parts of ~1,900 chunks", "ms per part (range)"],
-                        verify_rows(root, args.verify_parts)))
+                        verify_rows(root, args.verify_parts, args.base)))
         return
 
     existing = [d for d in os.listdir(root) if not d.startswith(".")] if os.path.isdir(root) else []

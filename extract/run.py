@@ -29,7 +29,7 @@ from store.index import consolidate, uncommit
 from store.layout import CODECS, part_path
 from store.lock import exclusive
 from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
-from store.progress import tracked
+from store.progress import silenced, tracked
 from store.spec import fingerprint, validate_spec
 from store.verify import damaged_parts, source_changed
 
@@ -172,6 +172,11 @@ def dry_run(cfg: ExtractConfig) -> dict:
 
 def extract_with(cfg: ExtractConfig, teacher) -> Summary:
     """extract_features() with a teacher already loaded (benchmarks time this part)."""
+    with silenced(not cfg.progress):  # --quiet: no bar at all, the scan's and the statistics' included
+        return _extract_with(cfg, teacher)
+
+
+def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
     t0 = time.time()
     spec = spec_of(cfg, teacher)
     cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())

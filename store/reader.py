@@ -215,8 +215,11 @@ class Cache:
         window, hop = frame.get("window"), frame.get("hop")
         if not (isinstance(window, int) and isinstance(hop, int) and hop > 0):
             return True  # a spec without a frame rule (validate_spec refuses that for new caches): nothing to compare with
-        return all(nf == (max(0, (ns - window) // hop + 1) if ns >= window else 0)
-                   for nf, ns in zip(marker["frames"], marker["samples"], strict=True))
+        try:  # numpy: this runs for every utterance on every open
+            samples, frames = np.asarray(marker["samples"], dtype=np.int64), np.asarray(marker["frames"], dtype=np.int64)
+        except OverflowError:  # a hand-edited count beyond 2**63: no real part has it
+            return False
+        return bool(np.array_equal(frames, np.where(samples >= window, (samples - window) // hop + 1, 0)))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -204,6 +204,7 @@ class CacheModel(RuleBasedStateMachine):
         assert redone == (set() if how == "touch" else {part}), (how, redone)
         self._check()
 
+    @precondition(lambda self: self.extracted)
     @rule()
     def export_and_import(self):
         RAN["export_and_import"] += 1

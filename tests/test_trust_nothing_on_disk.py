@@ -114,6 +114,17 @@ def test_shuffled_frame_counts_and_a_deleted_marker_are_found(small_cache):
     assert "p000000" in fresh.damaged and not any(u.startswith("a/") for u in fresh.utterance_ids)
 
 
+def test_counts_beyond_64_bits_in_a_marker_are_damage_not_a_traceback(small_cache):
+    """The frame-count check runs in numpy (every open, every utterance): an absurd hand-edited count is damage."""
+    cache, _ = small_cache
+    huge = 10**30
+    _edit(f"{cache.path}/commits/p000001.json", lambda m: m.update(samples=[huge], total_samples=huge, frames=[huge], total_frames=huge))
+    if os.path.exists(f"{cache.path}/index.json"):
+        os.remove(f"{cache.path}/index.json")  # the marker decides
+    fresh = open_cache(cache.path)
+    assert "p000001" in fresh.damaged and "c/y" not in fresh
+
+
 def test_a_marker_deleted_while_the_index_names_it_is_reported(tmp_path, tiny_teacher):
     corpus = build_corpus(str(tmp_path / "c"), n=6)
     s = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
