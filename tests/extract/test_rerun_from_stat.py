@@ -17,7 +17,7 @@ from tests.conftest import build_corpus, write_wav
 
 
 def _cfg(tiny_teacher, corpus, tmp_path, **kw) -> ExtractConfig:
-    return ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), part_seconds=2, progress=False, **kw)
+    return ExtractConfig(tiny_teacher, corpus, layers=(1, 3), cache_dir=str(tmp_path / "k"), **{"part_seconds": 2, "progress": False, **kw})
 
 
 def _count_header_reads(monkeypatch) -> list[str]:
@@ -126,3 +126,29 @@ def test_refresh_if_changed_sees_a_commit_made_after_the_open(tmp_path, tiny_tea
     write_wav(f"{corpus}/spk1/late.wav", 1.0, seed=7)
     extract_features(_cfg(tiny_teacher, corpus, tmp_path))
     assert "spk1/late" not in early and early.refresh_if_changed() and "spk1/late" in early
+
+
+def test_a_run_killed_late_leaves_an_index_covering_most_parts(tmp_path, tiny_teacher, monkeypatch):
+    """The index is consolidated every CONSOLIDATE_EVERY parts during a run (issue 22 item 3: an S3 open of a cache whose
+    run died before its end read every marker, one GET each)."""
+    import pytest
+
+    import extract.run
+    from store.index import read_index
+
+    monkeypatch.setattr(extract.run, "CONSOLIDATE_EVERY", 2)
+    real, done = extract.run.extract_part, []
+
+    def dies_at_the_sixth(*a, **k):
+        if len(done) == 5:
+            raise KeyboardInterrupt  # killed
+        real(*a, **k)
+        done.append(1)
+
+    monkeypatch.setattr(extract.run, "extract_part", dies_at_the_sixth)
+    corpus = build_corpus(str(tmp_path / "c"), n=10)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(_cfg(tiny_teacher, corpus, tmp_path, part_seconds=0.5))
+    path = os.path.join(tmp_path / "k", os.listdir(tmp_path / "k")[0])
+    committed = len(os.listdir(os.path.join(path, "commits")))
+    assert committed == 5 and len(read_index(path)) >= 2  # consolidated during the run (after part 2, and 4 unless busy)
