@@ -179,7 +179,7 @@ class CacheModel(RuleBasedStateMachine):
         """A removed shard or edited metadata is found by the next run's structure check (stamped in checked.json) and
         its part redone; files touched (new stat, same bytes) are hashed again and nothing is redone."""
         cache = open_cache(self._path())
-        if not cache.parts:
+        if not cache.parts or not self.files:  # an empty corpus is refused in one line (the change rule's case)
             return
         RAN[f"damaged_{how}"] += 1
         part = cache.parts[n % len(cache.parts)]
