@@ -122,7 +122,8 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
 @click.argument("path")
 @cache_dir_option
 @click.option("--sources", is_flag=True, help="also check that every source file is unchanged (size/mtime, then sha256)")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="processes checking parts side by side [default: one per core]")
+@click.option("--workers", "--threads", "workers", type=click.IntRange(min=1), default=None,
+              help="processes checking parts side by side [default: one per core] (--threads: its older name)")
 @one_line_errors
 def verify(path: str, cache_dir: str | None, sources: bool, workers: int | None) -> None:
     """Check that every chunk the index needs exists and passes its crc32c, and that metadata matches the spec."""
