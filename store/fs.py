@@ -6,6 +6,7 @@ is already atomic, so a marker is written in one request. Everything else goes t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -157,19 +158,23 @@ def write_bytes(path: str, data: bytes, durable: bool = True) -> None:
         filesystem(path).pipe_file(path, data)
 
 
+@functools.cache
 def _syncfs():
-    """libc's syncfs(2) (Linux), or None: Python's os module has sync() for every filesystem, not this one's."""
+    """libc's syncfs(2) on Linux, or None: Python's os module has sync() for every filesystem, not this one's. Looked up
+    on first use (find_library runs ldconfig: not for every process that imports the store)."""
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
     import ctypes.util
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.syncfs if hasattr(libc, "syncfs") else None
-    except OSError:
-        return None
-
-
-_SYNCFS = _syncfs() if sys.platform.startswith("linux") else None
+    for name in ("libc.so.6", ctypes.util.find_library("c")):
+        try:
+            libc = ctypes.CDLL(name, use_errno=True) if name else None
+        except OSError:
+            continue
+        if libc is not None and hasattr(libc, "syncfs"):
+            return libc.syncfs
+    return None
 
 
 def make_durable(files: list[str], directory: str) -> None:
@@ -179,7 +184,8 @@ def make_durable(files: list[str], directory: str) -> None:
         return
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        if _SYNCFS is not None and _SYNCFS(fd) == 0:
+        syncfs = _syncfs()
+        if syncfs is not None and syncfs(fd) == 0:
             return
     finally:
         os.close(fd)

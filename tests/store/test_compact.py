@@ -176,10 +176,10 @@ def test_flac_audio_is_made_durable_once_per_part_not_per_file(tmp_path, tiny_te
     from store import fs
     from tests.conftest import build_corpus
 
-    if fs._SYNCFS is None:
+    if fs._syncfs() is None:
         pytest.skip("no syncfs(2) on this platform")
     calls = {"syncfs": 0, "fsync": 0}
-    real_syncfs, real_fsync = fs._SYNCFS, os.fsync
+    real_syncfs, real_fsync = fs._syncfs(), os.fsync
 
     def syncfs(fd):
         calls["syncfs"] += 1
@@ -189,7 +189,7 @@ def test_flac_audio_is_made_durable_once_per_part_not_per_file(tmp_path, tiny_te
         calls["fsync"] += 1
         return real_fsync(fd)
 
-    monkeypatch.setattr(fs, "_SYNCFS", syncfs)
+    monkeypatch.setattr(fs, "_syncfs", lambda: syncfs)
     monkeypatch.setattr(os, "fsync", fsync)
     counts = []
     for n in (2, 8):
@@ -200,7 +200,7 @@ def test_flac_audio_is_made_durable_once_per_part_not_per_file(tmp_path, tiny_te
         assert s.parts_total == 1 and calls["syncfs"] == 1
         counts.append(calls["fsync"])
     assert counts[0] == counts[1]  # four times the utterances, not one fsync more
-    monkeypatch.setattr(fs, "_SYNCFS", None)  # the fallback: every file fsynced at commit, then its directory
+    monkeypatch.setattr(fs, "_syncfs", lambda: None)  # the fallback: every file fsynced at commit, then its directory
     names = [str(tmp_path / "d" / f"{i}.flac") for i in range(3)]
     for name in names:
         fs.write_bytes(name, b"x", durable=False)
