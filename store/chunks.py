@@ -15,6 +15,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
+from store import fs
 from store.errors import CorruptDataError
 
 _MISSING = np.uint64(2**64 - 1)
@@ -80,10 +81,8 @@ def _decoder(codecs: list[dict]):
 class ShardedRows:
     """Reads rows [start, stop) of one array, touching only the inner chunks that hold them."""
 
-    def __init__(self, array_dir: str, meta: dict, opener=open, read_range=None):
-        from store.fs import read_range as fs_read_range
-
-        self.dir, self.open, self.read_range = array_dir, opener, read_range or fs_read_range
+    def __init__(self, array_dir: str, meta: dict):
+        self.dir = array_dir
         self.shape = tuple(meta["shape"])
         shard = meta["codecs"][0]
         if shard["name"] != "sharding_indexed" or shard["configuration"].get("index_location", "end") != "end":
@@ -110,7 +109,7 @@ class ShardedRows:
                 f.seek(-n, os.SEEK_END)
                 raw = f.read(n)
             else:
-                raw = self.read_range(self._shard_file(s), -n)
+                raw = fs.read_range(self._shard_file(s), -n)
             if len(raw) != n or not _crc_ok(raw):
                 raise CorruptDataError(f"{self._shard_file(s)}: shard index failed its crc32c checksum; run feature-cache verify")
             self._index[s] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.per_shard, 2)
@@ -147,7 +146,7 @@ class ShardedRows:
             while last < c1 and index[last + 1][0] == index[last][0] + index[last][1]:
                 last += 1
             begin, end = int(index[c][0]), int(index[last][0] + index[last][1])
-            raw = self.read_range(self._shard_file(s), begin, end)
+            raw = fs.read_range(self._shard_file(s), begin, end)
             if len(raw) != end - begin:
                 raise CorruptDataError(f"{self._shard_file(s)}: shorter than its index says ({begin + len(raw)} < {end} bytes); "
                                        "run feature-cache verify")

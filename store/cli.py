@@ -55,8 +55,12 @@ def ls_line(c) -> str:
         state = f"partial ({pending['parts']} part(s) pending)" if pending["parts"] else "complete"
     hours = c.total_samples / c.spec["preprocessing"]["sample_rate"] / 3600
     unsized = len(c.parts) - c.parts_with_bytes  # parts written before markers recorded their bytes
-    size = human_bytes(c.bytes) if not unsized else "size ? (info --du)" if not c.parts_with_bytes else \
-        f"{human_bytes(c.bytes)} + {unsized} unsized part(s) (info --du)"
+    if not unsized:
+        size = human_bytes(c.bytes)
+    elif not c.parts_with_bytes:
+        size = "size ? (info --du)"
+    else:
+        size = f"{human_bytes(c.bytes)} + {unsized} unsized part(s) (info --du)"
     derived = c.spec.get("derived_from", {}).get("fingerprint")
     return (f"{c.fingerprint}  {teacher}  layers={','.join(map(str, c.layers))}  {c.spec['storage_dtype']}/{c.audio_mode} audio  "
             f"{state}  utterances={len(c)}  {hours:.2f} h  {size}" + (f"  derived from {derived}" if derived else "") + f"  {c.path}")

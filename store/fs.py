@@ -121,6 +121,16 @@ def open_file(path: str, mode: str = "rb"):
     return filesystem(path).open(path, mode, cache_type="none") if "r" in mode else filesystem(path).open(path, mode)
 
 
+def file_stamp(path: str) -> list[int] | None:
+    """(inode, size, mtime, ctime) of a local file, None if it is missing: what changes whenever the file is written or
+    replaced (a rename gives a new inode), so an equal stamp stands for an unchanged file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def read_range(path: str, start: int, stop: int | None = None) -> bytes:
     """Bytes start:stop of a file; start < 0 with stop None: its last -start bytes. On an object store one ranged GET
     (a suffix range needs no HEAD for the size): what the reader's coalesced chunk reads are made of."""

@@ -104,16 +104,9 @@ class Cache:
                                  "feature-cache rm and re-extract") from None
         self.refresh()
 
-    def _stat_key(self, path: str) -> tuple | None:
-        """What changes whenever a file of the cache is written: files are replaced by rename, so the inode changes too.
-        None on object stores (there a refresh always reloads) and for a missing file."""
-        if fs.is_remote(self.path):
-            return None
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    def _stat_key(self, path: str) -> list[int] | None:
+        """fs.file_stamp of a file of this cache; None on object stores (there a refresh always reloads)."""
+        return None if fs.is_remote(self.path) else fs.file_stamp(path)
 
     def _stamp(self, names: list[str], index_key: tuple | None, direct: list[str]) -> tuple | None:
         """What a refresh saw, cheaply comparable later (local caches): the marker names, index.json's stat and the stats
@@ -278,7 +271,7 @@ class Cache:
                        else meta_problem(array_dir, meta, expected, samples if key == "audio" else frames, self.layout.codec))
             if problem:  # never decode with hand-edited metadata: the values would be wrong, silently
                 raise CorruptDataError(f"{problem}; run feature-cache verify, then extract-features --repair to redo the part")
-            handle = ShardedRows(array_dir, meta, fs.open_file)
+            handle = ShardedRows(array_dir, meta)
             with _HANDLES_LOCK:
                 self._handles[(part_dir, key)] = handle
                 while len(self._handles) > MAX_OPEN_ARRAYS:

@@ -127,8 +127,8 @@ def remove_cache(path: str) -> None:
 
 def human_bytes(n: float) -> str:
     """1.2 GB: sizes as people read them (powers of 1000)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"

@@ -20,7 +20,7 @@ from store.chunks import _MISSING, ShardedRows, meta_problem, shard_file
 from store.errors import CorruptDataError
 from store.index import read_index, read_markers
 from store.layout import checked_path, part_path, read_json, write_json_atomic
-from store.modes import FLAC_DIR, part_arrays
+from store.modes import FLAC_DIR
 from store.reader import Cache
 
 
@@ -131,7 +131,7 @@ def check_array(array_dir: str, expected: tuple, rows: int, codec: str, full: bo
     problem = meta_problem(array_dir, meta, expected, rows, codec)
     if problem:
         return [problem]
-    reader = ShardedRows(array_dir, meta, fs.open_file)
+    reader = ShardedRows(array_dir, meta)
     if not full:  # structure only: every shard file is there (one stat each, cheap enough for every extraction run)
         return [f"{reader._shard_file(s)}: shard file is missing" for s in range(-(-rows // shard_rows))
                 if not fs.exists(reader._shard_file(s))]
@@ -159,8 +159,7 @@ def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
     """Problems with one committed part (structure only when full=False: cheap enough for every extraction run)."""
     frames, samples = cache.part_rows[part]
     problems = []
-    expected_arrays = part_arrays(cache.layers, cache.spec["dim"], cache.spec["storage_dtype"], cache.audio_mode, cache.layout)
-    for key, expected in expected_arrays.items():
+    for key, expected in cache._expected_arrays().items():
         array_dir = os.path.join(part_path(cache.path, cache.part_dirs[part]), key)
         problems += check_array(array_dir, expected, samples if key == "audio" else frames, cache.layout.codec, full)
     if cache.audio_mode == "flac":
@@ -205,19 +204,9 @@ def structure_stamp(cache: Cache, part: str) -> list | None:
     """Stats of the part's directory, each array's zarr.json and the FLAC directory (whose files it holds directly):
     metadata edited or replaced changes them. None when one is missing."""
     base = part_path(cache.path, cache.part_dirs[part])
-    paths = [base, *(os.path.join(base, k, "zarr.json") for k in _arrays(cache))]
-    stamp = []
-    for path in paths + ([os.path.join(base, FLAC_DIR)] if cache.audio_mode == "flac" else []):
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        stamp.append([st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
-    return stamp
-
-
-def _arrays(cache: Cache) -> dict[str, tuple]:
-    return part_arrays(cache.layers, cache.spec["dim"], cache.spec["storage_dtype"], cache.audio_mode, cache.layout)
+    paths = [base, *(os.path.join(base, k, "zarr.json") for k in cache._expected_arrays())]
+    stamp = [fs.file_stamp(path) for path in paths + ([os.path.join(base, FLAC_DIR)] if cache.audio_mode == "flac" else [])]
+    return None if None in stamp else stamp
 
 
 def shards_present(cache: Cache, part: str) -> list[str]:
@@ -226,7 +215,7 @@ def shards_present(cache: Cache, part: str) -> list[str]:
     base = part_path(cache.path, cache.part_dirs[part])
     frames, samples = cache.part_rows[part]
     missing = []
-    for key, (_, tail, _, shard_rows) in _arrays(cache).items():
+    for key, (_, tail, _, shard_rows) in cache._expected_arrays().items():
         for s in range(-(-(samples if key == "audio" else frames) // shard_rows)):
             name = shard_file(os.path.join(base, key), s, 1 + len(tail))
             if not os.path.exists(name):

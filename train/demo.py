@@ -54,7 +54,10 @@ def make_corpus(root: str, n: int = 48) -> str:
 
 
 def hub_reachable(name: str) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    """Whether the hub serves `name`: extract.teacher's one quick connect first (no hub, no 5 s wait), then the model."""
+    from extract.teacher import hub_reachable as hub_answers
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_answers():
         return False
     try:
         from huggingface_hub import model_info
