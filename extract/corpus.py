@@ -111,10 +111,16 @@ def _info(path: str) -> sf._SoundFileInfo | BadFile:
         return BadFile(path, reason)
 
 
+def _bad(e: Entry, reason: str) -> BadFile:
+    """A bad entry that knows its id and file: a Kaldi segment or lhotse cut is named by its manifest line or cut id,
+    and its cached targets (of a file rewritten into garbage, say) are found again by id, not by that name."""
+    return BadFile(e.where, reason, e.uid, e.path)
+
+
 def _resolve(e: Entry, info, rate: int, min_samples: int, max_seconds: float) -> Utterance | BadFile:
     """The entry's window in samples, checked against its file's header."""
     if isinstance(info, BadFile):
-        return info if e.where == e.path else BadFile(e.where, f"{e.path}: {info.reason}")
+        return _bad(e, info.reason if e.where == e.path else f"{e.path}: {info.reason}")
     sr, total = int(info.samplerate), int(info.frames)
     if e.whole and e.channel is None and total * rate // sr >= max(min_samples, 1) and not (max_seconds and total / sr > max_seconds):
         return Utterance(e.uid, e.path, total, sr, int(info.channels), recording=e.recording)  # a whole file that passes
@@ -122,17 +128,17 @@ def _resolve(e: Entry, info, rate: int, min_samples: int, max_seconds: float) ->
     stop = total if e.end is None and e.duration is None else to_samples(e.end, sr) if e.end is not None \
         else start + to_samples(e.duration, sr)
     if stop > total and not e.whole:
-        return BadFile(e.where, f"ends at {stop / sr:.3f} s, past the end of {e.path} ({total / sr:.3f} s)")
+        return _bad(e, f"ends at {stop / sr:.3f} s, past the end of {e.path} ({total / sr:.3f} s)")
     if e.channel is not None and e.channel >= info.channels:
-        return BadFile(e.where, f"channel {e.channel}, but {e.path} has {info.channels}")
+        return _bad(e, f"channel {e.channel}, but {e.path} has {info.channels}")
     utt = Utterance(e.uid, e.path, stop - start, sr, int(info.channels), start, e.whole, e.channel, e.recording)
     if utt.samples <= 0:
-        return BadFile(e.where, "empty (0 samples)")
+        return _bad(e, "empty (0 samples)")
     if utt.samples_at(rate) < min_samples:
-        return BadFile(e.where, f"too short: {utt.samples_at(rate)} samples at {rate} Hz, the teacher needs at least {min_samples}")
+        return _bad(e, f"too short: {utt.samples_at(rate)} samples at {rate} Hz, the teacher needs at least {min_samples}")
     if max_seconds and utt.seconds > max_seconds:
-        return BadFile(e.where, f"{utt.seconds:.1f} s is longer than --max-seconds {max_seconds:g}; raise it, or cut long "
-                                "recordings with --segment-seconds")
+        return _bad(e, f"{utt.seconds:.1f} s is longer than --max-seconds {max_seconds:g}; raise it, or cut long "
+                       "recordings with --segment-seconds")
     return utt
 
 

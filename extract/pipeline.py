@@ -22,7 +22,7 @@ from extract.teacher import Teacher
 from store import Layout, PartWriter
 from store.modes import STORABLE_MAX, TARGET_MODES
 from store.reader import read_meta, read_stats
-from store.verify import file_sha256, source_record, unchanged_since
+from store.verify import file_sha256_at, source_record, unchanged_since
 
 LOOKAHEAD = 3  # batches decoded ahead of the teacher
 GPU_BATCH_SECONDS = 200.0  # padded audio per batch on a GPU
@@ -44,7 +44,7 @@ def decode_item(teacher: Teacher, item: PlanItem) -> tuple[np.ndarray, dict] | s
     after decoding as when hashed: the hash is of what the teacher heard."""
     path, window = item.path, item.window
     try:
-        st, digest = file_sha256(path)
+        st, digest, taken = file_sha256_at(path)
         info = sf.info(path)  # recorded: a re-run recognises the file from its stat and reads no header (extract.corpus.scan)
         wave = load_audio(path, teacher.sample_rate, window["start"], window["samples"], window["channel"])
         if not unchanged_since(path, st):
@@ -55,7 +55,7 @@ def decode_item(teacher: Teacher, item: PlanItem) -> tuple[np.ndarray, dict] | s
         return f"too short: {len(wave)} samples at {teacher.sample_rate} Hz, the teacher needs at least {teacher.window}"
     if not np.isfinite(wave).all():
         return "contains NaN or infinite samples"
-    return wave, source_record(path, st, digest, window, (int(info.samplerate), int(info.frames), int(info.channels)))
+    return wave, source_record(path, st, digest, window, (int(info.samplerate), int(info.frames), int(info.channels)), taken)
 
 
 def _skip(uid: str, path: str, reason: str) -> dict:

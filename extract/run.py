@@ -242,6 +242,7 @@ def remove_orphans(cache: Cache) -> None:
     if not fs.is_remote(cache.path):
         for d in orphan_attempts(cache):
             fs.rmtree(part_path(cache.path, d))
+        fs.remove_stale_temp_files(cache.path)  # index.json / sources.json temp files of a run killed mid-consolidation
 
 
 def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool, bad: list | None = None,
@@ -251,8 +252,10 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
     Files the scan saw unchanged (`known`) are not looked at again."""
     damaged = damaged_parts(cache, full=full) if check else {p: [why] for p, why in cache.damaged.items()}
     # a cached file of this corpus that is now bad input (rewritten into garbage) changed too: its stale targets go
-    bad_paths = {b.path for b in bad or []}
-    in_corpus = {u.uid for u in utts} | {uid for uid, r in sources.items() if r and r.get("path") in bad_paths}
+    # (by id: a Kaldi segment or a lhotse cut is named by its manifest entry, not its file; by file: a directory's bad files)
+    bad_paths = {b.file or b.path for b in bad or []}
+    in_corpus = {u.uid for u in utts} | {b.uid for b in bad or [] if b.uid} \
+        | {uid for uid, r in sources.items() if r and r.get("path") in bad_paths}
     changed: dict[str, list[str]] = {}
     seen = known.unchanged if known else lambda _record: False
     todo = sorted(uid for uid, r in sources.items() if uid in in_corpus and not seen(r))

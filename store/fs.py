@@ -6,9 +6,11 @@ is already atomic, so a marker is written in one request. Everything else goes t
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -205,25 +207,68 @@ def make_durable(files: list[str], directory: str) -> None:
     fsync_dir(directory)
 
 
+_TMP = re.compile(r".+\.tmp-(\d{1,10})-[0-9a-f]{8}")
+_in_flight: set[str] = set()  # this process's temp files not yet renamed: removed at exit, SIGTERM included
+
+
 def _tmp_name(path: str) -> str:
     import uuid
 
     return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def remove_temp_files() -> None:
+    """Remove this process's temp files in flight: called at exit and by the SIGTERM handler (store.oneline), which
+    ends the process at once (a consolidation of a LibriSpeech-sized index writes tens of MB to one)."""
+    for tmp in list(_in_flight):
+        remove_quietly(tmp)
+
+
+atexit.register(remove_temp_files)
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Temp files a killed process left in `directory` (our names only, of a process not alive on this machine).
+    kill -9 runs no handler, so the next writer of the directory removes them."""
+    if is_remote(directory):
+        return []
+    removed = []
+    for name in listdir(directory):
+        m = _TMP.fullmatch(name)
+        if m and not _alive(int(m.group(1))):
+            remove_quietly(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # someone else's live process
+        pass
+    return True
+
+
 def write_json_atomic(path: str, obj: object) -> None:
-    """A reader sees the old file or the new one, never half of one; a failed write leaves no temp file."""
+    """A reader sees the old file or the new one, never half of one; a failed or interrupted write leaves no temp file."""
     data = json.dumps(obj, separators=(",", ":")).encode()
     if is_remote(path):
         write_bytes(path, data)  # one PUT: atomic on object stores
         return
     tmp = _tmp_name(path)
+    _in_flight.add(tmp)
     try:
         write_bytes(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         remove_quietly(tmp)
         raise
+    finally:
+        _in_flight.discard(tmp)
     fsync_dir(os.path.dirname(path))
 
 
@@ -240,7 +285,9 @@ def publish_json(path: str, obj: object) -> bool:
                 store.pipe_file(path, data, mode="create")
             except FileExistsError:  # s3fs: 412 PreconditionFailed
                 store.invalidate_cache(path)  # our listing predates the winner's marker: the next read must see it
-                return False
+                # botocore retries a PUT whose reply was lost: the retry's 412 may be about our own first try, which
+                # landed. A marker names its attempt (a fresh token), so equal bytes mean it is ours, and it stands.
+                return store.cat_file(path) == data
         return True
     tmp = _tmp_name(path)
     try:

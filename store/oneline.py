@@ -81,6 +81,9 @@ def _exit_on_sigterm(kept: str):
     checkpoints, and the next run removes what an interrupted attempt left."""
 
     def handler(signum, frame) -> None:
+        from store import fs  # here: store.fs imports store.errors, which imports this module
+
+        fs.remove_temp_files()  # os._exit runs no atexit: a consolidation's temp file would stay in the cache
         sys.stderr.write(f"interrupted: {kept}\n")
         sys.stderr.flush()
         os._exit(130)

@@ -107,6 +107,18 @@ def write_wav(path: str, seconds: float, rate: int = 16000, channels: int = 1, s
     sf.write(path, np.stack([data, 0.5 * data], 1) if channels == 2 else data, rate, subtype="PCM_16")
 
 
+def age_files(root: str, seconds: float = 3600) -> None:
+    """Set every file's mtime `seconds` back: a corpus written just before its extraction is racily clean (store.verify.racy)
+    and hashed again on every run; a real corpus is older than that."""
+    import os
+    import time
+
+    when = time.time_ns() - int(seconds * 1e9)
+    for d, _, files in os.walk(root):
+        for f in files:
+            os.utime(os.path.join(d, f), ns=(when, when))
+
+
 def build_corpus(root: str, n: int = 6, seed: int = 0, ext: str = "wav") -> str:
     rng = np.random.default_rng(seed)
     for i in range(n):

@@ -234,8 +234,9 @@ def _edits(ref: list[str], hyp: list[str], tokens: str) -> int:
 
     if not hyp:
         return len(ref)
-    if tokens == "char":
-        out = jiwer.process_characters("".join(ref), "".join(hyp))
+    if tokens == "char":  # no Strip (jiwer's default): a leading or trailing space the probe emits is an insertion
+        chars = jiwer.ReduceToListOfListOfChars()
+        out = jiwer.process_characters("".join(ref), "".join(hyp), reference_transform=chars, hypothesis_transform=chars)
     else:
         out = jiwer.process_words(" ".join(ref), " ".join(hyp))
     return int(out.substitutions + out.deletions + out.insertions)
@@ -338,9 +339,45 @@ def probe_features(cfg: ProbeConfig) -> dict:
     return probe_with(cfg, cache, lambda u: features(cache, u, layers), layers, cache.spec["dim"], cache.num_frames, upstream)
 
 
+PROBE_FILES = ("result.json", "metrics.jsonl", "layers.png")
+
+
+def check_out(out: str) -> None:
+    """--out is a probe's own dir: new, empty, or holding only a probe's files. Anything else (a training run's
+    metrics.jsonl and checkpoints, a user's files) would be overwritten, so it is refused before any work."""
+    if not os.path.isdir(out):
+        if os.path.exists(out):
+            raise ProbeError(f"--out {out}: is a file, not a directory; choose a new directory for the probe")
+        return
+    foreign = sorted(set(os.listdir(out)) - set(PROBE_FILES))
+    if foreign:
+        raise ProbeError(f"--out {out}: holds {foreign[0]} ({len(foreign)} file(s) a probe does not write: another tool's run?); "
+                         "choose a new directory for the probe, e.g. --out " + os.path.join(out, "probe"))
+    for name, mine in (("result.json", lambda r: r.get("task") in TASKS), ("metrics.jsonl", lambda r: "epoch" in r)):
+        if not _first_record_is(os.path.join(out, name), mine):
+            raise ProbeError(f"--out {out}: its {name} is not a probe's (a training run's?); choose a new directory for the probe")
+
+
+def _first_record_is(path: str, mine) -> bool:
+    """Whether a file is absent, empty, or starts with a JSON object that `mine` accepts."""
+    try:
+        with open(path) as f:
+            head = f.readline() if path.endswith(".jsonl") else f.read()
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        record = json.loads(head) if head.strip() else {}
+    except ValueError:
+        return False
+    return isinstance(record, dict) and (not record or bool(mine(record)))
+
+
 def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, frames=None, upstream: dict | None = None) -> dict:
     """probe_features() over any features of the cache's utterances: `read(uid)` -> [len(layers), frames, dim] (a
     baseline with no upstream, log-mel say); `frames(uid)` its frame count (default: read it)."""
+    check_out(cfg.out)
     frames = frames or (lambda u: read(u).shape[1])
     labels, missing = labelled_ids(cfg, cache)
     train, test, how = split(cfg, cache, sorted(labels))

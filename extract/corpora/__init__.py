@@ -36,6 +36,8 @@ class Entry(NamedTuple):  # a NamedTuple, not a frozen dataclass: one per file o
 class BadFile:
     path: str  # the audio file, or the manifest entry ('segments line 3 (utt-7)')
     reason: str
+    uid: str | None = None  # the entry's id, once known: a cached utterance that is now bad input is matched by it
+    file: str | None = None  # the entry's audio file (absolute), once known
 
     def to_dict(self) -> dict:
         return {"path": self.path, "reason": self.reason}

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from extract import ExtractConfig, ExtractError, extract_features, load_teacher
 from extract.segments import window_starts
-from store import CorruptDataError, open_cache
+from store import CorruptDataError, open_cache, verify_cache
 from tests.conftest import write_wav
 from train.data import split_ids
 from train.sources import subset_ids
@@ -309,3 +309,21 @@ def test_an_id_shaped_like_a_window_id_is_refused_under_segments(tmp_path, tiny_
     write_wav(str(tmp_path / "c/a@0-16000.wav"), 1.0, seed=2)
     with pytest.raises(ExtractError, match="'a@0-16000'.*has the form of a window id"):
         _extract(tiny_teacher, tmp_path / "c", tmp_path / "k", segment_seconds=1.0)
+
+
+@pytest.mark.parametrize("kind", ["kaldi", "lhotse"])
+def test_a_manifests_file_rewritten_into_garbage_loses_its_stale_targets(tmp_path, tiny_teacher, kind):
+    """A Kaldi segment or a lhotse cut is named by its manifest entry, not its file: its cached targets are found by id
+    when its file turns into garbage, and go (the directory case: tests/test_trust_nothing_on_disk.py)."""
+    if kind == "lhotse":
+        pytest.importorskip("lhotse")
+    recs = _recordings(tmp_path)
+    corpus = _kaldi(tmp_path, recs) if kind == "kaldi" else _lhotse_manifests(tmp_path, recs)[0]
+    s = _extract(tiny_teacher, corpus, tmp_path / "k", on_error="skip")
+    assert {"rec1-a", "rec1-b"} <= set(open_cache(s.path).utterance_ids)
+    with open(recs["rec1"], "r+b") as f:
+        f.truncate(30)
+    _extract(tiny_teacher, corpus, tmp_path / "k", on_error="skip")
+    cache = open_cache(s.path)
+    assert cache.utterance_ids == ["rec2-a"]
+    assert verify_cache(s.path, sources=True) == []

@@ -7,13 +7,14 @@ import json
 import os
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from extract import ExtractConfig, extract_features
 from extract.corpus import KnownFiles, scan
 from store import Cache
 from store.layout import checked_path, index_path, sources_path
-from tests.conftest import build_corpus, write_wav
+from tests.conftest import age_files, build_corpus, write_wav
 
 
 def _cfg(tiny_teacher, corpus, tmp_path, **kw) -> ExtractConfig:
@@ -36,11 +37,13 @@ def _count_header_reads(monkeypatch) -> list[str]:
 
 def test_a_rerun_opens_no_known_file_and_only_the_new_one(tmp_path, tiny_teacher, monkeypatch):
     corpus = build_corpus(str(tmp_path / "c"), n=5)
+    age_files(corpus)
     cache = extract_features(_cfg(tiny_teacher, corpus, tmp_path)).path
     opened = _count_header_reads(monkeypatch)
     again = extract_features(_cfg(tiny_teacher, corpus, tmp_path))
     assert opened == [] and not again.teacher_work
     write_wav(f"{corpus}/spk0/new.wav", 1.0, seed=9)
+    age_files(f"{corpus}/spk0/new.wav")
     grown = extract_features(_cfg(tiny_teacher, corpus, tmp_path))
     assert opened == [f"{corpus}/spk0/new.wav"] and grown.utterances == 6
     # the recorded header is what the file's own header says
@@ -152,3 +155,35 @@ def test_a_run_killed_late_leaves_an_index_covering_most_parts(tmp_path, tiny_te
     path = os.path.join(tmp_path / "k", os.listdir(tmp_path / "k")[0])
     committed = len(os.listdir(os.path.join(path, "commits")))
     assert committed == 5 and len(read_index(path)) >= 2  # consolidated during the run (after part 2, and 4 unless busy)
+
+
+def _give_records_the_files_stat(cache: str, path: str, taken_ns) -> None:
+    """Every record of `path` gets the file's stat now, read at `taken_ns`: what a same-size rewrite within the timestamp
+    tick of extraction's read leaves (a test cannot set a ctime back, so the record is moved to the file instead)."""
+    st = os.stat(path)
+    for name in os.listdir(f"{cache}/commits"):
+        marker = json.load(open(f"{cache}/commits/{name}"))
+        for r in marker["sources"]:
+            if r and r["path"] == path:
+                r.update(size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, ino=st.st_ino, taken_ns=taken_ns(st))
+        json.dump(marker, open(f"{cache}/commits/{name}", "w"))
+    for f in (index_path(cache), sources_path(cache)):  # speed only: the markers are the truth
+        os.remove(f)
+
+
+@pytest.mark.parametrize("racy", [True, False])
+def test_a_racily_clean_rewrite_is_hashed_again(tmp_path, tiny_teacher, racy):
+    """git's racy-clean rule: a file whose mtime is not older than the moment extraction read it may have been rewritten
+    within that timestamp tick, same size, unseen by its stat; the next run hashes it and re-extracts. A file read well
+    after its last write keeps the stat shortcut (the control)."""
+    corpus = build_corpus(str(tmp_path / "c"), n=3)
+    cache = extract_features(_cfg(tiny_teacher, corpus, tmp_path)).path
+    path = f"{corpus}/spk0/utt00.wav"
+    data, rate = sf.read(path, dtype="int16")
+    sf.write(path, data[::-1].copy(), rate, subtype="PCM_16")  # same size, other samples
+    _give_records_the_files_stat(cache, path, (lambda st: st.st_mtime_ns) if racy else (lambda st: st.st_mtime_ns + 3 * 10**9))
+    again = extract_features(_cfg(tiny_teacher, corpus, tmp_path))
+    assert again.teacher_work == racy
+    from store.verify import file_sha256
+
+    assert (Cache(cache).source("spk0/utt00")["sha256"] == file_sha256(path)[1]) == racy

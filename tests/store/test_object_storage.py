@@ -169,3 +169,33 @@ def test_two_writers_of_one_part_on_s3_exactly_one_commits_even_with_a_stale_lis
     assert not fs.exists(f"{path}/parts/{first.dir}/zarr.json")  # the loser's attempt is gone
     cache = open_cache(path)
     assert cache.ids_by_part() == {"p000000": ["b/second"], "p000001": ["c/other"]} and verify_cache(cache.path) == []
+
+
+def test_a_commit_retried_after_a_lost_reply_keeps_its_own_part(s3, monkeypatch):
+    """botocore retries a PUT whose reply was lost; the retry's 412 is about the writer's own first try, which landed:
+    the part stands (it used to take the 412 for another writer's marker and remove the directory its marker names)."""
+    import s3fs
+
+    from store import Layout, create_cache
+    from tests.conftest import make_spec, write_parts
+
+    real = s3fs.S3FileSystem._pipe_file
+    lost = []
+
+    async def reply_lost(self, path, data, *args, mode="overwrite", **kwargs):
+        out = await real(self, path, data, *args, mode=mode, **kwargs)
+        if mode == "create":  # it landed; the reply did not, and botocore's retry met the marker
+            lost.append(path)
+            raise FileExistsError(path)
+        return out
+
+    layout = Layout(chunk_frames=8, shard_frames=32)
+    path = create_cache(s3, make_spec(), layout=layout)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_pipe_file", reply_lost)
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec binds the sync pipe_file per instance
+    truth = write_parts(path, {"p000000": [("a", 5), ("b", 40)]}, layout=layout)
+    assert len(lost) == 1
+    cache = open_cache(path)
+    assert cache.utterance_ids == ["a", "b"]
+    np.testing.assert_allclose(cache.read("b", 2), truth["b"][0][2], atol=1e-2)
+    assert verify_cache(path) == []

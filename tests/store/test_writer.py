@@ -121,3 +121,61 @@ def test_orphan_cleanup_never_removes_a_live_attempt(tmp_path):
     live.add("u", feats, audio)
     live.commit()
     assert open_cache(path).read("u", 1).shape == (5, 16) and not os.path.exists(os.path.join(path, "parts", live.dir, ".lock"))
+
+
+_SLOW_CONSOLIDATION = """
+import os, sys, time
+from store import fs
+from store.oneline import cli_errors
+
+def stuck(*args):  # the temp file is written; the rename never comes (a consolidation of a big index, killed here)
+    print("written", flush=True)
+    time.sleep(60)
+
+os.replace = stuck
+
+@cli_errors(kept="test")
+def main():
+    fs.write_json_atomic(sys.argv[1], {"parts": {}})
+
+main()
+"""
+
+
+def test_sigterm_during_an_index_write_leaves_no_temp_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CONSOLIDATION, str(tmp_path / "index.json")], stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))), text=True)
+    assert proc.stdout.readline().strip() == "written"
+    assert [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 130
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_next_writer_removes_temp_files_of_dead_processes_only(tmp_path, tiny_teacher):
+    """kill -9 runs no handler: the next extraction (under the cache's lock) removes our temp names of processes that are
+    gone, and keeps a live process's and any name that is not ours."""
+    import subprocess
+
+    from extract import ExtractConfig, extract_features
+    from tests.conftest import build_corpus
+
+    cfg = ExtractConfig(tiny_teacher, build_corpus(str(tmp_path / "c"), n=2), layers=(1,), cache_dir=str(tmp_path / "k"), progress=False)
+    path = extract_features(cfg).path
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        names = [f"index.json.tmp-{dead.pid}-0123abcd", f"sources.json.tmp-{dead.pid}-89abcdef",
+                 f"index.json.tmp-{alive.pid}-0123abcd", "index.json.tmp-notes", "mine.txt"]
+        for n in names:
+            open(os.path.join(path, n), "w").write("x" * 100)
+        extract_features(cfg)
+        left = set(os.listdir(path))
+        assert not left & set(names[:2]) and set(names[2:]) <= left
+    finally:
+        alive.kill()

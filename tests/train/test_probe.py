@@ -164,3 +164,30 @@ def test_result_json_names_the_metric_and_the_cli_prints_it_with_json(tones, tmp
     assert shown["accuracy"] == shown["value"] and shown["accuracy_ci95"] == shown["ci95"]
     ctc = probe_features(_cfg(tones, tmp_path / "t", task="ctc", labels=str(tones["root"] / "text"), tokens="phone", epochs=1))
     assert ctc["error_rate"] == ctc["value"] and ctc["metric"] == "PER" and len(ctc["error_rate_ci95"]) == 2
+
+
+@pytest.mark.parametrize("held", [{"ckpt.pt": "x", "metrics.jsonl": '{"step": 1, "loss": 2.0}\n'},
+                                  {"metrics.jsonl": '{"step": 1, "loss": 2.0}\n'},
+                                  {"result.json": '{"steps": 10}'}, {"notes.txt": "mine"}])
+def test_out_that_holds_another_tools_run_is_refused_untouched(tones, tmp_path, held):
+    """--out of a training run (or any dir of files a probe does not write) would lose its history: refused before
+    any work, every file as it was; a probe's own dir is probed again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in held.items():
+        (run / name).write_text(text)
+    with pytest.raises(ProbeError, match=f"--out {run}: "):
+        probe_features(_cfg(tones, run, epochs=1))
+    assert {p.name: p.read_text() for p in run.iterdir()} == held
+    probe_features(_cfg(tones, tmp_path / "probe", epochs=1))
+    assert probe_features(_cfg(tones, tmp_path / "probe", epochs=2))["task"] == "classify"
+
+
+def test_character_errors_count_leading_and_trailing_spaces():
+    """jiwer's default CER transform strips the hypothesis, which hid a probe's spaces at either end (CER biased down)."""
+    from train.probe import _edits
+
+    assert _edits(list("ab c"), list(" ab c "), "char") == 2
+    assert _edits(list("ab c"), list("ab  c"), "char") == 1
+    assert _edits(list("ab c"), list("ab c"), "char") == 0
+    assert _edits("a b".split(), "a b c".split(), "word") == 1
