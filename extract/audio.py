@@ -25,6 +25,11 @@ def load_audio(path, rate: int, start: int = 0, frames: int | None = None, chann
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+def resampled_length(samples: int, rate_in: int, rate_out: int) -> int:
+    """How many samples soxr gives for `samples` at rate_in resampled to rate_out: n * out / in rounded half up."""
+    return samples if rate_in == rate_out else (2 * samples * rate_out + rate_in) // (2 * rate_in)
+
+
 def normalize(wave: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance, as transformers' Wav2Vec2FeatureExtractor does with do_normalize."""
     return (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)

@@ -104,7 +104,7 @@ def show_dry_run(f: dict, as_json: bool) -> None:
     click.echo(f"cache        {f['cache'] or 'new (its statistics are fitted first)'}: "
                + (f"exists, {f['cached_utterances']} utterances cached" if f["exists"] else "would be created"))
     click.echo(f"to extract   {f['todo_utterances']} utterances, {f['todo_hours']:.3f} h, {f['todo_frames']} frames, {f['parts']} part(s)")
-    click.echo(f"size         {human(f['need_bytes'])} for {chosen} (before the codec); targets: "
+    click.echo(f"size         at most {human(f['need_bytes'])} on disk for {chosen}; before the codec, targets: "
                + ", ".join(f"{m} {human(b)}" for m, b in t["targets"].items()) + "; audio: "
                + ", ".join(f"{m} {human(b)}" for m, b in t["audio"].items()))
     free = "no limit (object store)" if f["free_bytes"] is None else human(f["free_bytes"])

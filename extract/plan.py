@@ -87,14 +87,14 @@ def merged_plan(cache: Cache, corpus: str | None, parts: list[dict], skipped: li
     """plan.json after planning `corpus`: its parts and refusals replace its earlier ones; another corpus's stay (its
     pending parts above all: a second corpus extracted into the cache must not make an unfinished first one look done).
     Entries an older distilcache wrote carry no corpus: they are this corpus's, as that version assumed."""
-    old = cache._plan()
+    old = cache.plan()
 
-    def others(entries) -> list[dict]:
-        return [e for e in entries if isinstance(e, dict) and e.get("corpus") not in (None, corpus)] if isinstance(entries, list) else []
+    def others(entries: list[dict]) -> list[dict]:  # checked by Cache.plan(): lists of dicts
+        return [e for e in entries if e.get("corpus") not in (None, corpus)]
 
-    kept = [p for p in others(old.get("parts")) if p.get("name") not in cache.part_dirs]
-    return {"parts": kept + [{**p, "corpus": corpus} for p in parts], "skipped": others(old.get("skipped")) + [{**b, "corpus": corpus}
-                                                                                                        for b in skipped]}
+    kept = [p for p in others(old["parts"] or []) if p.get("name") not in cache.part_dirs]
+    return {"parts": kept + [{**p, "corpus": corpus} for p in parts],
+            "skipped": others(old["skipped"]) + [{**b, "corpus": corpus} for b in skipped]}
 
 
 def orphan_attempts(cache: Cache) -> list[str]:

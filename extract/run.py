@@ -162,7 +162,8 @@ def dry_run(cfg: ExtractConfig) -> dict:
     fp, _ = known_fingerprint(cache_root, spec)
     cache = existing_cache(cache_root, fp)
     _, utts, bad = corpus_of(cfg, teacher, KnownFiles(cache.sources()) if cache else None)
-    f = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, cache)
+    f = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, cache.layout if cache else Layout(hop=teacher.hop, codec=cfg.codec),
+                 cache)
     speed = seconds_per_audio_second(teacher, spec["layers"])
     workers = max(1, cfg.workers)
     f.update(refused=len(bad), device=str(teacher.device), seconds_per_audio_second=speed,
@@ -193,7 +194,7 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
     except OSError as e:
         raise ExtractError(f"--cache-dir {cache_root}: cannot use it as a cache root ({e.strerror}); give a writable directory") from None
     layout = Layout(hop=teacher.hop, codec=cfg.codec)
-    ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, found)
+    ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, found.layout if found else layout, found)
     check_space(ahead, cache_root, cfg.storage_dtype, cfg.audio)  # refused before any teacher work if it cannot fit
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])
     corpus_input = corpus_identity(cfg.corpus)
@@ -218,7 +219,7 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
                   "`feature-cache rm` the cache to re-extract them", file=sys.stderr)
         pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources, corpus_input)
         if pending:  # the first line of a run with work (after every refusal, so that a refusal stays one line)
-            planned = todo_figures(teacher, spec, [it.samples for p in pending for it in p["items"]], len(pending))
+            planned = todo_figures(teacher, spec, [p["items"] for p in pending], cache.layout, cache_root, cache)
             print(first_line({**ahead, **planned, "cache": path}), file=sys.stderr)  # the plan: retaken and retried parts too
             run = _run_dask if (cfg.workers or cfg.scheduler) else _run_local
             run(cfg, path, pending, teacher, spec, cache.layout)

@@ -249,8 +249,13 @@ def load_teacher(name: str, revision: str | None = None, device: str = "auto", c
     try:
         fe = AutoFeatureExtractor.from_pretrained(name, revision=revision, local_files_only=offline)
         rate, do_norm = int(fe.sampling_rate), bool(getattr(fe, "do_normalize", False))
-    except Exception:  # noqa: BLE001 - no preprocessor_config.json: the HuBERT/wav2vec2 defaults
-        rate, do_norm = 16000, False
+    except Exception as e:  # noqa: BLE001 - its sample rate and normalisation shape the targets: never guessed
+        where = "the local hub cache's copy" if offline else "it"
+        raise ExtractError(f"--teacher {name}: {where} has no usable feature extractor config (preprocessor_config.json: "
+                           f"{str(e).splitlines()[0][:100] if str(e) else type(e).__name__}); its sample rate and input "
+                           "normalisation shape the targets and are never guessed: save one beside the model "
+                           "(Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=...).save_pretrained(DIR))"
+                           + (", or run once where the hub is reachable" if offline else "")) from None
     model.eval()
     digest = weights_digest(model)
     install_masked_groupnorm(model)

@@ -54,7 +54,7 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
         parts = src.ids_by_part()
         # what this conversion will commit, before it commits any: a killed conversion is unfinished, never complete
         write_json_atomic(plan_path(dst.path), {"parts": [{"name": p, "utterances": len(ids)} for p, ids in parts.items()],
-                                                "skipped": list(src._plan().get("skipped", []))})
+                                                "skipped": src.plan()["skipped"]})
         for part, ids in parts.items():  # the source's part names: same utterances, same name
             if part not in dst.part_dirs:
                 _convert_part(src, dst, part, ids, stats, audio)

@@ -189,6 +189,17 @@ def _syncfs():
     return None
 
 
+def fsync_files(files: list[str], directory: str) -> None:
+    """Each of `files` and `directory` fsynced: our own files' data only."""
+    for name in files:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(directory)
+
+
 def make_durable(files: list[str], directory: str) -> None:
     """Files written with durable=False (and their entries in `directory`) durable now: one syncfs(2) of their
     filesystem where there is one (281k FLAC files fsynced one by one cost ~5 minutes), else an fsync each."""
@@ -201,10 +212,7 @@ def make_durable(files: list[str], directory: str) -> None:
             return
     finally:
         os.close(fd)
-    for name in files:  # no syncfs, or it failed (it reports writeback errors since Linux 5.8): one by one, raising
-        with open(name, "rb+") as f:
-            os.fsync(f.fileno())
-    fsync_dir(directory)
+    fsync_files(files, directory)  # no syncfs, or it failed (it reports writeback errors since Linux 5.8): one by one, raising
 
 
 _TMP = re.compile(r".+\.tmp-(\d{1,10})-[0-9a-f]{8}")

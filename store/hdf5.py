@@ -218,10 +218,10 @@ def _write(f, cache: Cache, names: list[str], samples: dict[str, int], records: 
         groups.append(group)
     # what this import will commit, before any of it (beside what an earlier unfinished extraction still has pending):
     # a killed import leaves a cache that says it is unfinished
-    earlier = [p for p in cache._plan().get("parts", []) if isinstance(p, dict) and p.get("name") not in cache.part_dirs]
+    earlier = [p for p in cache.plan()["parts"] or [] if p.get("name") not in cache.part_dirs]
     source = f"hdf5 import of {os.path.realpath(f.filename)}"  # so that a later extraction keeps these in plan.json
     planned = [{"name": part_name([_unescape(n) for n in g]), "utterances": len(g), "corpus": source} for g in groups]
-    write_json_atomic(plan_path(cache.path), {"parts": earlier + planned, "skipped": list(cache._plan().get("skipped", []))})
+    write_json_atomic(plan_path(cache.path), {"parts": earlier + planned, "skipped": cache.plan()["skipped"]})
     with bar(len(names), "importing", "utt") as progress:
         for group in groups:
             writer = PartWriter(cache.path, part_name([_unescape(n) for n in group]), layers, spec["dim"], spec["storage_dtype"],

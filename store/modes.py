@@ -41,6 +41,11 @@ class TargetMode:
     def decode(self, stored: dict[str, np.ndarray], stats: dict | None) -> np.ndarray:
         raise NotImplementedError
 
+    def encode_measured(self, x: np.ndarray, stats: dict | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """encode(), and the residual (decoded - x) the writer records the error of: decoded again by default."""
+        stored = self.encode(x, stats)
+        return stored, self.decode(stored, stats) - np.asarray(x, np.float32)
+
     def fit(self, samples: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Statistics of one layer from sample utterances ([frames, dim] each): per-channel mean and std."""
         return fit_stats(samples)
@@ -78,10 +83,19 @@ class IntMode(TargetMode):
         return {"": (codes, dim if self.bits == 8 else (dim + 1) // 2), "_scale": (ArraySpec("float32", False), 1)}
 
     def encode(self, x, stats):
+        return self.encode_measured(x, stats, residual=False)[0]
+
+    def encode_measured(self, x, stats, residual: bool = True):
+        """The residual from the quantisation itself ((rounded - z) x std), no second decode: the writer's time for a
+        lossy part went to decoding every row again to measure it (docs/benchmarks.md)."""
         z = (np.asarray(x, np.float32) - stats["mean"]) / stats["std"]
         scale = np.abs(z).max(axis=1) / self.levels
         scale[scale == 0] = 1.0
-        codes = np.clip(np.rint(z / scale[:, None]), -self.levels, self.levels).astype(np.int8)
+        q = np.clip(np.rint(z / scale[:, None]), -self.levels, self.levels)
+        r = ((q * scale[:, None] - z) * stats["std"]).astype(np.float32) if residual else None
+        return self._pack(q.astype(np.int8), scale), r
+
+    def _pack(self, codes: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
         if self.bits == 4:  # two signed nibbles per byte, low first
             if codes.shape[1] % 2:
                 codes = np.concatenate([codes, np.zeros((len(codes), 1), np.int8)], axis=1)
@@ -138,19 +152,39 @@ class ProductMode(TargetMode):
         return stats
 
     def encode(self, x, stats):
-        z = ((np.asarray(x, np.float32) - stats["mean"]) / stats["std"]).reshape(len(x), -1, self.SUB)
-        cb = stats["codebooks"]  # [M, 256, SUB]
-        codes = np.empty(z.shape[:2], np.uint8)
-        norms = (cb ** 2).sum(-1)  # [M, 256]
-        for i in range(0, len(z), 256):  # nearest centroid per group: |c|^2 - 2 z.c, 256 rows at a time (bounded memory)
-            d = norms[None] - 2 * np.einsum("rms,mks->rmk", z[i : i + 256], cb)
-            codes[i : i + 256] = d.argmin(-1)
-        return {"": codes}
+        """Nearest centroid per group, by faiss (as the fit): 5 ms per 500 x 768 rows where numpy's einsum took 194 ms
+        and a batched matmul 52 ms (bench/writer_error.py), which made pq extraction and conversion ~30x slower than
+        int4. Always faiss, so that every writer picks the same centroid on a near-tie (one rounding, the same bytes)."""
+        z = np.ascontiguousarray((np.asarray(x, np.float32) - stats["mean"]) / stats["std"], dtype=np.float32)
+        return {"": _quantizer(stats["codebooks"]).compute_codes(z).reshape(len(z), -1)}
 
     def decode(self, stored, stats):
         codes, cb = stored[""], stats["codebooks"]
         z = cb[np.arange(cb.shape[0])[None, :], codes.astype(np.intp)].reshape(len(codes), -1)
         return z * stats["std"] + stats["mean"]
+
+
+_quantizers: dict[int, tuple[np.ndarray, object]] = {}  # id(codebooks) -> (codebooks, faiss.ProductQuantizer)
+
+
+def _quantizer(codebooks: np.ndarray):
+    """A faiss ProductQuantizer holding `codebooks` ([M, 256, SUB]), built once per codebooks array."""
+    found = _quantizers.get(id(codebooks))
+    if found is not None and found[0] is codebooks:
+        return found[1]
+    try:
+        import faiss
+    except ImportError:
+        from store.errors import SpecMismatchError
+
+        raise SpecMismatchError("--storage pq encodes with faiss: pip install 'distilcache[pq]' (reading needs only numpy)") from None
+    m, k, sub = codebooks.shape
+    pq = faiss.ProductQuantizer(m * sub, m, int(np.log2(k)))
+    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), pq.centroids)
+    if len(_quantizers) > 64:
+        _quantizers.clear()
+    _quantizers[id(codebooks)] = (codebooks, pq)
+    return pq
 
 
 TARGET_MODES: dict[str, TargetMode] = {m.name: m for m in (
@@ -324,13 +358,20 @@ ERROR_SUMS = ("frames", "rel_l2_sum", "rel_l2_worst", "cos_sum", "cos_min", "abs
 def error_sums(x: np.ndarray, y: np.ndarray) -> dict:
     """Sums of the per-frame error of stored rows `y` against exact rows `x` ([frames, dim]): what the writer records in
     every part's marker, so the error of a grown cache is that of all its rows, not of the sample its statistics came from."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    nx, ny = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
-    rel = np.linalg.norm(y - x, axis=1) / np.maximum(nx, 1e-12)
-    cos = (x * y).sum(1) / np.maximum(nx * ny, 1e-12)
+    x = np.asarray(x, np.float32)
+    return residual_error_sums(x, np.asarray(y, np.float32) - x)
+
+
+def residual_error_sums(x: np.ndarray, r: np.ndarray) -> dict:
+    """error_sums() from the residual r = y - x: |y|^2 and x.y follow from |x|^2, x.r and |r|^2 (no y is formed)."""
+    x, r = np.asarray(x, np.float32), np.asarray(r, np.float32)
+    xx, xr, rr = (np.einsum("ij,ij->i", a, b).astype(np.float64) for a, b in ((x, x), (x, r), (r, r)))
+    nx, ny = np.sqrt(xx), np.sqrt(np.maximum(xx + 2 * xr + rr, 0))
+    rel = np.sqrt(rr) / np.maximum(nx, 1e-12)
+    cos = (xx + xr) / np.maximum(nx * ny, 1e-12)
     return {"frames": int(len(x)), "rel_l2_sum": float(rel.sum()), "rel_l2_worst": float(rel.max(initial=0.0)),
-            "cos_sum": float(cos.sum()), "cos_min": float(cos.min(initial=1.0)), "abs_sum": float(np.abs(y - x).sum()),
-            "values": int(x.size), "logsig_sum": float(np.log1p(np.exp(-cos.astype(np.float64))).sum())}
+            "cos_sum": float(cos.sum()), "cos_min": float(cos.min(initial=1.0)), "abs_sum": float(np.abs(r).sum(1).sum(dtype=np.float64)),
+            "values": int(x.size), "logsig_sum": float(np.log1p(np.exp(-cos)).sum())}
 
 
 def merge_error_sums(a: dict | None, b: dict) -> dict:

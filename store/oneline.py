@@ -81,9 +81,16 @@ def _exit_on_sigterm(kept: str):
     checkpoints, and the next run removes what an interrupted attempt left."""
 
     def handler(signum, frame) -> None:
+        import multiprocessing
+
         from store import fs  # here: store.fs imports store.errors, which imports this module
 
         fs.remove_temp_files()  # os._exit runs no atexit: a consolidation's temp file would stay in the cache
+        children = multiprocessing.active_children()  # verify's workers: left alive they would hold our output pipes
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(5)
         sys.stderr.write(f"interrupted: {kept}\n")
         sys.stderr.flush()
         os._exit(130)

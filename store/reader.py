@@ -387,30 +387,33 @@ class Cache:
         """The recording `uid` belongs to: the held-out split keeps a recording's segments on one side."""
         return self._recordings.get(uid, uid)
 
-    def _plan(self) -> dict:
-        """plan.json (small: counts, pending part names and files refused up front), read only when asked.
-        Progress information only: a lost or damaged plan is rebuilt by the next extract-features."""
+    def plan(self) -> dict:
+        """plan.json (small: counts, pending part names and files refused up front), read only when asked, and checked
+        here for every reader (extraction, import, convert, info): {'parts': [dict] or None when no readable plan says
+        what was planned, 'skipped': [dict]}. Progress information only: a lost or damaged plan is rebuilt by the next
+        extract-features."""
         path = plan_path(self.path)
         try:
             plan = read_json(path) if fs.exists(path) else {}
         except (OSError, ValueError, UnicodeDecodeError):
-            return {}
-        return plan if isinstance(plan, dict) else {}
+            plan = {}
+        plan = plan if isinstance(plan, dict) else {}
+        parts, skipped = plan.get("parts"), plan.get("skipped")
+        return {"parts": [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else None,
+                "skipped": [s for s in skipped if isinstance(s, dict)] if isinstance(skipped, list) else []}
 
     @property
     def skipped(self) -> list[dict]:
         """Every file left out, with its reason: refused up front (plan.json), then while decoding (markers)."""
-        planned = self._plan().get("skipped")
-        refused = [s for s in planned if isinstance(s, dict)] if isinstance(planned, list) else []  # plan.json is untrusted
-        return refused + [s for s in self._skipped_in_parts if isinstance(s, dict) and s.get("uid") not in self._where]
+        return self.plan()["skipped"] + [s for s in self._skipped_in_parts if isinstance(s, dict) and s.get("uid") not in self._where]
 
     def pending(self) -> dict:
         """What the last extraction planned and has not committed: {'parts': n, 'utterances': n} (0s when complete);
         'unknown' is True when no readable plan.json says what was planned (lost, damaged): nothing claims completeness."""
-        planned = self._plan().get("parts")
-        if not isinstance(planned, list):
+        planned = self.plan()["parts"]
+        if planned is None:
             return {"parts": len(self.damaged), "utterances": 0, "unknown": bool(self.parts or self.damaged)}
-        todo = [p for p in planned if isinstance(p, dict) and p.get("name") not in self.part_dirs]
+        todo = [p for p in planned if p.get("name") not in self.part_dirs]
         count = sum(p["utterances"] if type(p.get("utterances")) is int and p["utterances"] > 0 else 0 for p in todo)
         return {"parts": len(todo) + len(self.damaged), "utterances": count, "unknown": False}
 

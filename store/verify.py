@@ -310,8 +310,33 @@ def _open_in_worker(path: str) -> None:
     _worker_cache = Cache(path)
 
 
-def _check_in_worker(parts: list[str], full: bool) -> list[list[str]]:
-    return [check_part(_worker_cache, p, full) for p in parts]
+def _check_in_worker(parts: list[str], full: bool) -> list[list[str] | None]:
+    return [_check_committed(_worker_cache, p, full) for p in parts]
+
+
+def _check_committed(cache: Cache, part: str, full: bool) -> list[str] | None:
+    """check_part, or None for a part that is not committed (any more): an extraction retook it after the listing."""
+    if part not in cache.part_rows:
+        cache.refresh_if_changed()
+        if part not in cache.part_rows:
+            return None
+    return check_part(cache, part, full)
+
+
+def _recheck_moved(cache: Cache, results: dict[str, list[str] | None], full: bool) -> list[str]:
+    """A part an extraction retook while verify ran (its marker gone, its files removed, maybe committed again) is no
+    damage: its problems or absence are checked once more against what is committed now. Parts that are still gone
+    are not committed: there is nothing of them to verify."""
+    suspect = [p for p, found in results.items() if found is None or found]
+    if suspect:
+        before = dict(cache.part_dirs)
+        cache.refresh()
+        for p in suspect:
+            if p not in cache.part_rows:
+                results[p] = []
+            elif results[p] is None or cache.part_dirs[p] != before.get(p):
+                results[p] = check_part(cache, p, full)
+    return [line for found in results.values() for line in found or []]
 
 
 def check_parts(cache: Cache, full: bool, workers: int | None = None, progress=None) -> list[str]:
@@ -319,29 +344,44 @@ def check_parts(cache: Cache, full: bool, workers: int | None = None, progress=N
     is ~1,900 chunk reads, crc32c and decodes, mostly Python, and threads measured no faster than one (GIL); each
     worker opens the cache itself (pickling a LibriSpeech-sized index to every task would cost more than the check)."""
     workers = max(1, min(workers or os.cpu_count() or 1, 64, len(cache.parts)))
+    parts = list(cache.parts)
+    results: dict[str, list[str] | None] = dict.fromkeys(parts)  # in the parts' order
     if workers == 1 or fs.is_remote(cache.path):  # object stores: requests, which threads overlap well enough
-        problems: list[str] = []
         with ThreadPoolExecutor(1 if workers == 1 else 8) as pool:
-            for part, found in zip(cache.parts, pool.map(lambda p: check_part(cache, p, full), cache.parts), strict=True):
-                problems += found
+            for part, found in zip(parts, pool.map(lambda p: _check_committed(cache, p, full), parts), strict=True):
+                results[part] = found
                 if progress:
                     progress(part)
-        return problems
+        return _recheck_moved(cache, results, full)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    size = max(1, min(8, len(cache.parts) // (4 * workers)))  # a few batches per worker: the slow ones even out
-    batches = [cache.parts[i : i + size] for i in range(0, len(cache.parts), size)]
+    size = max(1, min(8, len(parts) // (4 * workers)))  # a few batches per worker: the slow ones even out
+    batches = [parts[i : i + size] for i in range(0, len(parts), size)]
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (zarr, torch)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_in_worker, initargs=(cache.path,)) as pool:
-        futures = {pool.submit(_check_in_worker, b, full): i for i, b in enumerate(batches)}
-        done: dict[int, list[list[str]]] = {}
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_open_in_worker, initargs=(cache.path,))
+    try:
+        futures = {pool.submit(_check_in_worker, b, full): b for b in batches}
         for future in as_completed(futures):
-            done[futures[future]] = future.result()
+            results.update(zip(futures[future], future.result(), strict=True))
             if progress:
-                for part in batches[futures[future]]:
+                for part in futures[future]:
                     progress(part)
-    return [line for i in range(len(batches)) for found in done[i] for line in found]  # in the parts' order
+    except BaseException:  # Ctrl-C, an error: the workers go too, not left holding the index and our output pipes
+        end_workers(pool)
+        raise
+    pool.shutdown()
+    return _recheck_moved(cache, results, full)
+
+
+def end_workers(pool) -> None:
+    """Terminate a process pool's workers and wait for them: shutdown() alone waits for the checks they are running."""
+    procs = list((pool._processes or {}).values())  # private, but the pool has no public way to stop a running task
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(5)
 
 
 def repair_commands(cache: Cache) -> list[str]:

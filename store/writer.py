@@ -29,10 +29,10 @@ from store.modes import (
     STORABLE_MAX,
     TARGET_MODES,
     encode_audio,
-    error_sums,
     flac_bytes,
     merge_error_sums,
     part_arrays,
+    residual_error_sums,
     stats_to_json,
 )
 from store.spec import FORMAT_VERSION, fingerprint, validate_spec
@@ -192,11 +192,12 @@ class PartWriter:
                                         f"(non-finite, or beyond {limit or 'float32'}); store as float32 or bfloat16")
         for layer, f in feats.items():
             stats = self.stats[layer] if self.stats else None
-            encoded = self.mode.encode(f, stats)
+            measure = self.mode.needs_stats and self.measure  # the error of every stored row, not only of the statistics' sample
+            encoded, residual = self.mode.encode_measured(f, stats) if measure else (self.mode.encode(f, stats), None)
             for suffix, stored in encoded.items():
                 self._buffers[layer_key(layer) + suffix].append(stored)
-            if self.mode.needs_stats and self.measure:  # the error of every stored row, not only of the sample the statistics came from
-                self.error[layer] = merge_error_sums(self.error.get(layer), error_sums(f, self.mode.decode(encoded, stats)))
+            if measure:
+                self.error[layer] = merge_error_sums(self.error.get(layer), residual_error_sums(f, residual))
         stored_audio, clipped = encode_audio(audio, self.audio) if audio is not None else (None, 0)
         self.clipped += clipped
         if stored_audio is not None and self.audio != "flac":

@@ -91,3 +91,62 @@ def test_a_dry_run_that_would_not_fit_is_one_line_and_exit_2(tmp_path, tiny_teac
     r = CliRunner().invoke(extract_cli, ["--teacher", tiny_teacher, "--corpus", corpus, "--layers", "1,3", "--cache-dir",
                                          str(tmp_path / "k"), "--dry-run"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "needs about" in r.output and not os.path.exists(tmp_path / "k")
+
+
+def _disk_used(path) -> int:
+    """Blocks taken by every file and directory under `path` (what df counts), the cache's own directory included."""
+    total = os.lstat(path).st_blocks * 512
+    for d, dirs, files in os.walk(path):
+        total += sum(os.lstat(os.path.join(d, n)).st_blocks * 512 for n in dirs + files)
+    return total
+
+
+@pytest.mark.parametrize("lengths,storage,audio", [
+    ([0.03] * 12 + [0.05] * 12, "float16", "float32"),  # short: edge chunks, zarr.json files and markers dominate
+    ([0.03] * 12, "int8", "flac"),
+    ([9.0, 12.5], "float32", "float32"),  # long: several chunks and shards per part
+    ([9.0, 12.5], "int4", "int16"),
+])
+def test_the_dry_runs_need_is_a_true_upper_bound_of_the_disk_taken(tmp_path, tiny_teacher, lengths, storage, audio):
+    """The forecast left out padded edge chunks, crc32c, shard indexes and zarr.json files: a run could be said to fit
+    and then fill the disk. Now every real cache takes at most what was forecast."""
+    from extract import ExtractConfig
+    from store import Layout
+    from tests.conftest import write_wav
+
+    for i, seconds in enumerate(lengths):
+        write_wav(str(tmp_path / "c" / f"u{i:02d}.wav"), seconds, seed=i)
+    layout = {"chunk_frames": 8, "shard_frames": 32} if lengths[0] > 1 else {}
+    cfg = ExtractConfig(tiny_teacher, str(tmp_path / "c"), layers=(1, 2, 3), cache_dir=str(tmp_path / "k"), part_seconds=0.3,
+                        storage_dtype=storage, audio=audio, progress=False)
+    import extract.run
+
+    real_layout = extract.run.Layout
+    extract.run.Layout = lambda **kw: Layout(**{**kw, **layout})  # small chunks and shards: many of each per part
+    try:
+        need = dry_run(cfg)["need_bytes"]
+        path = extract_features(cfg).path
+    finally:
+        extract.run.Layout = real_layout
+    used = _disk_used(path)
+    assert used <= need, (used, need)
+    print(f"{storage}/{audio} {len(lengths)} x {lengths[0]} s: used {used}, bound {need} ({need / used:.2f}x)")
+
+
+def test_the_forecast_counts_the_frames_the_run_stores_for_resampled_files(tmp_path, tiny_teacher):
+    """espeak-ng writes 22,050 Hz: the forecast floored n * 16000 / 22050 where soxr rounds, a frame short (38,056 vs 38,057)."""
+    import numpy as np
+    import soxr
+
+    from extract.audio import resampled_length
+    from tests.conftest import write_wav
+
+    rng = np.random.default_rng(0)
+    for rate in (22050, 44100, 8000, 11025):
+        for n in rng.integers(400, 200_000, 20):
+            assert resampled_length(int(n), rate, 16000) == len(soxr.resample(np.zeros(int(n), np.float32), rate, 16000, "HQ"))
+    for i, seconds in enumerate((0.9977, 1.4331, 2.2001, 0.7449)):
+        write_wav(str(tmp_path / "c" / f"u{i}.wav"), seconds, rate=22050, seed=i)
+    f = dry_run(_cfg(tiny_teacher, str(tmp_path / "c"), tmp_path / "k"))
+    cache = open_cache(extract_features(_cfg(tiny_teacher, str(tmp_path / "c"), tmp_path / "k")).path)
+    assert f["todo_frames"] == cache.total_frames

@@ -18,16 +18,19 @@ from store import open_cache, verify_cache
 from tests.conftest import build_corpus, write_wav
 
 _ATTEMPT = re.compile(rb"(p[0-9a-f]{16})\.[0-9a-f]{12}")
+_TAKEN = re.compile(rb'"taken_ns":\d+')
 
 
 def _tree(path):
-    """Every byte of a cache, with each attempt directory's random token taken out (plan.json: progress; checked.json: local stats)."""
+    """Every byte of a cache, with each attempt directory's random token and each source record's read time taken out
+    (plan.json: progress; checked.json: local stats)."""
     out = {}
     for d, _, files in os.walk(path):
         for f in files:
             if f not in (".lock", "plan.json", "checked.json"):  # checked.json: stats of this machine's files
                 p = os.path.join(d, f)
-                out[_ATTEMPT.sub(rb"\1", os.path.relpath(p, path).encode()).decode()] = _ATTEMPT.sub(rb"\1", open(p, "rb").read())
+                data = _TAKEN.sub(b'"taken_ns":0', _ATTEMPT.sub(rb"\1", open(p, "rb").read()))
+                out[_ATTEMPT.sub(rb"\1", os.path.relpath(p, path).encode()).decode()] = data
     return out
 
 
@@ -130,6 +133,20 @@ def test_teacher_and_layer_errors_are_one_line(tmp_path, tiny_teacher):
     r = runner.invoke(main, ["--teacher", str(tmp_path / "nothing-here"), "--corpus", corpus, "--cache-dir", str(tmp_path)],
                       env={"HF_HUB_OFFLINE": "1"})
     assert r.exit_code == 2 and "no such directory" in r.output and r.output.count("\n") == 1
+
+
+def test_a_teacher_without_its_feature_extractor_config_is_refused_not_guessed(tmp_path, tiny_teacher):
+    """Its sample rate and normalisation shape the targets: a layer-norm teacher saved without preprocessor_config.json
+    (or an offline hub copy that lacks it) was extracted with do_normalize=False, silently. Now one line, no cache."""
+    from tests.conftest import build_tiny_teacher
+
+    teacher = build_tiny_teacher(str(tmp_path / "t"), norm="layer")
+    os.remove(os.path.join(teacher, "preprocessor_config.json"))
+    corpus = build_corpus(str(tmp_path / "c"), n=1)
+    r = CliRunner().invoke(main, ["--teacher", teacher, "--corpus", corpus, "--cache-dir", str(tmp_path / "k")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "preprocessor_config.json" in r.output and "never guessed" in r.output
+    assert not os.path.exists(tmp_path / "k") or not os.listdir(tmp_path / "k")
 
 
 def test_tsv_manifest_equals_directory(tmp_path, tiny_teacher):

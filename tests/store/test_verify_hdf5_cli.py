@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from store import open_cache, verify_cache
@@ -63,3 +64,87 @@ def test_cli_ls_info_rm(small_cache):
     assert runner.invoke(main, ["rm", cache.path, "--yes"]).exit_code == 0
     assert not os.path.exists(cache.path)
     assert open_cache  # noqa: B018 - imported API stays public
+
+
+def _many_parts(tmp_path, n: int = 24):
+    from store import Layout, create_cache
+    from tests.conftest import make_spec, write_parts
+
+    layout = Layout(chunk_frames=8, shard_frames=32)
+    path = create_cache(str(tmp_path / "root"), make_spec(), layout=layout)
+    write_parts(path, {f"p{i:06d}": [(f"u{i}/a", 40), (f"u{i}/b", 9)] for i in range(n)}, layout=layout)
+    return path
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_verify_racing_a_retake_is_no_traceback_and_no_false_damage(tmp_path, workers):
+    """An extraction may take a part back (uncommit: marker, then files) after verify listed it; worker processes open the
+    cache later and no longer know it (a KeyError traceback), one process finds its files gone (false damage). A part
+    retaken and committed again is checked as it is now."""
+    from store import Cache
+    from store.index import uncommit
+    from store.verify import check_parts
+    from tests.conftest import write_parts
+
+    path = _many_parts(tmp_path, 6)
+    cache = Cache(path)  # verify's listing
+    uncommit(path, "p000001", cache.part_dirs["p000001"])
+    uncommit(path, "p000003", cache.part_dirs["p000003"])
+    write_parts(path, {"p000003": [("u3/a", 40), ("u3/b", 9)]}, layout=cache.layout)  # redone by the extraction
+    assert check_parts(cache, full=True, workers=workers) == []
+    os.remove(shard_of(path, "p000004"))  # real damage is still found
+    assert any("p000004" in line for line in check_parts(Cache(path), full=True, workers=workers))
+
+
+def shard_of(path: str, part: str) -> str:
+    from store import Cache
+
+    d = os.path.join(path, "parts", Cache(path).part_dirs[part], "layer_1", "c")
+    return os.path.join(d, "0", "0")
+
+
+def test_sigterm_ends_verifys_workers_and_frees_its_output(tmp_path):
+    """verify --workers 2 killed by SIGTERM left its workers blocked, holding the index and verify's output pipes: the
+    caller reading that output hung. Now the workers end with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _many_parts(tmp_path)
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "feature-cache"), "verify", path, "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    children: list[int] = []
+    deadline = time.time() + 60
+    while len(children) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            children = [int(x) for x in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+        except OSError:
+            children = []
+    assert len(children) >= 2, "verify never started its workers"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)  # hung here before: the workers held the pipes
+    assert proc.returncode == 130 and b"interrupted" in err
+    time.sleep(0.5)
+    assert not [c for c in children if os.path.exists(f"/proc/{c}") and "Z" not in open(f"/proc/{c}/stat").read().split()[2]]
+
+
+@pytest.mark.parametrize("plan", ['{"parts": 7, "skipped": "x"}', '{"parts": {"a": 1}, "skipped": [1, {"uid": "u"}]}', "[]", "{bad"])
+def test_import_and_convert_read_a_hostile_plan_json_as_extraction_does(small_cache, tmp_path, plan):
+    """plan.json is untrusted: extraction checked its parts/skipped lists, HDF5 import and convert traced back on a
+    plan whose `parts` or `skipped` is not a list. One check (Cache.plan) for every reader."""
+    from store.convert import convert_cache
+
+    cache, truth = small_cache
+    out = str(tmp_path / "x.h5")
+    export_hdf5(cache.path, out)
+    open(os.path.join(cache.path, "plan.json"), "w").write(plan)
+    derived = convert_cache(cache.path, "int8", cache_dir=str(tmp_path / "derived"))
+    assert derived.utterance_ids == cache.utterance_ids
+    target = os.path.join(str(tmp_path / "again"), cache.fingerprint)
+    import_hdf5(out, str(tmp_path / "again"))
+    open(os.path.join(target, "plan.json"), "w").write(plan)
+    os.remove(os.path.join(target, "commits", sorted(os.listdir(os.path.join(target, "commits")))[0]))  # something to import
+    assert import_hdf5(out, str(tmp_path / "again")).utterance_ids == cache.utterance_ids
+    assert isinstance(open_cache(target).skipped, list)

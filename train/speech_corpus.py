@@ -1,0 +1,112 @@
+"""Speech made on this machine (espeak-ng): the corpora the teacher made here learns from and the probes score on.
+
+No corpus can be downloaded here, so espeak-ng speaks random word sequences in many voices: each "speaker" is an
+espeak voice (accent) with a voice variant (timbre), a base pitch and a base speed, jittered per utterance. Every
+utterance comes with its labels, written as files `probe-features --labels` reads:
+  speakers.tsv   id<TAB>speaker           (speaker identification, SUPERB's SID)
+  phones.txt     id phone phone ...       (Kaldi text: phone recognition with CTC, SUPERB's PR; espeak's own phonemes)
+  keywords.tsv   id<TAB>keyword           (keyword spotting, SUPERB's KS: one of ten words, or _unknown_)
+Ids are the files' paths under the corpus root without extension, as extract-features names them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
+VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5")
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # SUPERB KS's ten words
+WORDS = (
+    "the a of to and in is it you that he was for on are as with his they at be this have from or one had by word but not "
+    "what all were we when your can said there use an each which she do how their if will way about many then them write "
+    "would like so these her long make thing see him two has look more day could come did number sound most people my "
+    "over know water than call first who may down side been now find any new work part take get place made live where "
+    "after back little only round man year came show every good me give our under name very through just form sentence "
+    "great think say help low line differ turn cause much mean before move right boy old too same tell does set three want "
+    "air well also play small end put home read hand port large spell add even land here must big high such follow act why "
+    "ask men change went light kind need house picture try us again animal point mother world near build self earth father "
+    "head stand own page should country found answer school grow study still learn plant cover food sun four between state "
+    "keep eye never last let thought city tree cross farm hard start might story saw far sea draw left late run while press "
+    "close night real life few north open seem together next white children begin got walk example ease paper group always "
+    "music those both mark often letter until mile river car feet care second book carry took science eat room friend began "
+    "idea fish mountain stop once base hear horse cut sure watch color face wood main enough plain girl usual young ready"
+).split()
+
+
+def espeak() -> str:
+    """The espeak-ng binary, or a one-line refusal that says how to install it."""
+    found = shutil.which("espeak-ng")
+    if not found:
+        raise SystemExit("espeak-ng is not installed: apt-get update && apt-get install -y espeak-ng (the corpus is its speech)")
+    return found
+
+
+def speakers(n: int, seed: int) -> list[dict]:
+    """n distinct speakers: accent x variant pairs in a fixed shuffled order, each with its own pitch and speed."""
+    rng = np.random.default_rng(seed)
+    pairs = [(a, v) for a in ACCENTS for v in VARIANTS]
+    order = rng.permutation(len(pairs))[:n]
+    return [{"name": f"s{i:02d}", "voice": f"{pairs[j][0]}+{pairs[j][1]}", "pitch": int(rng.integers(25, 75)),
+             "speed": int(rng.integers(130, 190))} for i, j in enumerate(order)]
+
+
+def _say(binary: str, spk: dict, text: str, path: str, rng_seed: int) -> str:
+    """Speak `text` as `spk` into `path`; returns espeak's phonemes of it (the PR labels), stress marks dropped."""
+    rng = np.random.default_rng(rng_seed)
+    pitch, speed = spk["pitch"] + int(rng.integers(-6, 7)), spk["speed"] + int(rng.integers(-12, 13))
+    args = [binary, "-v", spk["voice"], "-p", str(pitch), "-s", str(speed)]
+    subprocess.run([*args, "-w", path, text], check=True, capture_output=True)
+    out = subprocess.run([*args, "-q", "-x", "--sep= ", text], check=True, capture_output=True, text=True).stdout
+    tokens = (t.strip("',%=") for t in out.split())
+    return " ".join(t for t in tokens if t and not t.startswith("_"))  # _: and _!: are pauses, not phones
+
+
+def make_corpus(root: str, n_speakers: int, per_speaker: int, seed: int, keywords_per_speaker: int = 0,
+                words: tuple[int, int] = (4, 12)) -> dict:
+    """Write the corpus (skipped when `root` holds a finished one with the same arguments). Returns its summary."""
+    args = {"n_speakers": n_speakers, "per_speaker": per_speaker, "seed": seed, "keywords_per_speaker": keywords_per_speaker,
+            "words": list(words), "version": 1}
+    done = os.path.join(root, "corpus.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            summary = json.load(f)
+        if summary.get("args") == args:
+            return summary
+        raise SystemExit(f"{root}: holds another corpus ({summary.get('args')}); remove it or choose another directory")
+    binary = espeak()
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for spk in speakers(n_speakers, seed):
+        os.makedirs(os.path.join(root, spk["name"]), exist_ok=True)
+        for i in range(per_speaker):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(*words))))
+            jobs.append((spk, f"{spk['name']}/u{i:04d}", text, None))
+        for i in range(keywords_per_speaker):
+            word = KEYWORDS[i % len(KEYWORDS)] if i % 11 != 10 else str(rng.choice(WORDS))  # one in eleven is another word
+            jobs.append((spk, f"{spk['name']}/k{i:04d}", word, word if word in KEYWORDS else "_unknown_"))
+
+    def one(job_index: int) -> str:
+        spk, uid, text, _ = jobs[job_index]
+        return _say(binary, spk, text, os.path.join(root, uid + ".wav"), seed * 1_000_003 + job_index)
+
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        phones = list(pool.map(one, range(len(jobs))))
+    with open(os.path.join(root, "speakers.tsv"), "w") as f:
+        f.writelines(f"{uid}\t{spk['name']}\n" for spk, uid, _, _ in jobs)
+    with open(os.path.join(root, "phones.txt"), "w") as f:
+        f.writelines(f"{uid} {p}\n" for (_, uid, _, kw), p in zip(jobs, phones, strict=True) if kw is None and p)
+    with open(os.path.join(root, "keywords.tsv"), "w") as f:
+        f.writelines(f"{uid}\t{kw}\n" for _, uid, _, kw in jobs if kw is not None)
+    import soundfile as sf
+
+    seconds = sum(sf.info(os.path.join(root, uid + ".wav")).duration for _, uid, _, _ in jobs)
+    summary = {"args": args, "utterances": len(jobs), "hours": round(seconds / 3600, 3), "speakers": speakers(n_speakers, seed)}
+    with open(done, "w") as f:  # last: a corpus without it is unfinished and is made again
+        json.dump(summary, f, indent=1)
+    return summary
