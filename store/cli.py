@@ -170,21 +170,35 @@ def import_(src: str, fmt: str, cache_dir: str | None) -> None:
 @click.argument("src")
 @click.option("--storage", type=click.Choice(list(TARGET_MODES)), required=True, help="how the new cache stores targets")
 @click.option("--audio", type=click.Choice(AUDIO_MODES), default=None, help="how it keeps audio [default: as the source]")
+@click.option("--layers", "layer_list", default=None, help="keep only these layers, e.g. 2,4,6 [default: all the source has]")
 @cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: one JSON summary")
 @cli_errors(kept="every converted part is kept; re-run the same command to continue")
-def convert(src: str, storage: str, audio: str | None, cache_dir: str | None, as_json: bool) -> None:
+def convert(src: str, storage: str, audio: str | None, layer_list: str | None, cache_dir: str | None, as_json: bool) -> None:
     """A derived cache of SRC in another storage mode (its own fingerprint; no teacher run); prints its path last."""
+    layers = _layers(layer_list)
     source = open_cache(src, cache_dir)
-    check_convertible(source, storage, audio)
+    check_convertible(source, storage, audio, layers)
     with click.progressbar(length=len(source.parts), label="converting", file=sys.stderr) as bar:
-        dst = convert_cache(source.path, storage, audio, cache_dir, progress=lambda _p: bar.update(1))
+        dst = convert_cache(source.path, storage, audio, cache_dir, progress=lambda _p: bar.update(1), layers=layers)
     fid = (dst.provenance.get("fidelity") or {}).get("layers", {})
     for layer, m in fid.items():
         click.echo(f"layer {layer}: rel L2 mean {m['rel_l2_mean']:.4f} worst {m['rel_l2_worst']:.4f}, cos min {m['cos_min']:.5f}", err=True)
     summary = {"path": dst.path, "fingerprint": dst.fingerprint, "source": source.fingerprint, "utterances": len(dst),
                "frames": dst.total_frames, "storage": storage, "audio": dst.audio_mode, "fidelity": fid}
     click.echo(json.dumps(summary) if as_json else dst.path)
+
+
+def _layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        layers = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give layer numbers separated by commas, e.g. 2,4,6", param_hint="--layers") from None
+    if not layers or min(layers) < 0:
+        raise click.BadParameter(f"{text!r}: layer numbers are 0 or more", param_hint="--layers")
+    return layers
 
 
 @main.command()

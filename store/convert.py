@@ -22,9 +22,13 @@ from store.writer import PartWriter, create_cache
 TRANSFORM = "convert@1"  # bump when the bytes a conversion writes for the same arguments would change
 
 
-def check_convertible(src: Cache, storage: str, audio: str | None) -> str:
+def check_convertible(src: Cache, storage: str, audio: str | None, layers: list[int] | None = None) -> str:
     """The audio mode the derived cache gets, or one line saying why `src` cannot give it (before any progress bar)."""
     audio = audio or src.audio_mode
+    missing = sorted(set(layers or ()) - set(src.layers))
+    if missing:
+        raise CacheError(f"--layers {','.join(map(str, layers))}: {src.path} has layers {','.join(map(str, src.layers))}, not "
+                         f"{','.join(map(str, missing))}; choose among them")
     if storage not in TARGET_MODES or audio not in AUDIO_MODES:
         raise CacheError(f"--storage {storage} / --audio {audio}: choose from {', '.join(TARGET_MODES)} and {', '.join(AUDIO_MODES)}")
     if src.audio_mode == "none" and audio != "none":
@@ -35,16 +39,19 @@ def check_convertible(src: Cache, storage: str, audio: str | None) -> str:
     return audio
 
 
-def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_dir: str | None = None, progress=None) -> Cache:
-    """Write (or finish) the cache derived from `src_path` with targets as `storage` and audio as `audio`."""
+def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_dir: str | None = None, progress=None,
+                  layers: list[int] | None = None) -> Cache:
+    """Write (or finish) the cache derived from `src_path` with targets as `storage` and audio as `audio`; `layers`: only
+    those of the source's (a 13-layer --layers all cache converted for a student that trains on 3 fits and stores 3)."""
     src = Cache(src_path)
-    audio = check_convertible(src, storage, audio)
-    spec = {k: v for k, v in src.spec.items() if k != "storage_stats"} | {"storage_dtype": storage, "audio": audio}
-    spec["derived_from"] = {"fingerprint": src.fingerprint, "transform": TRANSFORM}
+    audio = check_convertible(src, storage, audio, layers)
+    keep = sorted(set(layers)) if layers else list(src.layers)
+    spec = {k: v for k, v in src.spec.items() if k != "storage_stats"} | {"storage_dtype": storage, "audio": audio, "layers": keep}
+    spec["derived_from"] = {"fingerprint": src.fingerprint, "transform": TRANSFORM}  # the layers are in the spec itself
     stats, measured = None, None
     if TARGET_MODES[storage].needs_stats:
-        stats, measured = fit_and_measure(storage, src.layers, src.utterance_ids,
-                                          lambda u: {k: src.read(u, k).astype(np.float32) for k in src.layers})
+        stats, measured = fit_and_measure(storage, keep, src.utterance_ids,
+                                          lambda u: {k: src.read(u, k).astype(np.float32) for k in keep})
         measured["against"] = f"source cache {src.fingerprint} ({src.spec['storage_dtype']})"
         spec["storage_stats"] = stats_digest(stats)
     provenance = {**src.provenance, "derived_from": src.path, "fidelity": measured}
@@ -66,12 +73,12 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
 
 
 def _convert_part(src: Cache, dst: Cache, name: str, ids: list[str], stats: dict | None, audio: str) -> None:
-    writer = PartWriter(dst.path, name, src.layers, src.spec["dim"], dst.spec["storage_dtype"], dst.layout, stats, audio,
+    writer = PartWriter(dst.path, name, dst.layers, src.spec["dim"], dst.spec["storage_dtype"], dst.layout, stats, audio,
                         src.part_corpus.get(name))
     try:
         for uid in ids:
             wave = src.read_audio(uid) if src.audio_mode != "none" else None  # none: the sources stay the audio
-            writer.add(uid, {k: src.read(uid, k).astype(np.float32) for k in src.layers}, wave, src.source(uid), src.num_samples(uid))
+            writer.add(uid, {k: src.read(uid, k).astype(np.float32) for k in dst.layers}, wave, src.source(uid), src.num_samples(uid))
     except BaseException:
         writer.abort()
         raise

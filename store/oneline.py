@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import click
 
@@ -47,8 +48,9 @@ def _refuse(line: str) -> None:
     sys.exit(2)
 
 
-def cli_errors(kept: str = "nothing was changed"):
-    """User errors print as one line on stderr and exit 2; Ctrl-C and SIGTERM print what was kept and exit 130.
+def cli_errors(kept: str | Callable[[], str] = "nothing was changed"):
+    """User errors print as one line on stderr and exit 2; Ctrl-C and SIGTERM print what was kept and exit 130
+    (`kept`: the words, or a function that says them when it happens: what is kept may depend on how far the run got).
 
     Environment errors (OSError: permissions, a full disk, a path that is a file) are one line too; any other
     exception is a bug and keeps its traceback."""
@@ -66,7 +68,7 @@ def cli_errors(kept: str = "nothing was changed"):
                 where = f"{e.filename}: " if getattr(e, "filename", None) else ""
                 _refuse(f"error: {where}{e.strerror or _first_words(e)}; check the path, its permissions and free space")
             except KeyboardInterrupt:
-                click.echo(f"interrupted: {kept}", err=True)
+                click.echo(f"interrupted: {_said(kept)}", err=True)
                 sys.exit(130)
 
         return wrapper
@@ -74,7 +76,11 @@ def cli_errors(kept: str = "nothing was changed"):
     return decorate
 
 
-def _exit_on_sigterm(kept: str):
+def _said(kept: str | Callable[[], str]) -> str:
+    return kept() if callable(kept) else kept
+
+
+def _exit_on_sigterm(kept: str | Callable[[], str]):
     """SIGTERM (a scheduler's time limit, `kill`): the same line as Ctrl-C, then exit at once. Not an exception:
     one raised from a signal handler can land in a weakref callback or __del__, where Python swallows it and the
     run goes on. Exiting without cleanup loses nothing: work is published by commit markers and atomic
@@ -91,7 +97,7 @@ def _exit_on_sigterm(kept: str):
             child.terminate()
         for child in children:
             child.join(5)
-        sys.stderr.write(f"interrupted: {kept}\n")
+        sys.stderr.write(f"interrupted: {_said(kept)}\n")
         sys.stderr.flush()
         os._exit(130)
 

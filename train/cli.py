@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -55,7 +56,7 @@ from train.loop import train
 @click.option("--follow", is_flag=True, default=None,
               help="train while the cache is being extracted: each epoch picks up the parts committed since (implies --allow-partial)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@cli_errors(kept="the run dir keeps its last checkpoint; continue with --resume")
+@cli_errors(kept=lambda: what_is_kept())
 def main(config_file, layers, quiet, **flags) -> None:
     """Train a DistilHuBERT student from cached targets (or from the teacher online)."""
     if layers:
@@ -66,6 +67,17 @@ def main(config_file, layers, quiet, **flags) -> None:
     result = train(cfg)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "eval"}), err=True)
     click.echo(result.get("student") or cfg.out)
+
+
+def what_is_kept() -> str:
+    """What an interrupted run leaves, said truly: its checkpoint, or none yet (then a re-run starts over)."""
+    from train import loop
+
+    out = loop.current_out
+    if out and os.path.exists(os.path.join(out, "ckpt.pt")):
+        return f"{out} keeps its last checkpoint; continue with --resume"
+    where = f"{out} holds" if out else "the run dir holds"
+    return f"{where} no checkpoint yet (the first is written at --checkpoint-interval); run the same command to start over"
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ def read_run(run_dir: str) -> dict:
         raise ConfigError(f"{run_dir}: design.json lacks {', '.join(missing) or 'nothing'}, or eval.json/run.json is not an object; "
                           "give run dirs written by this version of train-student")
     curve, trained = _metrics(run_dir)
-    status = "finished" if final is not None else "running" if is_locked(run_dir) else "unfinished"
+    planned = (_json(os.path.join(run_dir, "config.json"), False, run_dir) or {}).get("steps")
+    stopped = isinstance(final, dict) and isinstance(planned, int) and final.get("step", planned) < planned  # --stop-after
+    status = "finished" if final is not None and not stopped else "running" if is_locked(run_dir) else "unfinished"
     if final is None:
         final = curve[-1] if curve else {}
     bad = [k for k, v in final.items() if k != "step" and (k in ("loss",) or k.startswith(("l1_layer", "cos_layer")))

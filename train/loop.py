@@ -72,8 +72,13 @@ def run_identity(cfg: TrainConfig, src, layers: list[int]) -> dict:
             "betas": list(cfg.betas)}
 
 
+current_out: str | None = None  # the run dir being trained: what an interrupted train-student says it kept (train.cli)
+
+
 def train(cfg: TrainConfig) -> dict:
     """One run dir, one writer: the run dir is locked for the whole run (rank 0 holds it under torchrun)."""
+    global current_out
+    current_out = cfg.out
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ConfigError(f"--out {cfg.out}: is a file; give a directory for the run")
     ranks, device = distributed.init(resolve_device(cfg.device))  # torchrun: one process per device
@@ -310,7 +315,7 @@ def log_row(run: Run, loss, l1, cos, grad_norm, batch: dict, steps: int, elapsed
 def loop(run: Run, loader) -> dict:
     """fetch, targets, forward, loss, backward, step; log, evaluate, checkpoint; at the end eval.json, loss.png, student/."""
     cfg, ranks, model, optimizer, scaler = run.cfg, run.ranks, run.model, run.optimizer, run.scaler
-    metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if ranks.main else None
+    metrics = open_history(os.path.join(cfg.out, "metrics.jsonl"), run.step) if ranks.main else None
     tb = _tensorboard(cfg.out) if ranks.main else None
     model.train()
     bar = tqdm(total=cfg.steps, initial=run.step, desc="training", disable=not (cfg.progress and ranks.main), dynamic_ncols=True)
@@ -365,11 +370,32 @@ def loop(run: Run, loader) -> dict:
     return finish(run, tb)
 
 
+def open_history(path: str, step: int):
+    """metrics.jsonl for appending, holding the history of exactly this run up to `step`: a run that starts over (no
+    checkpoint, --resume or not) starts a clean history, and a resumed one drops the rows logged after its checkpoint
+    (they are trained again), so loss.png never mixes two runs."""
+    kept = []
+    if step and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                at = row.get("step", (row.get("eval") or {}).get("step")) if isinstance(row, dict) else None
+                if isinstance(at, int) and at <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    return open(path, "a")
+
+
 def finish(run: Run, tb) -> dict:
     """The end: held-out evaluation (into metrics.jsonl too, so loss.png shows it), eval.json, the student, loss.png."""
     cfg = run.cfg
     result = {"step": run.step, "out": cfg.out, "parameters": count_parameters(run.model.encoder)}
-    if run.step == cfg.steps:
+    if run.step in (cfg.steps, cfg.stop_after):  # --stop-after: what was trained so far is exported too, and says so
         last_eval = evaluate(run)
         if last_eval:
             with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as metrics:
@@ -377,6 +403,10 @@ def finish(run: Run, tb) -> dict:
         write_json(os.path.join(cfg.out, "eval.json"), last_eval)
         result["student"] = export_student(run.model, cfg.out, run.layers, run.src.sample_rate)
         result["eval"] = last_eval
+        if run.step < cfg.steps:
+            result["stopped_after"] = run.step
+            print(f"{cfg.out}: stopped after step {run.step} of {cfg.steps} (--stop-after): student/ holds the student of step "
+                  f"{run.step}; continue with --resume", file=sys.stderr)
     result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"))
     if tb:
         tb.close()

@@ -1,13 +1,16 @@
 """SUPERB-style probes from a cache: light heads trained on frozen cached layers, so an upstream (the teacher, a student,
 a student trained on int4 targets) is judged without running it again on every downstream step.
 
-Both heads start with SUPERB's featurizer, a learnable softmax-weighted sum over the cached layers, then
+SUPERB's protocol: train, dev and test splits; the epoch is chosen on dev (training stops when dev has not improved for
+--patience epochs) and test is reported there, with train/dev/test metrics all in result.json. Both heads start with
+SUPERB's featurizer, each layer layer-normed and then a learnable softmax-weighted sum over the cached layers, then
 - classify: mean over the utterance's frames + one linear layer (SUPERB's KS/SID/ER heads). The mean and the weighted
   sum are both linear, so each layer's mean is computed once per utterance and training never reads the cache again;
 - ctc: one linear layer per frame with CTC over the labels' symbols (characters, phones or words), greedy decoding;
-  the error rate (CER/PER/WER) is computed by jiwer, per test utterance, so the 95% interval can be bootstrapped.
+  the error rate (CER/PER/WER) is computed by jiwer, per test utterance, so the 95% interval can be bootstrapped. Every
+  layer of every utterance is read once and kept in memory (float16), never re-read per epoch.
 
-The split is the user's (train/test id files) or the training's own hash split by recording (train.data.split_ids).
+The split is the user's (train/dev/test id files) or the training's own hash split by recording (train.data.split_ids).
 """
 
 from __future__ import annotations
@@ -50,10 +53,13 @@ class ProbeConfig:
     features: str = "cache"  # cache: the cached layers | logmel: 80 log-mel bins of the cached audio (the no-upstream baseline)
     train_ids: str | None = None
     test_ids: str | None = None
+    dev_ids: str | None = None  # selects the epoch; default: a hash split of the training side by recording
     test_fraction: float = 0.2  # hash split by recording, when no id files are given
-    epochs: int = 40
+    dev_fraction: float = 0.1  # of the labelled utterances, taken from the training side when no --dev-ids
+    epochs: int = 100  # at most: training stops when the dev metric has not improved for `patience` epochs
+    patience: int = 20
     batch_size: int = 16
-    lr: float = 5e-3
+    lr: float | None = None  # None: SUPERB's linear heads, 1e-2 for ctc (PR), 1e-3 for classify
     seed: int = 0
     bootstrap: int = 1000
     verbose: bool = False
@@ -65,15 +71,24 @@ class ProbeConfig:
             raise ProbeError(f"--tokens {self.tokens}: choose {', '.join(TOKENS)}")
         if self.features not in FEATURES:
             raise ProbeError(f"--features {self.features}: choose {' or '.join(FEATURES)}")
-        if not 0 < self.test_fraction < 1:
-            raise ProbeError(f"--test-fraction {self.test_fraction}: a fraction between 0 and 1")
+        for name in ("test_fraction", "dev_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ProbeError(f"--{name.replace('_', '-')} {getattr(self, name)}: a fraction between 0 and 1")
+        if self.test_fraction + self.dev_fraction >= 1:
+            raise ProbeError(f"--test-fraction {self.test_fraction} and --dev-fraction {self.dev_fraction} leave nothing to train on")
         if bool(self.train_ids) != bool(self.test_ids):
             raise ProbeError("--train-ids and --test-ids go together; give both, or neither for a hash split by recording")
-        for name in ("epochs", "batch_size", "bootstrap"):
+        if self.dev_ids and not self.train_ids:
+            raise ProbeError("--dev-ids goes with --train-ids and --test-ids; without them the split is made by hash")
+        for name in ("epochs", "patience", "batch_size", "bootstrap"):
             if not 1 <= getattr(self, name) <= 10**7:
                 raise ProbeError(f"--{name.replace('_', '-')} {getattr(self, name)}: give a positive number")
-        if not (0 < self.lr < 10):
+        if self.lr is not None and not (0 < self.lr < 10):
             raise ProbeError(f"--lr {self.lr}: give a positive learning rate below 10")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-2 if self.task == "ctc" else 1e-3)
 
 
 class WeightedSum(nn.Module):
@@ -125,8 +140,31 @@ def labelled_ids(cfg: ProbeConfig, cache) -> tuple[dict[str, str], dict]:
     return kept, {"labels_not_in_cache": len(unknown), "cache_without_labels": len(unlabelled)}
 
 
-def split(cfg: ProbeConfig, cache, ids: list[str]) -> tuple[list[str], list[str], dict]:
-    """(train ids, test ids, how the split was made). The user's id files, or a hash split by recording."""
+def split(cfg: ProbeConfig, cache, ids: list[str]) -> tuple[list[str], list[str], list[str], dict]:
+    """(train, dev, test ids, how the split was made). The user's id files, or a hash split by recording; the dev split
+    is the user's too, or a hash split (salted: not the test's buckets) of the training side by recording."""
+    train, test, how = _train_test(cfg, cache, ids)
+    recording = cache.recording if cache.has_recordings else (lambda u: u)
+    if cfg.dev_ids:
+        have, listed = set(train), read_ids(cfg.dev_ids, "--dev-ids")
+        dev = [u for u in listed if u in set(ids)]
+        if not dev:
+            raise ProbeError(f"--dev-ids {cfg.dev_ids}: none of its {len(listed)} ids is a labelled utterance of the cache")
+        if set(dev) & set(test):
+            raise ProbeError(f"--dev-ids {cfg.dev_ids} shares utterances with the test split (first: {sorted(set(dev) & set(test))[0]})")
+        train = [u for u in train if u not in set(dev)] if have & set(dev) else train
+        how["dev_ids"] = os.path.abspath(cfg.dev_ids)
+    else:
+        train, dev = split_ids(train, cfg.dev_fraction / (1 - cfg.test_fraction), lambda u: "dev:" + recording(u))
+        how["dev_fraction"] = cfg.dev_fraction
+    if not train or not dev:
+        raise ProbeError(f"the split leaves {len(train)} training and {len(dev)} dev utterances; label more utterances, or give "
+                         "--dev-ids")
+    how.update(train=len(train), dev=len(dev))
+    return train, dev, test, how
+
+
+def _train_test(cfg: ProbeConfig, cache, ids: list[str]) -> tuple[list[str], list[str], dict]:
     if cfg.train_ids:
         have = set(ids)
         train, test = [], []
@@ -171,6 +209,13 @@ def features(cache, uid: str, layers: list[int]) -> np.ndarray:
     return np.stack([np.asarray(cache.read(uid, k), np.float32) for k in layers])
 
 
+def layer_normed(x: np.ndarray) -> torch.Tensor:
+    """SUPERB's featurizer normalisation: each layer's frames layer-normed (no learned scale) before the weighted sum,
+    so that upstreams and layers of different scales are weighed and compared fairly."""
+    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    return nn.functional.layer_norm(t, t.shape[-1:])
+
+
 # ---- the two tasks -------------------------------------------------------------------------------------------
 
 
@@ -182,46 +227,78 @@ def _bootstrap(errors: np.ndarray, totals: np.ndarray, n: int, seed: int) -> lis
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
-def _train_loop(model: nn.Module, cfg: ProbeConfig, n: int, loss_of, log) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+def _train_loop(model: nn.Module, cfg: ProbeConfig, n: int, loss_of, dev_score, log) -> dict:
+    """Adam over the training split; after every epoch the dev score, (error, loss): the error (1 - accuracy, or the
+    error rate) decides, the loss breaks its ties (a small dev set's error stops moving long before the probe does).
+    The best epoch's weights are kept: SUPERB selects its checkpoint on dev, and reports test there. Stops when dev has
+    not improved for cfg.patience epochs. Leaves `model` at its best epoch."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     rng = np.random.default_rng(cfg.seed)
-    for epoch in range(cfg.epochs):
+    best, best_state, best_epoch, epoch = (float("inf"), float("inf")), None, 0, 0
+    for epoch in range(1, cfg.epochs + 1):
         order, total, count = rng.permutation(n), 0.0, 0
+        model.train()
         for i in range(0, n, cfg.batch_size):
             loss = loss_of(order[i : i + cfg.batch_size])
             opt.zero_grad()
             loss.backward()
             opt.step()
             n_batch = len(order[i : i + cfg.batch_size])
-            total, count = total + float(loss.detach()) * n_batch, count + n_batch
-        log({"epoch": epoch + 1, "loss": total / max(count, 1)})
+            total, count = total + loss.item() * n_batch, count + n_batch
+        model.eval()
+        with torch.no_grad():
+            error, dev_loss = dev_score()
+        log({"epoch": epoch, "loss": total / max(count, 1), "dev_error": error, "dev_loss": dev_loss})
+        if (error, dev_loss) < best:
+            best, best_epoch = (error, dev_loss), epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"best_epoch": best_epoch, "epochs_run": epoch}
 
 
-def classify(cfg: ProbeConfig, read, frames, dim: int, n_layers: int, labels: dict[str, str], train: list[str], test: list[str],
+def _scores(wrong_or_errors: np.ndarray, totals: np.ndarray, cfg: ProbeConfig) -> tuple[float, list[float]]:
+    value = float(wrong_or_errors.sum() / max(totals.sum(), 1))
+    return value, _bootstrap(wrong_or_errors, totals, cfg.bootstrap, cfg.seed)
+
+
+def classify(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str], splits: dict[str, list[str]],
              log) -> dict:
+    train, test = splits["train"], splits["test"]
     classes = sorted({labels[u] for u in train})
     if len(classes) < 2:
         raise ProbeError(f"--labels {cfg.labels}: the training split has {len(classes)} class ({classes[0] if classes else '-'}); "
                          "a classifier needs at least two")
-    unseen = sorted({labels[u] for u in test} - set(classes))
+    unseen = sorted({labels[u] for u in test + splits["dev"]} - set(classes))
     if unseen:
-        raise ProbeError(f"--labels {cfg.labels}: class '{unseen[0]}' ({len(unseen)} such) is in the test split but never in "
-                         "training; label more utterances or give the split yourself")
+        raise ProbeError(f"--labels {cfg.labels}: class '{unseen[0]}' ({len(unseen)} such) is in the test or dev split but never "
+                         "in training; label more utterances or give the split yourself")
     index = {c: i for i, c in enumerate(classes)}
-    pooled = {u: torch.from_numpy(read(u).mean(1)) for u in train + test}  # [N, D] per utterance
-    x_train = torch.stack([pooled[u] for u in train])
-    y_train = torch.tensor([index[labels[u]] for u in train])
+    # mean over frames of each layer-normed layer, once per utterance: the weighted sum and the mean are both linear
+    pooled = {u: layer_normed(read(u)).mean(1) for u in train + splits["dev"] + test}  # [N, D] per utterance
+    x = {name: torch.stack([pooled[u] for u in ids]) for name, ids in splits.items()}
+    y = {name: torch.tensor([index[labels[u]] for u in ids]) for name, ids in splits.items()}
     torch.manual_seed(cfg.seed)
     model = Probe(n_layers, dim, len(classes))
-    _train_loop(model, cfg, len(train), lambda b: nn.functional.cross_entropy(model(x_train[b]), y_train[b]), log)
-    with torch.no_grad():
-        predicted = model(torch.stack([pooled[u] for u in test])).argmax(1).numpy()
-    wrong = np.array([classes[p] != labels[u] for p, u in zip(predicted, test, strict=True)], np.float64)
+
+    def wrong(name: str) -> np.ndarray:
+        with torch.no_grad():
+            return (model(x[name]).argmax(1) != y[name]).numpy().astype(np.float64)
+
+    def loss(name: str, b=slice(None)) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x[name][b]), y[name][b])
+
+    chosen = _train_loop(model, cfg, len(train), lambda b: loss("train", b), lambda: (float(wrong("dev").mean()), loss("dev").item()),
+                         log)
+    accuracy = {name: 1 - float(wrong(name).mean()) for name in splits}
+    miss = wrong("test")
     ones = np.ones(len(test))
+    lo, hi = _bootstrap(ones - miss, ones, cfg.bootstrap, cfg.seed)
     majority = max(sum(labels[u] == c for u in test) for c in classes) / len(test)
-    lo, hi = _bootstrap(ones - wrong, ones, cfg.bootstrap, cfg.seed)
-    return {"metric": "accuracy", "value": float(1 - wrong.mean()), "ci95": [lo, hi], "chance": float(majority),
-            "classes": classes, "layer_weights": model.featurizer.weights().tolist()}
+    return {"metric": "accuracy", "value": accuracy["test"], "ci95": [lo, hi], "chance": float(majority), **chosen,
+            "by_split": accuracy, "classes": classes, "layer_weights": model.featurizer.weights().tolist()}
 
 
 def _symbols(label: str, tokens: str) -> list[str]:
@@ -242,16 +319,18 @@ def _edits(ref: list[str], hyp: list[str], tokens: str) -> int:
     return int(out.substitutions + out.deletions + out.insertions)
 
 
-def ctc(cfg: ProbeConfig, read, frames_of, dim: int, n_layers: int, labels: dict[str, str], train: list[str], test: list[str],
+def ctc(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str], splits: dict[str, list[str]],
         log) -> dict:
+    train = splits["train"]
     vocab = sorted({s for u in train for s in _symbols(labels[u], cfg.tokens)})
-    missing = sorted({s for u in test for s in _symbols(labels[u], cfg.tokens)} - set(vocab))
+    missing = sorted({s for u in splits["test"] + splits["dev"] for s in _symbols(labels[u], cfg.tokens)} - set(vocab))
     if missing:
-        raise ProbeError(f"--labels {cfg.labels}: symbol {missing[0]!r} ({len(missing)} such) is in the test split but never in "
-                         "training; label more utterances, or give the split yourself")
+        raise ProbeError(f"--labels {cfg.labels}: symbol {missing[0]!r} ({len(missing)} such) is in the test or dev split but never "
+                         "in training; label more utterances, or give the split yourself")
     index = {s: i + 1 for i, s in enumerate(vocab)}  # 0 is CTC's blank
-    frames = {u: frames_of(u) for u in train + test}
-    too_short = [u for u in train if frames[u] < len(_symbols(labels[u], cfg.tokens))]
+    # every layer of every utterance read once, layer-normed, kept as float16: a cache is not read again every epoch
+    feats = {u: layer_normed(read(u)).half() for ids in splits.values() for u in ids}
+    too_short = [u for u in train if feats[u].shape[1] < len(_symbols(labels[u], cfg.tokens))]
     if too_short:
         _say(f"{len(too_short)} training utterance(s) have fewer frames than symbols (first: {too_short[0]}): CTC cannot align "
              "them, left out of training")
@@ -260,35 +339,45 @@ def ctc(cfg: ProbeConfig, read, frames_of, dim: int, n_layers: int, labels: dict
     model = Probe(n_layers, dim, len(vocab) + 1)
 
     def batch(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        longest = max(frames[u] for u in ids)
+        longest = max(feats[u].shape[1] for u in ids)
         x = torch.zeros(len(ids), n_layers, longest, dim)
         for i, u in enumerate(ids):
-            x[i, :, : frames[u]] = torch.from_numpy(read(u))
-        return x, torch.tensor([frames[u] for u in ids])
+            x[i, :, : feats[u].shape[1]] = feats[u]
+        return x, torch.tensor([feats[u].shape[1] for u in ids])
 
-    def loss_of(b) -> torch.Tensor:
-        ids = [train[i] for i in b]
+    def loss_of(b, ids: list[str] = train) -> torch.Tensor:
+        ids = [ids[i] for i in b]
         x, lengths = batch(ids)
         logp = model(x).log_softmax(-1).transpose(0, 1)  # [T, B, V]
         targets = [torch.tensor([index[s] for s in _symbols(labels[u], cfg.tokens)]) for u in ids]
         return nn.functional.ctc_loss(logp, torch.cat(targets), lengths, torch.tensor([len(t) for t in targets]), zero_infinity=True)
 
-    _train_loop(model, cfg, len(train), loss_of, log)
-    errors, totals = [], []
-    with torch.no_grad():
-        for i in range(0, len(test), cfg.batch_size):
-            ids = test[i : i + cfg.batch_size]
-            x, lengths = batch(ids)
-            best = model(x).argmax(-1)
-            for row, u, n in zip(best, ids, lengths, strict=True):
-                path = row[: int(n)].tolist()
-                hyp = [vocab[p - 1] for j, p in enumerate(path) if p and (j == 0 or p != path[j - 1])]
-                ref = _symbols(labels[u], cfg.tokens)
-                errors.append(_edits(ref, hyp, cfg.tokens))
-                totals.append(len(ref))
-    errors_, totals_ = np.array(errors, np.float64), np.array(totals, np.float64)
-    lo, hi = _bootstrap(errors_, totals_, cfg.bootstrap, cfg.seed)
-    return {"metric": TOKENS[cfg.tokens], "value": float(errors_.sum() / totals_.sum()), "ci95": [lo, hi],
+    def edits(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        errors, totals = [], []
+        with torch.no_grad():
+            for i in range(0, len(ids), 64):
+                x, lengths = batch(ids[i : i + 64])
+                for row, u, n in zip(model(x).argmax(-1), ids[i : i + 64], lengths, strict=True):
+                    path = row[: int(n)].tolist()
+                    hyp = [vocab[p - 1] for j, p in enumerate(path) if p and (j == 0 or p != path[j - 1])]
+                    ref = _symbols(labels[u], cfg.tokens)
+                    errors.append(_edits(ref, hyp, cfg.tokens))
+                    totals.append(len(ref))
+        return np.array(errors, np.float64), np.array(totals, np.float64)
+
+    def error_rate(ids: list[str]) -> float:
+        e, t = edits(ids)
+        return float(e.sum() / max(t.sum(), 1))
+
+    def dev_score() -> tuple[float, float]:
+        dev = splits["dev"]
+        loss = sum(loss_of(range(i, min(i + 64, len(dev))), dev).item() * min(64, len(dev) - i) for i in range(0, len(dev), 64))
+        return error_rate(dev), loss / len(dev)
+
+    chosen = _train_loop(model, cfg, len(train), loss_of, dev_score, log)
+    value, ci = _scores(*edits(splits["test"]), cfg)
+    return {"metric": TOKENS[cfg.tokens], "value": value, "ci95": ci, **chosen,
+            "by_split": {"train": error_rate(train), "dev": error_rate(splits["dev"]), "test": value},
             "vocabulary": vocab, "layer_weights": model.featurizer.weights().tolist()}
 
 
@@ -309,7 +398,8 @@ def upstream_parameters(spec: dict) -> int | None:
             model = model_cls(config_cls(**spec["teacher"]["config"]))
     except Exception:  # noqa: BLE001 - a config this transformers cannot build: the count is unknown, not an error
         return None
-    return sum(p.numel() for p in model.parameters())
+    # masked_spec_embed is pretraining's mask vector: a student has none, and no upstream's features ever use it
+    return sum(p.numel() for name, p in model.named_parameters() if name != "masked_spec_embed")
 
 
 def log_mel(cache, uid: str) -> np.ndarray:
@@ -336,7 +426,7 @@ def probe_features(cfg: ProbeConfig) -> dict:
     layers = check_layers(cfg, cache)
     upstream = {"name": cache.provenance.get("teacher"), "digest": cache.spec["teacher"]["digest"],
                 "class": cache.spec["teacher"].get("class"), "parameters": upstream_parameters(cache.spec)}
-    return probe_with(cfg, cache, lambda u: features(cache, u, layers), layers, cache.spec["dim"], cache.num_frames, upstream)
+    return probe_with(cfg, cache, lambda u: features(cache, u, layers), layers, cache.spec["dim"], upstream)
 
 
 PROBE_FILES = ("result.json", "metrics.jsonl", "layers.png")
@@ -374,22 +464,23 @@ def _first_record_is(path: str, mine) -> bool:
     return isinstance(record, dict) and (not record or bool(mine(record)))
 
 
-def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, frames=None, upstream: dict | None = None) -> dict:
+def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, upstream: dict | None = None) -> dict:
     """probe_features() over any features of the cache's utterances: `read(uid)` -> [len(layers), frames, dim] (a
-    baseline with no upstream, log-mel say); `frames(uid)` its frame count (default: read it)."""
+    baseline with no upstream, log-mel say). Each utterance is read once."""
     check_out(cfg.out)
-    frames = frames or (lambda u: read(u).shape[1])
     labels, missing = labelled_ids(cfg, cache)
-    train, test, how = split(cfg, cache, sorted(labels))
+    train, dev, test, how = split(cfg, cache, sorted(labels))
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "metrics.jsonl"), "w") as metrics:
         def log(row: dict) -> None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
 
-        found = (classify if cfg.task == "classify" else ctc)(cfg, read, frames, dim, len(layers), labels, train, test, log)
+        splits = {"train": train, "dev": dev, "test": test}
+        found = (classify if cfg.task == "classify" else ctc)(cfg, read, dim, len(layers), labels, splits, log)
     named = "accuracy" if cfg.task == "classify" else "error_rate"  # DESIGN.md: the metric by name, whatever the unit
-    result = {"task": cfg.task, **found, named: found["value"], f"{named}_ci95": found["ci95"], "layers": layers, "split": how,
+    result = {"task": cfg.task, **found, named: found["value"], f"{named}_ci95": found["ci95"],
+              **{f"{split_name}_{named}": v for split_name, v in found["by_split"].items()}, "layers": layers, "split": how,
               "ids": missing,
               "upstream": upstream or {"name": "none (features of the cache's audio)", "parameters": 0},
               "cache": {"path": cache.path, "fingerprint": cache.fingerprint, "storage": cache.spec["storage_dtype"]},

@@ -25,10 +25,14 @@ from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
 @click.option("--train-ids", default=None, type=click.Path(exists=True),
               help="training ids: a file (one per line), a Kaldi data dir or a lhotse manifest (with --test-ids)")
 @click.option("--test-ids", default=None, type=click.Path(exists=True), help="test ids, as --train-ids")
+@click.option("--dev-ids", default=None, type=click.Path(exists=True),
+              help="dev ids (they choose the epoch), as --train-ids [default: a hash split of the training side]")
 @click.option("--test-fraction", type=float, default=0.2, help="hash split by recording, without id files")
-@click.option("--epochs", type=int, default=40)
+@click.option("--dev-fraction", type=float, default=0.1, help="hash split by recording of the training side, without --dev-ids")
+@click.option("--epochs", type=int, default=100, help="at most; the epoch is chosen on dev")
+@click.option("--patience", type=int, default=20, help="stop when dev has not improved for this many epochs")
 @click.option("--batch-size", type=int, default=16)
-@click.option("--lr", type=float, default=5e-3)
+@click.option("--lr", type=float, default=None, help="Adam's learning rate [default: 1e-2 for ctc, 1e-3 for classify, as SUPERB]")
 @click.option("--seed", type=int, default=0)
 @click.option("--verbose", is_flag=True, help="list every id left out")
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: result.json's content")
@@ -39,7 +43,8 @@ def main(layers, as_json, **flags) -> None:
     lo, hi = result["ci95"]
     click.echo(json.dumps({k: result[k] for k in ("task", "metric", "value", "ci95")} | {"test": result["split"]["test"]}), err=True)
     click.echo(f"{result['task']} {result['metric']} {result['value']:.4f} (95% interval {lo:.4f}-{hi:.4f}) on "
-               f"{result['split']['test']} test utterances; {flags['out']}/result.json")
+               f"{result['split']['test']} test utterances at epoch {result['best_epoch']} (chosen on {result['split']['dev']} dev "
+               f"utterances); {flags['out']}/result.json")
     if as_json:
         click.echo(json.dumps(result))
 

@@ -129,6 +129,28 @@ def test_convert_derives_a_cache_without_the_teacher(tmp_path, tiny_teacher):
     assert r.exit_code == 2 and r.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("storage", ["int8", "pq"])
+def test_convert_layers_keeps_and_fits_only_those(tmp_path, tiny_teacher, storage):
+    """A --layers all cache converted for a student that trains on 2 of its layers: fit and store only those."""
+    if storage == "pq":
+        pytest.importorskip("faiss")
+    corpus = build_corpus(str(tmp_path / "c"), n=6)
+    src = extract_features(ExtractConfig(tiny_teacher, corpus, layers="all", cache_dir=str(tmp_path / "k"), storage_dtype="float32",
+                                         progress=False))
+    r = CliRunner().invoke(cache_cli, ["convert", src.path, "--storage", storage, "--layers", "3,1", "--json"])
+    assert r.exit_code == 0, r.stderr
+    dst = open_cache(json.loads(r.stdout.strip().splitlines()[-1])["path"])
+    assert dst.layers == [1, 3] and sorted(dst.stats) == [1, 3] and verify_cache(dst.path) == []
+    assert not any(os.path.exists(os.path.join(dst.path, "parts", d, "layer_2")) for d in dst.part_dirs.values())
+    full = open_cache(json.loads(CliRunner().invoke(cache_cli, ["convert", src.path, "--storage", storage, "--json"])
+                                 .stdout.strip().splitlines()[-1])["path"])
+    assert full.fingerprint != dst.fingerprint  # other layers, other cache
+    if storage == "int8":  # int8's statistics are per layer: the same layer is stored alike
+        np.testing.assert_array_equal(dst.read(dst.utterance_ids[0], 3), full.read(dst.utterance_ids[0], 3))
+    bad = CliRunner().invoke(cache_cli, ["convert", src.path, "--storage", storage, "--layers", "1,9"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "has layers 0,1,2,3, not 9" in bad.stderr
+
+
 def test_audio_none_trains_from_the_sources_and_refuses_a_changed_one(tmp_path, tiny_teacher):
     from train.cli import main as train_cli
 

@@ -128,3 +128,41 @@ def test_epoch_length_matches_the_built_epoch():
     for n, bs, mb in [(101, 7, 1), (1000, 24, 2), (5, 3, 3), (240, 24, 4)]:
         b = BucketBatches(list(rng.integers(1000, 9000, size=n)), bs, seed=1, bucket_batches=3, min_batch=mb)
         assert all(b.epoch_length(e) == len(b.epoch(e)) for e in range(3))
+
+
+def test_stop_after_exports_what_was_trained_and_resume_keeps_one_history(cached, tmp_path, capsys):
+    """--stop-after exported no student and dropped the `student` key silently; a resumed run appended rows it trains
+    again after its checkpoint, so loss.png mixed two runs."""
+    first = train(_cfg(cached, tmp_path / "r", steps=6, stop_after=3, log_interval=1))
+    assert first["stopped_after"] == 3 and os.path.isdir(first["student"]) and "stopped after step 3 of 6" in capsys.readouterr().err
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:  # rows logged past the checkpoint by a run killed later
+        f.write(json.dumps({"step": 4, "loss": 9.0}) + "\n" + json.dumps({"step": 5, "loss": 9.0}) + "\n")
+    done = train(_cfg(cached, tmp_path / "r", steps=6, log_interval=1, resume=True))
+    assert "stopped_after" not in done and done["step"] == 6
+    steps = [json.loads(line).get("step") for line in open(tmp_path / "r" / "metrics.jsonl") if '"loss"' in line and "eval" not in line]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_so_and_starts_over_clean(cached, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "train.cli", "--cache", cached["path"], "--out", str(out), "--steps", "100000", "--batch-size", "2",
+           "--max-crop-samples", "8000", "--log-interval", "1", "--checkpoint-interval", "100000", "--num-workers", "0", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(out / "metrics.jsonl") and os.path.getsize(out / "metrics.jsonl")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and not os.path.exists(out / "ckpt.pt")
+    last = err.strip().splitlines()[-1]
+    assert "no checkpoint yet" in last and "--resume" not in last, last
+    r = CliRunner().invoke(main, ["--cache", cached["path"], "--out", str(out), "--steps", "2", "--batch-size", "2",
+                                  "--max-crop-samples", "8000", "--log-interval", "1", "--num-workers", "0", "--quiet", "--resume"])
+    assert r.exit_code == 0, r.output
+    steps = [json.loads(line).get("step") for line in open(out / "metrics.jsonl") if '"loss"' in line and "eval" not in line]
+    assert steps == [1, 2]  # a clean history: the killed run's rows are gone
