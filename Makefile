@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lint demo probe-demo bench stress clean
+.PHONY: install test lint demo probe-demo bench stress quality espeak clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,16 @@ probe-demo: install
 
 bench: install
 	$(PY) -m bench.run_all
+
+espeak:
+	# speech for the demo and the quality benchmark; Debian's lists first, or the install fails quietly (and you get chirps)
+	@command -v espeak-ng >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q espeak-ng) >/dev/null \
+		|| echo "make: could not install espeak-ng (not root? run: apt-get update && apt-get install -y espeak-ng)" >&2
+
+quality: install espeak
+	# the quality benchmark: a teacher pretrained here, students from float16/int8/int4/pq caches, SUPERB-style probes
+	# (~70 min on 2 CPU cores; every stage is kept in quality-out/ and reused; the table: quality-out/quality.md)
+	$(PY) -m bench.quality
 
 clean:
 	rm -rf $(VENV) demo-out

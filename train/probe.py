@@ -24,20 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from store import open_cache
-from store.oneline import UserError
 from train.data import split_ids
 from train.labels import read_ids, read_labels
+from train.probe_heads import TOKENS, ProbeError, classify, ctc
 
 TASKS = ("classify", "ctc")
 FEATURES = ("cache", "logmel")
-TOKENS = {"char": "CER", "phone": "PER", "word": "WER"}  # ctc: what a label is made of -> the error rate reported
-
-
-class ProbeError(UserError):
-    """A probe that cannot be run as asked; one line."""
 
 
 @dataclass(frozen=True)
@@ -89,31 +83,6 @@ class ProbeConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (1e-2 if self.task == "ctc" else 1e-3)
-
-
-class WeightedSum(nn.Module):
-    """SUPERB's featurizer: softmax(w) over layers, summed. x: [B, N, ..., D] -> [B, ..., D]."""
-
-    def __init__(self, n_layers: int):
-        super().__init__()
-        self.logits = nn.Parameter(torch.zeros(n_layers))
-
-    def weights(self) -> torch.Tensor:
-        return torch.softmax(self.logits, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weights().view(1, -1, *([1] * (x.dim() - 2)))
-        return (w * x).sum(1)
-
-
-class Probe(nn.Module):
-    def __init__(self, n_layers: int, dim: int, n_out: int):
-        super().__init__()
-        self.featurizer = WeightedSum(n_layers)
-        self.linear = nn.Linear(dim, n_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.featurizer(x))
 
 
 # ---- inputs: labels, split, features --------------------------------------------------------------------------
@@ -207,178 +176,6 @@ def check_layers(cfg: ProbeConfig, cache) -> list[int]:
 def features(cache, uid: str, layers: list[int]) -> np.ndarray:
     """[N, frames, D] float32 of one utterance."""
     return np.stack([np.asarray(cache.read(uid, k), np.float32) for k in layers])
-
-
-def layer_normed(x: np.ndarray) -> torch.Tensor:
-    """SUPERB's featurizer normalisation: each layer's frames layer-normed (no learned scale) before the weighted sum,
-    so that upstreams and layers of different scales are weighed and compared fairly."""
-    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    return nn.functional.layer_norm(t, t.shape[-1:])
-
-
-# ---- the two tasks -------------------------------------------------------------------------------------------
-
-
-def _bootstrap(errors: np.ndarray, totals: np.ndarray, n: int, seed: int) -> list[float]:
-    """95% interval of sum(errors)/sum(totals) over test utterances resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(errors), size=(n, len(errors)))
-    stats = errors[idx].sum(1) / np.maximum(totals[idx].sum(1), 1)
-    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
-
-
-def _train_loop(model: nn.Module, cfg: ProbeConfig, n: int, loss_of, dev_score, log) -> dict:
-    """Adam over the training split; after every epoch the dev score, (error, loss): the error (1 - accuracy, or the
-    error rate) decides, the loss breaks its ties (a small dev set's error stops moving long before the probe does).
-    The best epoch's weights are kept: SUPERB selects its checkpoint on dev, and reports test there. Stops when dev has
-    not improved for cfg.patience epochs. Leaves `model` at its best epoch."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    rng = np.random.default_rng(cfg.seed)
-    best, best_state, best_epoch, epoch = (float("inf"), float("inf")), None, 0, 0
-    for epoch in range(1, cfg.epochs + 1):
-        order, total, count = rng.permutation(n), 0.0, 0
-        model.train()
-        for i in range(0, n, cfg.batch_size):
-            loss = loss_of(order[i : i + cfg.batch_size])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            n_batch = len(order[i : i + cfg.batch_size])
-            total, count = total + loss.item() * n_batch, count + n_batch
-        model.eval()
-        with torch.no_grad():
-            error, dev_loss = dev_score()
-        log({"epoch": epoch, "loss": total / max(count, 1), "dev_error": error, "dev_loss": dev_loss})
-        if (error, dev_loss) < best:
-            best, best_epoch = (error, dev_loss), epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= cfg.patience:
-            break
-    model.load_state_dict(best_state)
-    model.eval()
-    return {"best_epoch": best_epoch, "epochs_run": epoch}
-
-
-def _scores(wrong_or_errors: np.ndarray, totals: np.ndarray, cfg: ProbeConfig) -> tuple[float, list[float]]:
-    value = float(wrong_or_errors.sum() / max(totals.sum(), 1))
-    return value, _bootstrap(wrong_or_errors, totals, cfg.bootstrap, cfg.seed)
-
-
-def classify(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str], splits: dict[str, list[str]],
-             log) -> dict:
-    train, test = splits["train"], splits["test"]
-    classes = sorted({labels[u] for u in train})
-    if len(classes) < 2:
-        raise ProbeError(f"--labels {cfg.labels}: the training split has {len(classes)} class ({classes[0] if classes else '-'}); "
-                         "a classifier needs at least two")
-    unseen = sorted({labels[u] for u in test + splits["dev"]} - set(classes))
-    if unseen:
-        raise ProbeError(f"--labels {cfg.labels}: class '{unseen[0]}' ({len(unseen)} such) is in the test or dev split but never "
-                         "in training; label more utterances or give the split yourself")
-    index = {c: i for i, c in enumerate(classes)}
-    # mean over frames of each layer-normed layer, once per utterance: the weighted sum and the mean are both linear
-    pooled = {u: layer_normed(read(u)).mean(1) for u in train + splits["dev"] + test}  # [N, D] per utterance
-    x = {name: torch.stack([pooled[u] for u in ids]) for name, ids in splits.items()}
-    y = {name: torch.tensor([index[labels[u]] for u in ids]) for name, ids in splits.items()}
-    torch.manual_seed(cfg.seed)
-    model = Probe(n_layers, dim, len(classes))
-
-    def wrong(name: str) -> np.ndarray:
-        with torch.no_grad():
-            return (model(x[name]).argmax(1) != y[name]).numpy().astype(np.float64)
-
-    def loss(name: str, b=slice(None)) -> torch.Tensor:
-        return nn.functional.cross_entropy(model(x[name][b]), y[name][b])
-
-    chosen = _train_loop(model, cfg, len(train), lambda b: loss("train", b), lambda: (float(wrong("dev").mean()), loss("dev").item()),
-                         log)
-    accuracy = {name: 1 - float(wrong(name).mean()) for name in splits}
-    miss = wrong("test")
-    ones = np.ones(len(test))
-    lo, hi = _bootstrap(ones - miss, ones, cfg.bootstrap, cfg.seed)
-    majority = max(sum(labels[u] == c for u in test) for c in classes) / len(test)
-    return {"metric": "accuracy", "value": accuracy["test"], "ci95": [lo, hi], "chance": float(majority), **chosen,
-            "by_split": accuracy, "classes": classes, "layer_weights": model.featurizer.weights().tolist()}
-
-
-def _symbols(label: str, tokens: str) -> list[str]:
-    return list(label) if tokens == "char" else label.split()
-
-
-def _edits(ref: list[str], hyp: list[str], tokens: str) -> int:
-    """Substitutions + deletions + insertions of one utterance, by jiwer (characters, or space-separated tokens)."""
-    import jiwer
-
-    if not hyp:
-        return len(ref)
-    if tokens == "char":  # no Strip (jiwer's default): a leading or trailing space the probe emits is an insertion
-        chars = jiwer.ReduceToListOfListOfChars()
-        out = jiwer.process_characters("".join(ref), "".join(hyp), reference_transform=chars, hypothesis_transform=chars)
-    else:
-        out = jiwer.process_words(" ".join(ref), " ".join(hyp))
-    return int(out.substitutions + out.deletions + out.insertions)
-
-
-def ctc(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str], splits: dict[str, list[str]],
-        log) -> dict:
-    train = splits["train"]
-    vocab = sorted({s for u in train for s in _symbols(labels[u], cfg.tokens)})
-    missing = sorted({s for u in splits["test"] + splits["dev"] for s in _symbols(labels[u], cfg.tokens)} - set(vocab))
-    if missing:
-        raise ProbeError(f"--labels {cfg.labels}: symbol {missing[0]!r} ({len(missing)} such) is in the test or dev split but never "
-                         "in training; label more utterances, or give the split yourself")
-    index = {s: i + 1 for i, s in enumerate(vocab)}  # 0 is CTC's blank
-    # every layer of every utterance read once, layer-normed, kept as float16: a cache is not read again every epoch
-    feats = {u: layer_normed(read(u)).half() for ids in splits.values() for u in ids}
-    too_short = [u for u in train if feats[u].shape[1] < len(_symbols(labels[u], cfg.tokens))]
-    if too_short:
-        _say(f"{len(too_short)} training utterance(s) have fewer frames than symbols (first: {too_short[0]}): CTC cannot align "
-             "them, left out of training")
-        train = [u for u in train if u not in set(too_short)]
-    torch.manual_seed(cfg.seed)
-    model = Probe(n_layers, dim, len(vocab) + 1)
-
-    def batch(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        longest = max(feats[u].shape[1] for u in ids)
-        x = torch.zeros(len(ids), n_layers, longest, dim)
-        for i, u in enumerate(ids):
-            x[i, :, : feats[u].shape[1]] = feats[u]
-        return x, torch.tensor([feats[u].shape[1] for u in ids])
-
-    def loss_of(b, ids: list[str] = train) -> torch.Tensor:
-        ids = [ids[i] for i in b]
-        x, lengths = batch(ids)
-        logp = model(x).log_softmax(-1).transpose(0, 1)  # [T, B, V]
-        targets = [torch.tensor([index[s] for s in _symbols(labels[u], cfg.tokens)]) for u in ids]
-        return nn.functional.ctc_loss(logp, torch.cat(targets), lengths, torch.tensor([len(t) for t in targets]), zero_infinity=True)
-
-    def edits(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        errors, totals = [], []
-        with torch.no_grad():
-            for i in range(0, len(ids), 64):
-                x, lengths = batch(ids[i : i + 64])
-                for row, u, n in zip(model(x).argmax(-1), ids[i : i + 64], lengths, strict=True):
-                    path = row[: int(n)].tolist()
-                    hyp = [vocab[p - 1] for j, p in enumerate(path) if p and (j == 0 or p != path[j - 1])]
-                    ref = _symbols(labels[u], cfg.tokens)
-                    errors.append(_edits(ref, hyp, cfg.tokens))
-                    totals.append(len(ref))
-        return np.array(errors, np.float64), np.array(totals, np.float64)
-
-    def error_rate(ids: list[str]) -> float:
-        e, t = edits(ids)
-        return float(e.sum() / max(t.sum(), 1))
-
-    def dev_score() -> tuple[float, float]:
-        dev = splits["dev"]
-        loss = sum(loss_of(range(i, min(i + 64, len(dev))), dev).item() * min(64, len(dev) - i) for i in range(0, len(dev), 64))
-        return error_rate(dev), loss / len(dev)
-
-    chosen = _train_loop(model, cfg, len(train), loss_of, dev_score, log)
-    value, ci = _scores(*edits(splits["test"]), cfg)
-    return {"metric": TOKENS[cfg.tokens], "value": value, "ci95": ci, **chosen,
-            "by_split": {"train": error_rate(train), "dev": error_rate(splits["dev"]), "test": value},
-            "vocabulary": vocab, "layer_weights": model.featurizer.weights().tolist()}
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_out_that_holds_another_tools_run_is_refused_untouched(tones, tmp_path, 
 
 def test_character_errors_count_leading_and_trailing_spaces():
     """jiwer's default CER transform strips the hypothesis, which hid a probe's spaces at either end (CER biased down)."""
-    from train.probe import _edits
+    from train.probe_heads import _edits
 
     assert _edits(list("ab c"), list(" ab c "), "char") == 2
     assert _edits(list("ab c"), list("ab  c"), "char") == 1
