@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 TASKS = {"speaker id": ("classify", "speakers.tsv", "accuracy"), "keywords": ("classify", "keywords.tsv", "accuracy"),
-         "phones": ("ctc", "phones.txt", "PER")}
+         "phones": ("ctc", "phones-closed.txt", "PER")}
 MODES = ("float16", "int8", "int4", "pq")
 
 
@@ -46,7 +46,21 @@ def corpora(out: str) -> tuple[str, str]:
         rows = [line for line in f if "/u" in line.split("\t")[0]]
     with open(os.path.join(probe, "sentence-speakers.tsv"), "w") as f:
         f.writelines(rows)
+    closed_phone_set(os.path.join(probe, "phones.txt"), os.path.join(probe, "phones-closed.txt"))
     return pre, probe
+
+
+def closed_phone_set(src: str, dst: str, least: int = 20) -> None:
+    """espeak's phonemes with its variant mark (#) folded into the base phone, and phones heard fewer than `least` times
+    in the whole corpus dropped: a symbol that only the test split holds cannot be learned (probe-features refuses it)."""
+    from collections import Counter
+
+    with open(src) as f:
+        rows = [line.split() for line in f if line.strip()]
+    rows = [(r[0], [t.rstrip("#") or t for t in r[1:]]) for r in rows]
+    counts = Counter(t for _, ts in rows for t in ts)
+    with open(dst, "w") as f:
+        f.writelines(f"{uid} {' '.join(t for t in ts if counts[t] >= least)}\n" for uid, ts in rows)
 
 
 def timed(fn, *args, **kwargs):
@@ -125,7 +139,7 @@ def probe_all(name: str, cache: str, probe_corpus: str, out: str, features: str 
                 found[task] = json.load(f)
             continue
         cfg = ProbeConfig(cache=cache, task=kind, labels=label_file, out=where, features=features,
-                          tokens="phone" if kind == "ctc" else "char", epochs=80, patience=12, seed=0)
+                          tokens="phone" if kind == "ctc" else "char", epochs=60, patience=8, seed=0)
         found[task], seconds = timed(probe_features, cfg)
         r = found[task]
         say(f"probe {name} / {task}: {r['metric']} {r['value']:.3f} (epoch {r['best_epoch']}) in {seconds:.0f} s")
