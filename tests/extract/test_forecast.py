@@ -139,14 +139,16 @@ def test_the_forecast_counts_the_frames_the_run_stores_for_resampled_files(tmp_p
     import soxr
 
     from extract.audio import resampled_length
-    from tests.conftest import write_wav
 
     rng = np.random.default_rng(0)
     for rate in (22050, 44100, 8000, 11025):
         for n in rng.integers(400, 200_000, 20):
             assert resampled_length(int(n), rate, 16000) == len(soxr.resample(np.zeros(int(n), np.float32), rate, 16000, "HQ"))
-    for i, seconds in enumerate((0.9977, 1.4331, 2.2001, 0.7449)):
-        write_wav(str(tmp_path / "c" / f"u{i}.wav"), seconds, rate=22050, seed=i)
+    import soundfile as sf
+
+    os.makedirs(tmp_path / "c")
+    for i, n in enumerate((13781, 15986, 30000, 16868)):  # 3 lengths where the floor falls a frame short of soxr's length
+        sf.write(str(tmp_path / "c" / f"u{i}.wav"), (0.1 * rng.standard_normal(n)).astype(np.float32), 22050, subtype="PCM_16")
     f = dry_run(_cfg(tiny_teacher, str(tmp_path / "c"), tmp_path / "k"))
     cache = open_cache(extract_features(_cfg(tiny_teacher, str(tmp_path / "c"), tmp_path / "k")).path)
     assert f["todo_frames"] == cache.total_frames
