@@ -111,20 +111,16 @@ def student(cache: str, out: str, steps: int, init: str = "teacher") -> str:
 
 
 def upstream_speed(model_dir: str) -> float:
-    """ms of CPU forward per second of audio (10 s of noise, best of 3)."""
+    """ms of CPU forward per second of audio (10 s of noise, best of 3 after a warm-up)."""
     import torch
     from transformers import AutoModel
 
+    from bench.common import best_of
+
     model = AutoModel.from_pretrained(model_dir).eval()
     wave = torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal(160_000)).astype(np.float32))[None]
-    best = float("inf")
     with torch.no_grad():
-        model(wave[:, :16000])
-        for _ in range(3):
-            t = time.perf_counter()
-            model(wave)
-            best = min(best, time.perf_counter() - t)
-    return best * 100  # per audio second, in ms
+        return best_of(lambda: model(wave)) * 100  # per audio second, in ms
 
 
 def probe_all(name: str, cache: str, probe_corpus: str, out: str, features: str = "cache") -> dict:
@@ -182,6 +178,7 @@ def main() -> None:
     import torch
 
     from extract import ExtractConfig, extract_features
+    from store import open_cache
     from train.pretrain import PretrainConfig, pretrain
     from train.probe import upstream_parameters
     from train.probe_demo import random_student
@@ -205,8 +202,6 @@ def main() -> None:
     probe_caches = os.path.join(out, "probe-caches")
     for name, model_dir in upstreams.items():
         s = extract_features(ExtractConfig(model_dir, probe, layers="all", cache_dir=probe_caches, progress=False))
-        from store import open_cache
-
         spec = open_cache(s.path).spec
         rows[name] = {"cache": s.path, "parameters": upstream_parameters(spec), "ms_per_audio_second": round(upstream_speed(model_dir), 2),
                       "probes": probe_all(name, s.path, probe, os.path.join(out, "probes"))}

@@ -12,18 +12,8 @@ from extract.run import ExtractConfig, extract_features
 from extract.run import dry_run as extract_dry_run
 from store.layout import CODECS
 from store.modes import AUDIO_MODES, TARGET_MODES
-from store.oneline import OneLineCommand, cli_errors
+from store.oneline import OneLineCommand, cli_errors, parse_layers
 from store.reader import default_cache_dir
-
-
-def parse_layers(value: str) -> tuple[int, ...]:
-    try:
-        layers = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give comma-separated layer numbers, e.g. 4,8,12", param_hint="'--layers'") from None
-    if not layers or any(k < 0 for k in layers) or len(set(layers)) != len(layers):
-        raise click.BadParameter(f"{value!r}: give distinct non-negative layer numbers, e.g. 4,8,12", param_hint="'--layers'")
-    return layers
 
 
 def parse_extract_layers(value: str) -> tuple[int, ...] | str:

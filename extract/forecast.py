@@ -40,8 +40,9 @@ def _ceil(n: int, d: int) -> int:
 
 
 def _worst_codec(raw: int) -> int:
-    """The most one chunk of `raw` bytes can take encoded: zstd's compressBound (raw + raw/256 + 128 KB margin for small
-    inputs, capped at 64), blosc's 16-byte overhead (it stores incompressible data as is), and zarr's 4-byte crc32c."""
+    """The most one chunk of `raw` bytes can take encoded, with zarr's 4-byte crc32c: at least zstd's compressBound
+    (raw + raw/256, plus at most 64 bytes for inputs under 128 KB) and blosc's raw + 16 (it stores incompressible
+    data as is)."""
     return raw + (raw >> 8) + 128 + 4
 
 

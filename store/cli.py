@@ -13,7 +13,7 @@ from store.convert import check_convertible, convert_cache
 from store.errors import NotACacheError
 from store.hdf5 import export_hdf5, import_hdf5
 from store.modes import AUDIO_MODES, TARGET_MODES
-from store.oneline import OneLineGroup, cli_errors, one_line_errors
+from store.oneline import OneLineGroup, cli_errors, one_line_errors, parse_layers
 from store.reader import default_cache_dir, open_cache
 from store.registry import describe, human_bytes, list_caches, remove_cache
 from store.spec import FORMAT_VERSION
@@ -176,7 +176,7 @@ def import_(src: str, fmt: str, cache_dir: str | None) -> None:
 @cli_errors(kept="every converted part is kept; re-run the same command to continue")
 def convert(src: str, storage: str, audio: str | None, layer_list: str | None, cache_dir: str | None, as_json: bool) -> None:
     """A derived cache of SRC in another storage mode (its own fingerprint; no teacher run); prints its path last."""
-    layers = _layers(layer_list)
+    layers = list(parse_layers(layer_list)) if layer_list else None
     source = open_cache(src, cache_dir)
     check_convertible(source, storage, audio, layers)
     with click.progressbar(length=len(source.parts), label="converting", file=sys.stderr) as bar:
@@ -187,18 +187,6 @@ def convert(src: str, storage: str, audio: str | None, layer_list: str | None, c
     summary = {"path": dst.path, "fingerprint": dst.fingerprint, "source": source.fingerprint, "utterances": len(dst),
                "frames": dst.total_frames, "storage": storage, "audio": dst.audio_mode, "fidelity": fid}
     click.echo(json.dumps(summary) if as_json else dst.path)
-
-
-def _layers(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        layers = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give layer numbers separated by commas, e.g. 2,4,6", param_hint="--layers") from None
-    if not layers or min(layers) < 0:
-        raise click.BadParameter(f"{text!r}: layer numbers are 0 or more", param_hint="--layers")
-    return layers
 
 
 @main.command()

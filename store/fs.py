@@ -235,18 +235,15 @@ def remove_temp_files() -> None:
 atexit.register(remove_temp_files)
 
 
-def remove_stale_temp_files(directory: str) -> list[str]:
+def remove_stale_temp_files(directory: str) -> None:
     """Temp files a killed process left in `directory` (our names only, of a process not alive on this machine).
     kill -9 runs no handler, so the next writer of the directory removes them."""
     if is_remote(directory):
-        return []
-    removed = []
+        return
     for name in listdir(directory):
         m = _TMP.fullmatch(name)
         if m and not _alive(int(m.group(1))):
             remove_quietly(os.path.join(directory, name))
-            removed.append(name)
-    return removed
 
 
 def _alive(pid: int) -> bool:

@@ -129,3 +129,14 @@ class OneLineCommand(_OneLineUsage, click.Command):
 
 class OneLineGroup(_OneLineUsage, click.Group):
     pass
+
+
+def parse_layers(value: str) -> tuple[int, ...]:
+    """A --layers value (`4,8,12`) of any command: distinct non-negative numbers, or one usage line."""
+    try:
+        layers = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated layer numbers, e.g. 4,8,12", param_hint="'--layers'") from None
+    if not layers or any(k < 0 for k in layers) or len(set(layers)) != len(layers):
+        raise click.BadParameter(f"{value!r}: give distinct non-negative layer numbers, e.g. 4,8,12", param_hint="'--layers'")
+    return layers

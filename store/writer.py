@@ -190,9 +190,9 @@ class PartWriter:
             if not np.isfinite(f).all() or limit and f.size and np.abs(f).max() > limit:
                 raise StorageRangeError(f"{uid}: layer {layer} holds values that --storage {self.storage_dtype} cannot store "
                                         f"(non-finite, or beyond {limit or 'float32'}); store as float32 or bfloat16")
+        measure = self.mode.needs_stats and self.measure  # the error of every stored row, not only of the statistics' sample
         for layer, f in feats.items():
             stats = self.stats[layer] if self.stats else None
-            measure = self.mode.needs_stats and self.measure  # the error of every stored row, not only of the statistics' sample
             encoded, residual = self.mode.encode_measured(f, stats) if measure else (self.mode.encode(f, stats), None)
             for suffix, stored in encoded.items():
                 self._buffers[layer_key(layer) + suffix].append(stored)

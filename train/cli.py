@@ -7,8 +7,7 @@ import os
 
 import click
 
-from extract.cli import parse_layers
-from store.oneline import OneLineCommand, cli_errors
+from store.oneline import OneLineCommand, cli_errors, parse_layers
 from train.config import load_config
 from train.design import PRESETS
 from train.loop import train

@@ -65,8 +65,10 @@ def read_run(run_dir: str) -> dict:
         raise ConfigError(f"{run_dir}: design.json lacks {', '.join(missing) or 'nothing'}, or eval.json/run.json is not an object; "
                           "give run dirs written by this version of train-student")
     curve, trained = _metrics(run_dir)
-    planned = (_json(os.path.join(run_dir, "config.json"), False, run_dir) or {}).get("steps")
-    stopped = isinstance(final, dict) and isinstance(planned, int) and final.get("step", planned) < planned  # --stop-after
+    config = _json(os.path.join(run_dir, "config.json"), False, run_dir)
+    planned = config.get("steps") if isinstance(config, dict) else None
+    at = final.get("step") if isinstance(final, dict) else None
+    stopped = type(planned) is int and type(at) is int and at < planned  # --stop-after: an eval.json of a partial run
     status = "finished" if final is not None and not stopped else "running" if is_locked(run_dir) else "unfinished"
     if final is None:
         final = curve[-1] if curve else {}

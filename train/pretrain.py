@@ -170,11 +170,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     """Train (or find) the teacher; returns its record (pretrain.json)."""
     record_path = os.path.join(cfg.out, "pretrain.json")
     if os.path.exists(record_path):
-        with open(record_path) as f:
-            record = json.load(f)
-        if record.get("config") == {**dataclasses.asdict(cfg), "out": None}:
+        try:
+            with open(record_path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            record = None  # read back from disk: untrusted
+        if isinstance(record, dict) and record.get("config") == {**dataclasses.asdict(cfg), "out": None}:
             return record
-        raise SystemExit(f"{cfg.out}: holds a teacher pretrained with another config; remove it or choose another directory")
+        raise SystemExit(f"{cfg.out}: holds a teacher pretrained with another config (or an unreadable pretrain.json); remove "
+                         "it or choose another directory")
     from transformers import Wav2Vec2FeatureExtractor
 
     t0 = time.time()

@@ -115,13 +115,15 @@ def split(cfg: ProbeConfig, cache, ids: list[str]) -> tuple[list[str], list[str]
     train, test, how = _train_test(cfg, cache, ids)
     recording = cache.recording if cache.has_recordings else (lambda u: u)
     if cfg.dev_ids:
-        have, listed = set(train), read_ids(cfg.dev_ids, "--dev-ids")
-        dev = [u for u in listed if u in set(ids)]
+        labelled, listed = set(ids), read_ids(cfg.dev_ids, "--dev-ids")
+        dev = [u for u in listed if u in labelled]
         if not dev:
             raise ProbeError(f"--dev-ids {cfg.dev_ids}: none of its {len(listed)} ids is a labelled utterance of the cache")
-        if set(dev) & set(test):
-            raise ProbeError(f"--dev-ids {cfg.dev_ids} shares utterances with the test split (first: {sorted(set(dev) & set(test))[0]})")
-        train = [u for u in train if u not in set(dev)] if have & set(dev) else train
+        shared = sorted(set(dev) & set(test))
+        if shared:
+            raise ProbeError(f"--dev-ids {cfg.dev_ids} shares utterances with the test split (first: {shared[0]})")
+        in_dev = set(dev)
+        train = [u for u in train if u not in in_dev]
         how["dev_ids"] = os.path.abspath(cfg.dev_ids)
     else:
         train, dev = split_ids(train, cfg.dev_fraction / (1 - cfg.test_fraction), lambda u: "dev:" + recording(u))

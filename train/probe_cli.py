@@ -6,8 +6,7 @@ import json
 
 import click
 
-from extract.cli import parse_layers
-from store.oneline import OneLineCommand, cli_errors
+from store.oneline import OneLineCommand, cli_errors, parse_layers
 from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
 
 

@@ -99,9 +99,10 @@ def _train_loop(model: nn.Module, cfg: ProbeConfig, n: int, loss_of, dev_score, 
     return {"best_epoch": best_epoch, "epochs_run": epoch}
 
 
-def _scores(wrong_or_errors: np.ndarray, totals: np.ndarray, cfg: ProbeConfig) -> tuple[float, list[float]]:
-    value = float(wrong_or_errors.sum() / max(totals.sum(), 1))
-    return value, _bootstrap(wrong_or_errors, totals, cfg.bootstrap, cfg.seed)
+def _scores(counts: np.ndarray, totals: np.ndarray, cfg: ProbeConfig) -> tuple[float, list[float]]:
+    """sum(counts) / sum(totals) over test utterances (right answers, or edits per reference symbol) and its interval."""
+    value = float(counts.sum() / max(totals.sum(), 1))
+    return value, _bootstrap(counts, totals, cfg.bootstrap, cfg.seed)
 
 
 def classify(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str], splits: dict[str, list[str]],
@@ -133,11 +134,9 @@ def classify(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, 
     chosen = _train_loop(model, cfg, len(train), lambda b: loss("train", b), lambda: (float(wrong("dev").mean()), loss("dev").item()),
                          log)
     accuracy = {name: 1 - float(wrong(name).mean()) for name in splits}
-    miss = wrong("test")
-    ones = np.ones(len(test))
-    lo, hi = _bootstrap(ones - miss, ones, cfg.bootstrap, cfg.seed)
+    value, ci = _scores(1 - wrong("test"), np.ones(len(test)), cfg)
     majority = max(sum(labels[u] == c for u in test) for c in classes) / len(test)
-    return {"metric": "accuracy", "value": accuracy["test"], "ci95": [lo, hi], "chance": float(majority), **chosen,
+    return {"metric": "accuracy", "value": value, "ci95": ci, "chance": float(majority), **chosen,
             "by_split": accuracy, "classes": classes, "layer_weights": model.featurizer.weights().tolist()}
 
 
@@ -174,7 +173,8 @@ def ctc(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str],
     if too_short:
         print(f"{len(too_short)} training utterance(s) have fewer frames than symbols (first: {too_short[0]}): CTC cannot align "
               "them, left out of training", file=sys.stderr)
-        train = [u for u in train if u not in set(too_short)]
+        short = set(too_short)
+        train = [u for u in train if u not in short]
     torch.manual_seed(cfg.seed)
     model = Probe(n_layers, dim, len(vocab) + 1)
 

@@ -74,11 +74,14 @@ def make_corpus(root: str, n_speakers: int, per_speaker: int, seed: int, keyword
             "words": list(words), "version": 1}
     done = os.path.join(root, "corpus.json")
     if os.path.exists(done):
-        with open(done) as f:
-            summary = json.load(f)
-        if summary.get("args") == args:
+        try:
+            with open(done) as f:
+                summary = json.load(f)
+        except (OSError, ValueError):
+            summary = None  # read back from disk: untrusted
+        if isinstance(summary, dict) and summary.get("args") == args:
             return summary
-        raise SystemExit(f"{root}: holds another corpus ({summary.get('args')}); remove it or choose another directory")
+        raise SystemExit(f"{root}: holds another corpus (or an unreadable corpus.json); remove it or choose another directory")
     binary = espeak()
     rng = np.random.default_rng(seed)
     jobs = []

@@ -109,7 +109,7 @@ def test_the_run_dir_says_what_it_holds_and_loss_png_has_the_held_out_points(cac
 
 def test_compare_runs_shows_teacher_targets_steps_and_partial_runs_and_refuses_mismatches_with_strict(cached, tmp_path):
     train(_quick(cached, tmp_path / "a"))
-    train(_quick(cached, tmp_path / "b", steps=6, stop_after=4, eval_interval=2))  # stopped: no eval.json yet
+    train(_quick(cached, tmp_path / "b", steps=6, stop_after=4, eval_interval=2))  # stopped: eval.json of step 4, not 6
     with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "lo')  # a line the run is still writing
     runner = CliRunner()
@@ -150,3 +150,12 @@ def test_an_exported_student_loads_back_through_the_one_builder(cached, tmp_path
     os.remove(tmp_path / "r" / "heads.safetensors")
     with pytest.raises(CheckpointError, match="not a loadable distilcache export"):
         load_student(str(tmp_path / "r"))
+
+
+def test_compare_runs_reads_a_hostile_config_json_without_a_traceback(cached, tmp_path):
+    """config.json (whose `steps` tells a --stop-after run from a finished one) is read back from disk: untrusted."""
+    train(_quick(cached, tmp_path / "a"))
+    for garbage in ("[1, 2]", '{"steps": "six"}'):
+        (tmp_path / "a" / "config.json").write_text(garbage)
+        r = CliRunner().invoke(compare_cli, [str(tmp_path / "a"), "--json"])
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output

@@ -43,6 +43,9 @@ def test_a_pretrained_teacher_is_saved_like_a_hub_model_found_again_and_extracte
     assert s.utterances == 6
     with pytest.raises(SystemExit, match="another config"):
         pretrain(PretrainConfig(corpus, str(tmp_path / "t"), steps=4))
+    (tmp_path / "t" / "pretrain.json").write_text("[not a record")  # read back from disk: untrusted, one line
+    with pytest.raises(SystemExit, match="unreadable pretrain.json"):
+        pretrain(cfg)
 
 
 @pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng (make espeak)")
