@@ -69,6 +69,26 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - t
 
 
+def made_before(cache_path: str, since: float) -> bool:
+    """Whether a cache's parts were all committed before `since` (this run found it made: its time is not this run's)."""
+    commits = os.path.join(cache_path, "commits")
+    stamps = [os.stat(os.path.join(commits, n)).st_mtime for n in os.listdir(commits) if n.endswith(".json")]
+    return bool(stamps) and max(stamps) < since
+
+
+def record_made(made_path: str, made: dict, mode: str, fn) -> dict:
+    """Run one stage (fn() -> the cache's path), and keep its time in made.json as soon as it ends: a run killed after it
+    must not report the next run's no-op as its cost. A cache found made with no time kept says so (None), never 0.4 s."""
+    t = time.time()
+    cache = fn()
+    if mode not in made:
+        made[mode] = None if made_before(cache, t) else round(time.time() - t, 1)
+        with open(made_path + ".tmp", "w") as f:
+            json.dump(made, f)
+        os.replace(made_path + ".tmp", made_path)
+    return {"path": cache, "seconds": made[mode]}
+
+
 def distillation_caches(teacher: str, corpus: str, cache_dir: str) -> dict[str, dict]:
     """The float16 cache of layers 2, 4, 6 and its conversions, each timed when made (kept in cache_dir/made.json: a
     second run finds them made and must not report its no-op as their cost)."""
@@ -76,15 +96,14 @@ def distillation_caches(teacher: str, corpus: str, cache_dir: str) -> dict[str, 
     from store import open_cache
     from store.convert import convert_cache
 
+    os.makedirs(cache_dir, exist_ok=True)
     made_path = os.path.join(cache_dir, "made.json")
     made = json.load(open(made_path)) if os.path.exists(made_path) else {}
-    summary, seconds = timed(extract_features, ExtractConfig(teacher, corpus, layers=(2, 4, 6), cache_dir=cache_dir, progress=False))
-    caches = {"float16": {"path": summary.path, "seconds": made.get("float16", round(seconds, 1))}}
+    cfg = ExtractConfig(teacher, corpus, layers=(2, 4, 6), cache_dir=cache_dir, progress=False)
+    caches = {"float16": record_made(made_path, made, "float16", lambda: extract_features(cfg).path)}
+    source = caches["float16"]["path"]
     for mode in MODES[1:]:
-        dst, seconds = timed(convert_cache, summary.path, mode, cache_dir=cache_dir)
-        caches[mode] = {"path": dst.path, "seconds": made.get(mode, round(seconds, 1))}
-    with open(made_path, "w") as f:
-        json.dump({m: c["seconds"] for m, c in caches.items()}, f)
+        caches[mode] = record_made(made_path, made, mode, lambda m=mode: convert_cache(source, m, cache_dir=cache_dir).path)
     for mode, c in caches.items():
         cache = open_cache(c["path"])
         c["bytes"] = cache.bytes  # targets and float32 audio, as written
@@ -94,7 +113,7 @@ def distillation_caches(teacher: str, corpus: str, cache_dir: str) -> dict[str, 
         c["target_bytes_per_frame"] = round(c["target_bytes"] / max(cache.total_frames, 1), 1)
         c["fidelity"] = {k: round(v["rel_l2_mean"], 4) for k, v in ((cache.provenance.get("fidelity") or {}).get("layers") or {}).items()}
         say(f"cache {mode}: {c['target_bytes'] / 1e6:.1f} MB of targets ({c['bytes'] / 1e6:.1f} MB with audio), made in "
-            f"{c['seconds']} s")
+            f"{c['seconds'] if c['seconds'] is not None else 'an unknown time (an earlier run)'} s")
     return caches
 
 
@@ -215,7 +234,8 @@ def main() -> None:
     storage = ["| targets | target bytes on disk | per frame (3 layers) | with float32 audio | made in | rel L2 (layer 2/4/6) |",
                "|---|---|---|---|---|---|"]
     for mode, c in caches.items():
-        made = f"teacher run {c['seconds']} s" if mode == "float16" else f"convert {c['seconds']} s"
+        took = "?" if c["seconds"] is None else c["seconds"]
+        made = f"teacher run {took} s" if mode == "float16" else f"convert {took} s"
         storage.append(f"| {mode} | {c['target_bytes'] / 1e6:.1f} MB | {c['target_bytes_per_frame']} B | {c['bytes'] / 1e6:.1f} MB "
                        f"| {made} | "
                        f"{' / '.join(str(v) for v in c['fidelity'].values()) or '-'} |")

@@ -6,6 +6,7 @@ Like lhotse's manifests, this says *what* (ids, files, windows, lengths); the st
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -114,6 +115,10 @@ def _info(path: str) -> sf._SoundFileInfo | BadFile:
         return BadFile(path, reason)
 
 
+def _header(info) -> Header:
+    return Header(int(info.samplerate), int(info.frames), int(info.channels))
+
+
 def _bad(e: Entry, reason: str) -> BadFile:
     """A bad entry that knows its id and file: a Kaldi segment or lhotse cut is named by its manifest line or cut id,
     and its cached targets (of a file rewritten into garbage, say) are found again by id, not by that name."""
@@ -146,11 +151,13 @@ def _resolve(e: Entry, info, rate: int, min_samples: int, max_seconds: float) ->
 
 
 def scan(corpus: str, rate: int, min_samples: int = MIN_SAMPLES, max_seconds: float = 0,
-         known: KnownFiles | None = None) -> tuple[str, list[Utterance], list[BadFile]]:
+         known: KnownFiles | None = None, check_known: bool = False) -> tuple[str, list[Utterance], list[BadFile]]:
     """Read every header once per file (threads: it is I/O) and sort the corpus into good and bad entries.
 
     `known`: a cache's records of files; an unchanged file's header is taken from its record (same size, mtime, ctime
-    and inode: store.verify.same_stat), so only new or changed files are opened."""
+    and inode: store.verify.same_stat), so only new or changed files are opened. `check_known`: the records' headers
+    are read back from disk (untrusted) and windows are about to be planned from them (--segment-seconds: a forged
+    rate or length makes new, wrong windows), so each is checked against the file's own header, which wins."""
     root, entries, bad = read_corpus(corpus)
     if not entries and not bad:
         raise ExtractError(f"--corpus {corpus}: no audio files found (formats: {', '.join(sorted(sf.available_formats()))})")
@@ -158,7 +165,16 @@ def scan(corpus: str, rate: int, min_samples: int = MIN_SAMPLES, max_seconds: fl
     known = known or KnownFiles()
     infos = {p: h for p in paths if (h := known.header(p)) is not None}  # one stat each, no thread hand-off
     todo = [p for p in paths if p not in infos]
+    if check_known:
+        todo = paths
     with ThreadPoolExecutor(16) as pool:
-        infos.update(zip(todo, tracked(pool.map(_info, todo), len(todo), "reading audio headers", "file"), strict=True))
+        read = dict(zip(todo, tracked(pool.map(_info, todo), len(todo), "reading audio headers", "file"), strict=True))
+    lying = [p for p, h in infos.items() if not isinstance(read[p], BadFile) and h != _header(read[p])] if check_known else []
+    if lying:
+        h, f = infos[lying[0]], _header(read[lying[0]])
+        print(f"{len(lying)} source record(s) of the cache disagree with their file's header, which is used instead (first: "
+              f"{lying[0]}: recorded {h.samplerate} Hz, {h.frames} frames, {h.channels} ch; the file has {f.samplerate} Hz, "
+              f"{f.frames} frames, {f.channels} ch): the records were edited or damaged, the files are fine", file=sys.stderr)
+    infos.update(read)
     results = [_resolve(e, infos[e.path], rate, min_samples, max_seconds) for e in entries]
     return root, [r for r in results if isinstance(r, Utterance)], bad + [r for r in results if isinstance(r, BadFile)]

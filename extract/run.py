@@ -32,7 +32,7 @@ from store.lock import exclusive
 from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
 from store.progress import silenced, tracked
 from store.spec import fingerprint, validate_spec
-from store.verify import damaged_parts, source_changed
+from store.verify import damaged_parts, header_lies, source_changed
 
 MIN_SEGMENT_STEP = 0.02  # one frame of a 16 kHz, 320-hop teacher: a smaller step would repeat windows endlessly
 
@@ -138,7 +138,8 @@ def spec_of(cfg: ExtractConfig, teacher) -> dict:
 def corpus_of(cfg: ExtractConfig, teacher, known: KnownFiles | None = None) -> tuple[str, list, list]:
     """(corpus root, utterances or windows, bad entries): headers only, no teacher work. Files a cache already holds,
     unchanged since, are recognised from their stat and not opened (extract.corpus.scan)."""
-    root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, 0 if cfg.segment_seconds else cfg.max_seconds, known)
+    root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, 0 if cfg.segment_seconds else cfg.max_seconds, known,
+                           check_known=bool(cfg.segment_seconds))  # windows are planned from headers: records are checked
     if cfg.segment_seconds:
         utts = segment(utts, cfg.segment_seconds, cfg.segment_overlap)
     return root, utts, bad
@@ -255,6 +256,7 @@ def remove_orphans(cache: Cache) -> None:
         for d in orphan_attempts(cache):
             fs.rmtree(part_path(cache.path, d))
         fs.remove_stale_temp_files(cache.path)  # index.json / sources.json temp files of a run killed mid-consolidation
+        fs.remove_stale_temp_files(os.path.join(cache.path, "commits"))  # a marker's, of a writer killed while committing
 
 
 def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool, bad: list | None = None,
@@ -273,6 +275,14 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
     todo = sorted(uid for uid, r in sources.items() if uid in in_corpus and not seen(r))
     for uid in tracked(todo, len(todo), "checking changed source files", "file"):  # a file shared by segments is hashed once
         why = source_changed(sources[uid])
+        if why:
+            changed.setdefault(cache.part_of(uid), []).append(why)
+    lying = sorted(uid for uid, r in sources.items() if full and uid in in_corpus and r and cache.part_of(uid) not in changed)
+    lies: dict[str, str | None] = {}  # by path and header: the windows of one recording share its file
+    for uid in tracked(lying, len(lying), "checking recorded headers", "file"):  # --repair: a record edited in place too
+        r = sources[uid]
+        key = f"{r['path']}\0{r.get('header')}"
+        why = lies[key] if key in lies else lies.setdefault(key, header_lies(r))
         if why:
             changed.setdefault(cache.part_of(uid), []).append(why)
     for label, found in (("damaged", damaged), ("with changed source files", changed)):

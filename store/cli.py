@@ -15,7 +15,7 @@ from store.hdf5 import export_hdf5, import_hdf5
 from store.modes import AUDIO_MODES, TARGET_MODES
 from store.oneline import OneLineGroup, cli_errors, one_line_errors, parse_layers
 from store.reader import default_cache_dir, open_cache
-from store.registry import describe, human_bytes, list_caches, remove_cache
+from store.registry import check_removable, describe, human_bytes, list_caches, remove_cache
 from store.spec import FORMAT_VERSION
 from store.verify import repair_commands, verify_cache
 
@@ -199,7 +199,8 @@ def rm(path: str, cache_dir: str | None, yes: bool) -> None:
     try:
         target = open_cache(path, cache_dir).path
     except NotACacheError:
-        target = path  # a broken cache (interrupted rm or create): remove_cache decides whether it is one
+        target = path  # a broken cache (interrupted rm or create): check_removable decides whether it is one
+    check_removable(target)  # refused before anyone is asked
     if not yes:
         click.confirm(f"delete {target}?", abort=True)
     remove_cache(target)

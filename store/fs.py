@@ -219,6 +219,11 @@ _TMP = re.compile(r".+\.tmp-(\d{1,10})-[0-9a-f]{8}")
 _in_flight: set[str] = set()  # this process's temp files not yet renamed: removed at exit, SIGTERM included
 
 
+def is_temp_of(name: str, base: str) -> bool:
+    """Whether `name` is one of our temp files of `base` (_tmp_name's exact pattern), not any name holding '.tmp-'."""
+    return re.fullmatch(re.escape(base) + r"\.tmp-\d{1,10}-[0-9a-f]{8}", name) is not None
+
+
 def _tmp_name(path: str) -> str:
     import uuid
 
@@ -295,6 +300,7 @@ def publish_json(path: str, obj: object) -> bool:
                 return store.cat_file(path) == data
         return True
     tmp = _tmp_name(path)
+    _in_flight.add(tmp)  # a SIGTERM between write and link: removed by the handler (store.oneline), as every temp file
     try:
         write_bytes(tmp, data)
         os.link(tmp, path)
@@ -302,6 +308,7 @@ def publish_json(path: str, obj: object) -> bool:
         return False
     finally:
         remove_quietly(tmp)
+        _in_flight.discard(tmp)
     fsync_dir(os.path.dirname(path))
     return True
 

@@ -58,6 +58,9 @@ def marker_problem(part: str, marker) -> str | None:
         return "its audio_clipped or corpus record is malformed"
     if "bytes" in marker and not (type(marker["bytes"]) is int and marker["bytes"] >= 0):
         return "its bytes record is not a count"
+    if "digests" in marker and not (isinstance(marker["digests"], dict) and all(
+            isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in marker["digests"].items())):
+        return "its digests record is malformed"
     if "error" in marker and (why := error_sums_problem(marker["error"])):
         return f"its error record is malformed ({why})"
     return None
@@ -69,9 +72,9 @@ def read_marker(cache: str, part: str) -> dict | str:
     try:
         marker = read_json(path)
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        return f"{path}: unreadable commit marker ({type(e).__name__}); re-run extract-features to redo that part"
+        return f"{path}: unreadable commit marker ({type(e).__name__}); re-run extract-features with --repair to redo that part"
     problem = marker_problem(part, marker)
-    return f"{path}: {problem}; re-run extract-features to redo that part" if problem else marker
+    return f"{path}: {problem}; re-run extract-features with --repair to redo that part" if problem else marker
 
 
 def read_markers(cache: str, parts: list[str]) -> dict[str, dict | str]:

@@ -167,7 +167,7 @@ class Cache:
                 continue
             if not self._counts_agree(marker):
                 self.damaged[part] = (f"{self.path}/commits/{part}.json: its frame counts disagree with its sample counts; "
-                                      "re-run extract-features to redo that part")
+                                      "re-run extract-features with --repair to redo that part")
                 continue
             self.parts.append(part)
             self.part_dirs[part] = marker["dir"]
@@ -263,7 +263,7 @@ class Cache:
                 meta = read_json(os.path.join(array_dir, "zarr.json"))
             except (OSError, ValueError) as e:
                 raise CorruptDataError(f"{array_dir}: missing or unreadable array metadata ({type(e).__name__}); "
-                                       "run feature-cache verify, then extract-features to redo the part") from None
+                                       "run feature-cache verify, then extract-features --repair to redo the part") from None
             part = self._part_of_dir.get(part_dir)
             frames, samples = self.part_rows.get(part, (0, 0))
             expected = self._expected_arrays().get(key)
@@ -334,7 +334,8 @@ class Cache:
                 with fs.open_file(name, "rb") as f:
                     return decode_audio(read_flac(f, start, stop), "flac")
             except FileNotFoundError:
-                raise CorruptDataError(f"{name}: missing; run feature-cache verify, then extract-features to redo the part") from None
+                raise CorruptDataError(f"{name}: missing; run feature-cache verify, then extract-features --repair to redo the "
+                                       "part") from None
         return decode_audio(self._read(part, "audio", s0 + start, s0 + stop), self.audio_mode)
 
     def sources(self) -> dict[str, dict]:

@@ -91,7 +91,9 @@ CACHE_ENTRIES = {"zarr.json", "parts", "commits", "codebooks", "plan.json", "ind
 
 
 def _is_cache_entry(name: str) -> bool:
-    return name in CACHE_ENTRIES or ".tmp-" in name
+    """A name of CACHE_ENTRIES, or one of our temp files of those (store.fs.is_temp_of: `index.json.tmp-<pid>-<8 hex>`);
+    the creator's staging directory is never inside a cache."""
+    return name in CACHE_ENTRIES or any(fs.is_temp_of(name, entry) for entry in CACHE_ENTRIES)
 
 
 def _strangers_inside(target: str) -> list[str]:
@@ -101,7 +103,11 @@ def _strangers_inside(target: str) -> list[str]:
 
     from store.layout import is_attempt_name
 
-    rules = {"commits": lambda n: re.fullmatch(r"[A-Za-z0-9_-]{1,64}\.json", n) or ".tmp-" in n,
+    def marker(n: str) -> bool:  # a commit marker, or our temp file of one
+        base = n.split(".tmp-")[0]
+        return bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}\.json", base)) and (base == n or fs.is_temp_of(n, base))
+
+    rules = {"commits": marker,
              "parts": lambda n: n == "zarr.json" or is_attempt_name(n) and not os.path.islink(os.path.join(target, "parts", n)),
              "codebooks": lambda n: n == "zarr.json" or re.fullmatch(r"layer_\d+", n)}
     return [f"{sub}/{n}" for sub, ok in rules.items() for n in fs.listdir(os.path.join(target, sub)) if not ok(n)]
@@ -111,6 +117,14 @@ def remove_cache(path: str) -> None:
     """Delete a cache: a directory whose contents are exactly a cache's (a broken one without zarr.json too).
 
     Never a symlink (rm its target), never a directory holding anything else: rm must not delete a stranger's files."""
+    target = check_removable(path)
+    fs.rmtree(target)
+    if fs.exists(target):
+        raise CacheError(f"{path}: could not be removed completely; check its permissions")
+
+
+def check_removable(path: str) -> str:
+    """The directory `rm` would delete, or NotACacheError in one line: said before anyone is asked to confirm."""
     target = fs.resolve(path)
     if not fs.is_remote(target) and os.path.islink(target.rstrip("/")):
         raise NotACacheError(f"{path}: is a symbolic link; remove the cache it points to ({os.path.realpath(target)}) instead")
@@ -120,9 +134,7 @@ def remove_cache(path: str) -> None:
     if strangers or not fs.exists(os.path.join(target, "commits")) and not fs.exists(os.path.join(target, "zarr.json")):
         shown = ", ".join(strangers[:3]) or "no cache files"
         raise NotACacheError(f"{path}: not a cache directory (it holds {shown}); refusing to delete it")
-    fs.rmtree(target)
-    if fs.exists(target):
-        raise CacheError(f"{path}: could not be removed completely; check its permissions")
+    return target
 
 
 def human_bytes(n: float) -> str:

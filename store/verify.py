@@ -16,10 +16,12 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from store import fs
 from store.chunks import _MISSING, ShardedRows, meta_problem, shard_file
 from store.errors import CorruptDataError
-from store.index import read_index, read_markers
+from store.index import read_index, read_marker, read_markers
 from store.layout import checked_path, part_path, read_json, write_json_atomic
 from store.modes import FLAC_DIR
 from store.reader import Cache
@@ -147,8 +149,29 @@ def source_changed(record: dict | None) -> str | None:
     return None if digest == record["sha256"] else f"{path}: source file changed since it was extracted"
 
 
-def check_array(array_dir: str, expected: tuple, rows: int, codec: str, full: bool) -> list[str]:
-    """Problems with one array: metadata against the spec, then every shard and chunk that `rows` needs."""
+class RowDigest:
+    """sha256 of an array's rows in order, fed chunk by chunk (what the writer recorded at commit: store.writer); with
+    `cuts`, also each utterance's audio_digest (the marker's per-utterance sha256 of the teacher's float32 input)."""
+
+    def __init__(self, cuts: list[int] | None = None):
+        self.whole = hashlib.sha256()
+        self.cuts, self.row, self.parts = list(cuts or []), 0, []
+        self._one = hashlib.sha256() if self.cuts else None
+
+    def update(self, rows) -> None:
+        self.whole.update(rows.tobytes())
+        while self._one is not None and len(rows):
+            take = min(len(rows), self.cuts[len(self.parts)] - self.row)
+            self._one.update(rows[:take].tobytes())
+            rows, self.row = rows[take:], self.row + take
+            if self.row == self.cuts[len(self.parts)]:
+                self.parts.append(self._one.hexdigest()[:16])
+                self._one = hashlib.sha256() if len(self.parts) < len(self.cuts) else None
+
+
+def check_array(array_dir: str, expected: tuple, rows: int, codec: str, full: bool, digest: RowDigest | None = None) -> list[str]:
+    """Problems with one array: metadata against the spec, then every shard and chunk that `rows` needs (their rows fed to
+    `digest` in order)."""
     _, _, chunk_rows, shard_rows = expected
     try:
         meta = read_json(os.path.join(array_dir, "zarr.json"))
@@ -172,33 +195,59 @@ def check_array(array_dir: str, expected: tuple, rows: int, codec: str, full: bo
                 for c in range(-(-last // chunk_rows)):
                     if index[c][0] == _MISSING:
                         problems.append(f"{array_dir}: chunk {c} of shard {s} is missing")
-                    else:
-                        reader._chunk(f, s, c)
+                        digest = None  # nothing to compare once rows are missing: the missing chunk is the problem
+                        continue
+                    rows_here = reader._chunk(f, s, c)
+                    if digest is not None:
+                        digest.update(rows_here[: min(chunk_rows, last - c * chunk_rows)])
         except FileNotFoundError:
             problems.append(f"{name}: shard file is missing")
+            digest = None
         except (CorruptDataError, ValueError, OSError) as e:
             problems.append(f"{name}: damaged ({str(e).splitlines()[0][:200]})")
+            digest = None
     return problems
 
 
 def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
-    """Problems with one committed part (structure only when full=False: cheap enough for every extraction run)."""
+    """Problems with one committed part (structure only when full=False: cheap enough for every extraction run). The full
+    check also compares every array's rows with the digests its commit marker recorded: rows shuffled, or audio of two
+    utterances swapped, and written back through zarr have valid checksums, but not the digests."""
     frames, samples = cache.part_rows[part]
     problems = []
+    marker = read_marker(cache.path, part) if full else None
+    recorded = marker.get("digests", {}) if isinstance(marker, dict) else {}
+    uids = cache.part_uids(part)
     for key, expected in cache._expected_arrays().items():
         array_dir = os.path.join(part_path(cache.path, cache.part_dirs[part]), key)
-        problems += check_array(array_dir, expected, samples if key == "audio" else frames, cache.layout.codec, full)
+        exact_audio = key == "audio" and cache.audio_mode == "float32" and isinstance(marker, dict) \
+            and isinstance(marker.get("sha256"), list) and len(marker["sha256"]) == len(uids)
+        digest = RowDigest(list(np.cumsum([cache.num_samples(u) for u in uids])) if exact_audio else None) if full else None
+        found = check_array(array_dir, expected, samples if key == "audio" else frames, cache.layout.codec, full, digest)
+        problems += found
+        if found or digest is None:
+            continue
+        if key in recorded and digest.whole.hexdigest() != recorded[key]:
+            problems.append(f"{array_dir}: its rows are not the ones committed (digest differs from the commit marker's): "
+                            "rewritten or reordered after the commit")
+        if exact_audio:
+            wrong = [u for u, d, want in zip(uids, digest.parts, marker["sha256"], strict=False) if want and d != want]
+            if wrong:
+                problems.append(f"{array_dir}: the audio of {len(wrong)} utterance(s) is not what the teacher saw (first: "
+                                f"'{wrong[0]}'); rewritten after the commit")
     if cache.audio_mode == "flac":
-        problems += check_flac(cache, part, full)
+        problems += check_flac(cache, part, full, recorded.get(FLAC_DIR))
     return problems
 
 
-def check_flac(cache: Cache, part: str, full: bool) -> list[str]:
-    """Every utterance's FLAC file is there; with full, it decodes to the samples its marker says."""
+def check_flac(cache: Cache, part: str, full: bool, recorded: str | None = None) -> list[str]:
+    """Every utterance's FLAC file is there; with full, it decodes to the samples its marker says, and the files in order
+    are the bytes the marker's digest recorded."""
     import soundfile as sf
 
     problems = []
     flac_dir = os.path.join(part_path(cache.path, cache.part_dirs[part]), FLAC_DIR)
+    digest = hashlib.sha256()
     for uid in cache.part_uids(part):
         name = os.path.join(flac_dir, f"{cache._position[uid]}.flac")
         if not fs.exists(name):
@@ -206,12 +255,17 @@ def check_flac(cache: Cache, part: str, full: bool) -> list[str]:
         elif full:
             try:
                 with fs.open_file(name, "rb") as f:
-                    n = sf.info(f).frames
+                    blob = f.read()
+                digest.update(blob)
+                n = sf.info(io.BytesIO(blob)).frames
             except (RuntimeError, OSError) as e:
                 problems.append(f"{name}: damaged ({str(e)[:120]})")
                 continue
             if n != cache.num_samples(uid):
                 problems.append(f"{name}: holds {n} samples, the commit marker says {cache.num_samples(uid)}")
+    if full and not problems and recorded and digest.hexdigest() != recorded:
+        problems.append(f"{flac_dir}: its audio files are not the ones committed (digest differs from the commit marker's): "
+                        "rewritten or swapped after the commit")
     return problems
 
 
@@ -222,7 +276,8 @@ def bad_markers(cache: Cache) -> dict[str, str]:
         if isinstance(marker, str):
             found[part] = marker
         elif marker["dir"] != cache.part_dirs[part] or (sum(marker["frames"]), sum(marker["samples"])) != cache.part_rows[part]:
-            found[part] = f"{cache.path}/commits/{part}.json: disagrees with index.json; re-run extract-features to redo that part"
+            found[part] = (f"{cache.path}/commits/{part}.json: disagrees with index.json; re-run extract-features with --repair "
+                           "to redo that part")
     return found
 
 
@@ -287,7 +342,8 @@ def verify_cache(path: str, progress=None, sources: bool = False, full: bool = T
     cache = Cache(path)
     problems = list(bad_markers(cache).values()) + [f"{cache.path}: {d}" for d in cache.duplicates]
     listed = set(cache.parts) | set(cache.damaged)
-    problems += [f"{cache.path}/index.json: names part {p} whose commit marker is gone; re-run extract-features to redo it"
+    problems += [f"{cache.path}/index.json: names part {p} whose commit marker is gone; re-run extract-features with --repair to "
+                 "redo it"
                  for p in sorted(set(read_index(cache.path)) - listed)]
     try:
         stats = cache.stats  # a codebook mode's codebooks are arrays of their own: without them nothing decodes
@@ -409,4 +465,28 @@ def repair_commands(cache: Cache) -> list[str]:
 
 
 def changed_sources(cache: Cache) -> list[str]:
-    return [why for record in cache.sources().values() if (why := source_changed(record))]
+    """Source files that changed, and records whose header disagrees with their (unchanged) file's: a re-run plans windows
+    from those headers (extract.corpus.scan checks them there too)."""
+    records = list(cache.sources().values())
+    changed = [why for record in records if (why := source_changed(record))]
+    gone = {line.split(": source file")[0] for line in changed}
+    lies = {f"{r['path']}\0{r.get('header')}": r for r in records if r and r["path"] not in gone}  # windows share a file
+    return changed + [why for record in lies.values() if (why := header_lies(record))]
+
+
+def header_lies(record: dict) -> str | None:
+    """Why a record's header (rate, frames, channels) is not its file's, or None (no header recorded, or it agrees)."""
+    import soundfile as sf
+
+    header = record.get("header")
+    if header is None:
+        return None
+    try:
+        info = sf.info(record["path"])
+    except (RuntimeError, OSError):
+        return None  # an unreadable file is source_changed's to report
+    found = [int(info.samplerate), int(info.frames), int(info.channels)]
+    if header != found:
+        return (f"{record['path']}: the cache's record of its header ({header}) is not the file's ({found}): the record was "
+                "edited or damaged; re-run extract-features with --repair (windows are planned from the file)")
+    return None

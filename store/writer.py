@@ -145,6 +145,9 @@ class PartWriter:
         self.clipped = 0
         self.bytes = 0  # written by this attempt (shards, FLAC files): `feature-cache ls` sums them, no file walk
         self.error: dict[int, dict] = {}  # lossy modes: layer -> store.modes.error_sums over this part's rows
+        # sha256 of every stored array's rows in order (and of the FLAC files): verify's check that the values are these,
+        # in this order; a crc32c only says a chunk is what was written to it, not whose rows it holds
+        self._digests: dict = {}  # array key (or FLAC_DIR) -> hashlib.sha256
         self.dir = attempt_dir(part)
         self._path = part_path(cache, self.dir)
         self._guard(self._create)
@@ -160,7 +163,7 @@ class PartWriter:
     def _create(self) -> None:
         self._lease = _take_lease(self._path)
         group = zarr.open_group(self._path, mode="a")  # a fresh directory (its token is new): only the lease is in it
-        self._arrays, self._buffers, self._rows, self._encoders = {}, {}, {}, {}
+        self._arrays, self._buffers, self._rows, self._encoders, self._dtypes = {}, {}, {}, {}, {}
         arrays = part_arrays(self.layers, self.dim, self.storage_dtype, self.audio, self.layout)
         for key, (dtype, tail, chunk, shard) in arrays.items():
             self._make(group, key, tail, np.dtype(dtype), chunk, shard)
@@ -174,6 +177,8 @@ class PartWriter:
         )
         self._encoders[key] = encoder(self.layout.codec, chunk_bytes)
         self._buffers[key], self._rows[key] = [], 0
+        self._dtypes[key] = dtype
+        self._digests[key] = hashlib.sha256()
 
     def add(self, uid: str, feats: dict[int, np.ndarray], audio: np.ndarray | None, source: dict | None = None,
             samples: int | None = None) -> None:
@@ -209,6 +214,7 @@ class PartWriter:
         if self.audio == "flac":
             name = os.path.join(self._path, FLAC_DIR, f"{len(self.index['ids']) - 1}.flac")
             blob = flac_bytes(stored_audio, self._sample_rate())
+            self._digests.setdefault(FLAC_DIR, hashlib.sha256()).update(blob)
             self._guard(fs.write_bytes, name, blob, False)  # made durable all at once at commit (fs.make_durable)
             self._unsynced.append(name)
             self.bytes += len(blob)
@@ -230,6 +236,7 @@ class PartWriter:
                 continue
             data = np.concatenate(buf)
             n = len(data) if final else (len(data) // shard) * shard
+            self._digests[key].update(np.ascontiguousarray(data[:n], self._dtypes[key]).tobytes())
             for first in range(0, n, shard):
                 index = (self._rows[key] + first) // shard
                 name = shard_file(os.path.join(self._path, key), index, array.ndim)
@@ -251,6 +258,7 @@ class PartWriter:
         if self.corpus:
             marker["corpus"] = self.corpus
         marker["bytes"] = self.bytes
+        marker["digests"] = {k: h.hexdigest() for k, h in sorted(self._digests.items())}
         if self.error:
             marker["error"] = {str(k): v for k, v in sorted(self.error.items())}
         if not self._guard(self._publish, marker):

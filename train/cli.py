@@ -31,7 +31,8 @@ from train.loop import train
 @click.option("--eval-interval", type=int, default=None, help="[default: 1000]")
 @click.option("--log-interval", type=int, default=None, help="[default: 50]")
 @click.option("--checkpoint-interval", type=int, default=None, help="[default: 1000]")
-@click.option("--stop-after", type=int, default=None, help="stop (checkpointed) after this step; continue with --resume")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="stop (checkpointed) after this step (>= 1); continue with --resume")
 @click.option("--num-workers", type=int, default=None, help="DataLoader workers [default: min(4, cores - 1)]")
 @click.option("--init", type=click.Choice(["teacher", "random"]), default=None,
               help="teacher: copy each part whose shapes fit (said in one line) [default: teacher]")

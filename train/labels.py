@@ -21,15 +21,17 @@ class LabelError(UserError):
     """A label file or field that cannot be used; one line."""
 
 
-def _text_lines(path: str) -> list[tuple[int, str]]:
+def _text_lines(path: str, option: str = "--labels") -> list[tuple[int, str]]:
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             return [(n, line.rstrip("\n")) for n, line in enumerate(f, 1) if line.strip()]
     except UnicodeDecodeError as e:
-        raise LabelError(f"--labels {path}: not UTF-8 text (byte {e.start}); give a TSV, Kaldi text/utt2spk or lhotse manifest") from None
+        what = "a TSV, Kaldi text/utt2spk or lhotse manifest" if option == "--labels" else \
+            "one id per line, a Kaldi file or a lhotse manifest"
+        raise LabelError(f"{option} {path}: not UTF-8 text (byte {e.start}); give {what}") from None
     except OSError as e:
-        raise LabelError(f"--labels {path}: cannot read it ({e.strerror or e})") from None
+        raise LabelError(f"{option} {path}: cannot read it ({e.strerror or e})") from None
 
 
 def read_labels(path: str, field: str = "text") -> dict[str, str]:
@@ -84,7 +86,7 @@ def read_ids(path: str, option: str) -> list[str]:
         path = found
     if not os.path.isfile(path):
         raise LabelError(f"{option} {path}: no such file; give a file with one utterance id per line, a Kaldi dir or a lhotse manifest")
-    lines = _text_lines(path)
+    lines = _text_lines(path, option)
     if lines and lines[0][1].lstrip().startswith("{"):
         ids = []
         for n, line in lines:

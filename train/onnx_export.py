@@ -44,14 +44,54 @@ class _Outputs(torch.nn.Module):
         return out.last_hidden_state, torch.stack(out.hidden_states)
 
 
+MARK = "distilcache.export"  # metadata_props key of every graph written here: an existing file without it is not ours
+OPSETS = (18, 23)  # torch's dynamo exporter starts at 18; onnxruntime 1.18+ runs up to 23 (checked on the session anyway)
+
+
 def _load(run_dir: str) -> torch.nn.Module:
     from transformers import HubertModel
 
+    student = os.path.join(run_dir, "student")
     try:
-        return HubertModel.from_pretrained(os.path.join(run_dir, "student")).eval()
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{run_dir}: no loadable student/ ({str(e).splitlines()[0][:100]}); give the run dir of a finished "
-                          "train-student run") from None
+        return HubertModel.from_pretrained(student).eval()
+    except Exception as e:  # noqa: BLE001 - read back from disk: a truncated safetensors, a config.json that is a list...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        raise ExportError(f"{run_dir}: no loadable student/ ({type(e).__name__}: {first}); give the run dir of a finished "
+                          "train-student run, or re-export it (train-student --resume re-exports from ckpt.pt)") from None
+
+
+def _ours(path: str) -> bool:
+    """Whether `path` is an ONNX graph this command wrote (its mark in the model's metadata)."""
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - any file at all may be there
+        return False
+    return any(p.key == MARK for p in model.metadata_props)
+
+
+def check_target(run_dir: str, out: str) -> None:
+    """Refuse an --onnx target that would overwrite what is not ours: a directory, anything inside the run's student/,
+    an existing file that is not a graph written here (the student's own weights, say)."""
+    target = os.path.realpath(out)
+    student = os.path.realpath(os.path.join(run_dir, "student"))
+    if os.path.isdir(target):
+        raise ExportError(f"--onnx {out}: is a directory; give a file name, e.g. {os.path.join(out, 'student.onnx')}")
+    if target == student or target.startswith(student + os.sep):
+        raise ExportError(f"--onnx {out}: is inside the run's student/ (the exported student); give a path outside it")
+    if os.path.exists(target) and not _ours(target):
+        raise ExportError(f"--onnx {out}: exists and is not an ONNX graph written by export-student; nothing was overwritten: "
+                          "give a new file name")
+
+
+def _mark(path: str) -> None:
+    """Put our mark in the graph's metadata (the file is rewritten in place: it is our temp file)."""
+    import onnx
+
+    model = onnx.load(path)
+    model.metadata_props.add(key=MARK, value="1")
+    onnx.save(model, path)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -79,6 +119,12 @@ def export_onnx(run_dir: str, out: str, quantize: str | None = None, opset: int 
         raise ExportError("export-student --onnx needs onnx, onnxscript and onnxruntime: pip install 'distilcache[onnx]'") from None
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize}: choose int8")
+    if not OPSETS[0] <= opset <= OPSETS[1]:
+        raise ExportError(f"--opset {opset}: give {OPSETS[0]} to {OPSETS[1]} (torch's exporter starts at {OPSETS[0]}; "
+                          f"onnxruntime runs up to {OPSETS[1]})")
+    check_target(run_dir, out)
+    if quantize == "int8":
+        check_target(run_dir, _int8_name(out))
     model = _Outputs(_load(run_dir))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}.onnx"
@@ -94,7 +140,12 @@ def export_onnx(run_dir: str, out: str, quantize: str | None = None, opset: int 
             logging.disable(logging.NOTSET)
     report = {"onnx": out, "opset": opset, "checked_lengths": list(CHECK_LENGTHS)}
     try:
-        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        _mark(tmp)
+        try:
+            session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors are one class per cause, all of them a refusal here
+            raise ExportError(f"--opset {opset}: onnxruntime {ort.__version__} cannot run the exported graph "
+                              f"({str(e).splitlines()[0][:120]}); try the default --opset 18") from None
         errors = []
         for n in CHECK_LENGTHS:
             x = torch.from_numpy(np.random.default_rng(n).standard_normal((2, n)).astype(np.float32) * 0.1)
@@ -119,12 +170,18 @@ def export_onnx(run_dir: str, out: str, quantize: str | None = None, opset: int 
     return report
 
 
+def _int8_name(out: str) -> str:
+    return out[: -len(".onnx")] + ".int8.onnx" if out.endswith(".onnx") else out + ".int8.onnx"
+
+
 def _int8(out: str, model: torch.nn.Module, ort) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    q = out[: -len(".onnx")] + ".int8.onnx" if out.endswith(".onnx") else out + ".int8.onnx"
+    q = _int8_name(out)
     # MatMul (the transformer) only: onnxruntime's ConvInteger made the CNN 2.6x slower than fp32 here (docs/benchmarks.md)
     quantize_dynamic(out, q, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    if not _ours(q):
+        _mark(q)
     session = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 48_000)).astype(np.float32) * 0.1)
     with torch.no_grad():
@@ -140,7 +197,7 @@ def _int8(out: str, model: torch.nn.Module, ort) -> dict:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--onnx", "onnx_out", required=True, help="where to write the ONNX graph (fp32)")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="also write an int8 (dynamic quantization) copy")
-@click.option("--opset", type=int, default=18)
+@click.option("--opset", type=click.IntRange(*OPSETS), default=OPSETS[0], help="ONNX opset of the graph")
 @cli_errors(kept="nothing was changed")
 def main(run_dir: str, onnx_out: str, quantize: str | None, opset: int) -> None:
     """Export RUN_DIR's student to ONNX (dynamic length), checked against PyTorch; optionally int8."""

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -74,6 +75,8 @@ def mfcc(wave: np.ndarray) -> np.ndarray:
     mel = mel_filter_bank(num_frequency_bins=257, num_mel_filters=40, min_frequency=20, max_frequency=RATE / 2, sampling_rate=RATE)
     logmel = spectrogram(wave, window_function(WINDOW, "hann"), frame_length=WINDOW, hop_length=HOP, fft_length=512, power=2.0,
                          mel_filters=mel, log_mel="log", center=False, mel_floor=1e-6).T  # [frames, 40]
+    if len(wave) < WINDOW:
+        return np.zeros((0, 39), np.float32)  # no whole window: no frame (the model has none either)
     n = np.arange(40)
     dct = np.sqrt(2 / 40) * np.cos(np.pi / 40 * (n[None, :] + 0.5) * np.arange(13)[:, None])  # DCT-II rows 0..12
     c = logmel @ dct.T
@@ -97,11 +100,11 @@ def load_corpus(root: str) -> dict[str, np.ndarray]:
     return waves
 
 
-def cluster_labels(feats: dict[str, np.ndarray], k: int, seed: int) -> dict[str, np.ndarray]:
-    """k-means (faiss) on standardised MFCC frames; each frame's cluster id."""
+def cluster_labels(feats: dict[str, np.ndarray], fit_ids: list[str], k: int, seed: int) -> dict[str, np.ndarray]:
+    """k-means (faiss) on standardised MFCC frames of `fit_ids` (the training side); every frame's cluster id."""
     import faiss
 
-    allf = np.concatenate(list(feats.values()))
+    allf = np.concatenate([feats[u] for u in fit_ids])
     mean, std = allf.mean(0), allf.std(0) + 1e-5
     sample = np.ascontiguousarray(((allf - mean) / std)[np.random.default_rng(seed).permutation(len(allf))[: 256 * k]])
     km = faiss.Kmeans(sample.shape[1], k, niter=25, seed=seed, verbose=False)
@@ -166,19 +169,77 @@ def masked_accuracy(model, head, waves, labels, ids, cfg: PretrainConfig) -> flo
     return right / max(total, 1)
 
 
+STAGING_MARK = ".distilcache-pretrain-staging"  # inside a staging directory this code made: the only kind it removes
+
+
+def _staging_dirs(out: str) -> list[str]:
+    """Staging directories of earlier, interrupted pretrainings into `out`: our prefix and our mark, nothing else."""
+    parent, base = os.path.split(os.path.abspath(out))
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    return [os.path.join(parent, n) for n in names if n.startswith(f".{base}.staging-")
+            and os.path.isfile(os.path.join(parent, n, STAGING_MARK))]
+
+
+def finished(cfg: PretrainConfig) -> dict | None:
+    """The record of a teacher already pretrained with this config in cfg.out, or None when cfg.out is free for one
+    (absent or empty). Anything else there is refused in one line: cfg.out may be a user's folder, the corpus itself."""
+    if not os.path.exists(cfg.out):
+        return None
+    if not os.path.isdir(cfg.out):
+        raise SystemExit(f"{cfg.out}: is a file; give a new or empty directory for the teacher")
+    if not os.listdir(cfg.out):
+        return None
+    record_path = os.path.join(cfg.out, "pretrain.json")
+    if not os.path.isfile(record_path):
+        raise SystemExit(f"{cfg.out}: is not empty and holds no pretrained teacher (no pretrain.json); nothing was touched: "
+                         "give a new or empty directory")
+    try:
+        with open(record_path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = None  # read back from disk: untrusted
+    if isinstance(record, dict) and record.get("config") == {**dataclasses.asdict(cfg), "out": None}:
+        return record
+    raise SystemExit(f"{cfg.out}: holds a teacher pretrained with another config (or an unreadable pretrain.json); remove "
+                     "it or choose another directory")
+
+
+def split_held_out(ids: list[str], cfg: PretrainConfig) -> tuple[set[str], list[str]]:
+    """(held-out ids, training ids), made before anything is fitted: the clusters and their standardisation see the
+    training side only, so the held-out accuracy is held out."""
+    if len(ids) < 2:
+        raise SystemExit(f"{cfg.corpus}: {len(ids)} usable utterance(s); pretraining needs at least 2 (one is held out to "
+                         "measure it): give more audio")
+    rng = np.random.default_rng(cfg.seed)
+    held = set(rng.permutation(ids)[: max(1, int(cfg.held_out * len(ids)))].tolist())
+    return held, [u for u in ids if u not in held]
+
+
+def long_enough(feats: dict[str, np.ndarray], cfg: PretrainConfig) -> list[str]:
+    """The ids with room for a masked span (more than mask_length frames), sorted; the others are left out, saying so."""
+    ids = sorted(u for u, f in feats.items() if len(f) > cfg.mask_length)
+    if len(ids) < len(feats):
+        short = sorted(set(feats) - set(ids))
+        print(f"{cfg.corpus}: {len(short)} utterance(s) of {cfg.mask_length} frames or fewer ({cfg.mask_length * HOP + WINDOW} "
+              f"samples) left out, too short for a masked span (first: {short[0]})", file=sys.stderr)
+    return ids
+
+
+def check_clusterable(feats: dict[str, np.ndarray], train_ids: list[str], cfg: PretrainConfig) -> None:
+    frames = sum(len(feats[u]) for u in train_ids)
+    if frames < cfg.clusters:
+        raise SystemExit(f"{cfg.corpus}: {frames} training frame(s); k-means with {cfg.clusters} clusters needs at least "
+                         f"{cfg.clusters}: give more audio")
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Train (or find) the teacher; returns its record (pretrain.json)."""
-    record_path = os.path.join(cfg.out, "pretrain.json")
-    if os.path.exists(record_path):
-        try:
-            with open(record_path) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            record = None  # read back from disk: untrusted
-        if isinstance(record, dict) and record.get("config") == {**dataclasses.asdict(cfg), "out": None}:
-            return record
-        raise SystemExit(f"{cfg.out}: holds a teacher pretrained with another config (or an unreadable pretrain.json); remove "
-                         "it or choose another directory")
+    record = finished(cfg)
+    if record is not None:
+        return record
     from transformers import Wav2Vec2FeatureExtractor
 
     t0 = time.time()
@@ -186,11 +247,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
     np.random.seed(cfg.seed)
     waves = load_corpus(cfg.corpus)
     feats = {u: mfcc(w) for u, w in waves.items()}
-    labels = cluster_labels(feats, cfg.clusters, cfg.seed)
-    ids = sorted(waves)
+    ids = long_enough(feats, cfg)
+    held, train_ids = split_held_out(ids, cfg)
+    check_clusterable(feats, train_ids, cfg)
+    labels = cluster_labels(feats, train_ids, cfg.clusters, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    held = set(rng.permutation(ids)[: max(1, int(cfg.held_out * len(ids)))].tolist())
-    train_ids = [u for u in ids if u not in held and len(labels[u]) > cfg.mask_length]
+    rng.permutation(ids)  # the held-out draw's place in this stream, kept: the same crops as before for the same seed
     model = build_model(cfg)
     head = nn.Linear(cfg.hidden, cfg.clusters)  # HuBERT's projection + cosine head, as one linear layer
     params = list(model.parameters()) + list(head.parameters())
@@ -227,16 +289,32 @@ def pretrain(cfg: PretrainConfig) -> dict:
               "masked_accuracy_held_out": {"before": round(accuracy_before, 4), "after": round(accuracy, 4),
                                            "majority_cluster": round(float(counts.max() / counts.sum()), 4)},
               "log": log}
-    tmp = cfg.out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     model.eval()
-    model.save_pretrained(tmp)
-    Wav2Vec2FeatureExtractor(do_normalize=False, sampling_rate=RATE).save_pretrained(tmp)  # HuBERT-base's: raw waveform in
-    with open(os.path.join(tmp, "pretrain.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    shutil.rmtree(cfg.out, ignore_errors=True)
-    os.replace(tmp, cfg.out)
+    publish(cfg, lambda tmp: (model.save_pretrained(tmp),  # HuBERT-base's feature extractor: raw waveform in
+                              Wav2Vec2FeatureExtractor(do_normalize=False, sampling_rate=RATE).save_pretrained(tmp)), record)
     return record
+
+
+def publish(cfg: PretrainConfig, save, record: dict) -> None:
+    """Save into a fresh staging directory beside cfg.out (made here, marked), then rename it to cfg.out, which is absent
+    or an empty directory (finished() refused anything else). Only marked staging directories are ever removed."""
+    for old in _staging_dirs(cfg.out):  # of a pretraining killed while saving
+        shutil.rmtree(old, ignore_errors=True)
+    parent, base = os.path.split(os.path.abspath(cfg.out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.staging-", dir=parent)
+    open(os.path.join(tmp, STAGING_MARK), "w").close()
+    try:
+        save(tmp)
+        with open(os.path.join(tmp, "pretrain.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        os.remove(os.path.join(tmp, STAGING_MARK))
+        if os.path.isdir(cfg.out):
+            os.rmdir(cfg.out)  # empty (checked before training); a file put there since fails here, loudly, and is kept
+        os.replace(tmp, cfg.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: made above
+        raise
 
 
 def main() -> None:

@@ -123,6 +123,10 @@ def split(cfg: ProbeConfig, cache, ids: list[str]) -> tuple[list[str], list[str]
         if shared:
             raise ProbeError(f"--dev-ids {cfg.dev_ids} shares utterances with the test split (first: {shared[0]})")
         in_dev = set(dev)
+        also_train = [u for u in train if u in in_dev]
+        if also_train:  # the user listed them for training too: dev wins (it selects the epoch), and that is said
+            _say(f"--dev-ids {cfg.dev_ids}: {len(also_train)} of its ids are also in the training split (first: {also_train[0]}); "
+                 f"they are used as dev only, leaving {len(train) - len(also_train)} training utterances")
         train = [u for u in train if u not in in_dev]
         how["dev_ids"] = os.path.abspath(cfg.dev_ids)
     else:

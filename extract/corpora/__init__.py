@@ -89,6 +89,9 @@ def read_corpus(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
     for reader in (kaldi, lhotse_manifest, directory, tsv):
         if reader.accepts(corpus):
             root, entries, bad = reader.read(corpus)
+            nul = [e for e in entries if "\x00" in e.path]  # a Kaldi or lhotse path no file system can hold: a bad entry
+            entries = [e for e in entries if "\x00" not in e.path]
+            bad = bad + [BadFile(e.where, "its path holds a NUL byte, which no file name can; fix the entry", e.uid) for e in nul]
             entries, dup = duplicates(entries)
             return root, entries, bad + dup
     raise ExtractError(f"--corpus {corpus}: not a directory, TSV, Kaldi data dir or lhotse manifest")

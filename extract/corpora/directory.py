@@ -19,14 +19,14 @@ def audio_extensions() -> set[str]:
     return {f".{fmt.lower()}" for fmt in sf.available_formats()} | {".oga", ".opus", ".aif", ".aiff"}
 
 
-def walk(root: str) -> list[str]:
+def walk(root: str, unreadable: list[tuple[str, str]] | None = None) -> list[str]:
     """Regular audio files under root, following symlinks, each real file once (directory loops end).
 
     A file reached twice (a link to a file or directory of the corpus, a link added later, a hard link) keeps the id of
     its real path, never the link's: a link sorting before its target must not re-cache the file under a new id.
     Hand-written because os.walk(followlinks=True) repeats linked trees and offers no identity of files; on os.scandir,
     whose listing gives a plain file's type and inode without a stat (a realpath per file was a third of a LibriSpeech re-run's
-    scan)."""
+    scan). A directory that cannot be listed is added to `unreadable` as (path, why): never passed over in silence."""
     exts = audio_extensions()
     real_root = os.path.realpath(root)
     seen_dirs: set[tuple[int, int]] = set()
@@ -37,8 +37,10 @@ def walk(root: str) -> list[str]:
         try:
             st = os.stat(d)
             entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
-            return  # as os.walk: a directory that cannot be listed is passed over
+        except OSError as e:
+            if unreadable is not None:
+                unreadable.append((d, e.strerror or type(e).__name__))
+            return
         if (st.st_dev, st.st_ino) in seen_dirs:
             return
         seen_dirs.add((st.st_dev, st.st_ino))
@@ -111,4 +113,7 @@ def file_entries(root: str, rels: list[str]) -> list[Entry]:
 
 def read(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
     root = os.path.abspath(corpus)
-    return root, file_entries(root, walk(root)), []
+    unreadable: list[tuple[str, str]] = []
+    entries = file_entries(root, walk(root, unreadable))
+    return root, entries, [BadFile(d, f"a directory of the corpus that cannot be listed ({why}): its files are not seen; fix "
+                                      "its permissions, or move it out of the corpus") for d, why in unreadable]

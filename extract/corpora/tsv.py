@@ -13,7 +13,7 @@ def accepts(corpus: str) -> bool:
     return os.path.isfile(corpus)
 
 
-def relative_paths(corpus: str) -> tuple[str, list[str]]:
+def relative_paths(corpus: str) -> tuple[str, list[str], list[BadFile]]:
     try:
         with open(corpus, encoding="utf-8") as f:
             lines = [ln.rstrip("\n").rstrip("\r") for ln in f]
@@ -23,9 +23,12 @@ def relative_paths(corpus: str) -> tuple[str, list[str]]:
         raise ExtractError(f"--corpus {corpus}: a TSV manifest's first line must be the audio root directory (got {lines[:1]})")
     root = os.path.abspath(lines[0].strip())
     real_root = os.path.realpath(root)
-    rels = []
+    rels, bad = [], []
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
+            continue
+        if "\x00" in line:  # no file system path holds one (os.stat raises on it): a bad entry, which --on-error skip skips
+            bad.append(BadFile(f"{corpus} line {n}", "its path holds a NUL byte, which no file name can; fix the line"))
             continue
         cols = line.split("\t")
         if len(cols) > 2 or len(cols) == 2 and not cols[1].strip().isdigit():
@@ -35,9 +38,9 @@ def relative_paths(corpus: str) -> tuple[str, list[str]]:
         if os.path.isabs(rel) or os.path.commonpath([real_root, full]) != real_root:
             raise ExtractError(f"--corpus {corpus}, line {n}: {rel!r} is outside the root {root}; paths must be relative to it")
         rels.append(os.path.normpath(rel))
-    return root, rels
+    return root, rels, bad
 
 
 def read(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
-    root, rels = relative_paths(corpus)
-    return root, file_entries(root, rels), []
+    root, rels, bad = relative_paths(corpus)
+    return root, file_entries(root, rels), bad

@@ -36,6 +36,54 @@ def test_verify_finds_index_mismatch(small_cache):
     assert any("p000001.json: its frame counts disagree with its sample counts" in p for p in verify_cache(cache.path))
 
 
+def test_rows_rewritten_with_valid_checksums_are_found_by_verify_not_by_quick(small_cache):
+    """A part's rows shuffled, or two utterances' audio swapped, and written back through zarr: every chunk's crc32c is
+    valid, and verify said ok while 17 (2) utterances read other values. The commit marker's digests tell."""
+    import zarr
+
+    cache, truth = small_cache
+    part = os.path.join(cache.path, "parts", cache.part_dirs["p000000"])
+    layer = zarr.open_array(os.path.join(part, "layer_2"), mode="r+")
+    rows = layer[...]
+    layer[...] = rows[np.random.default_rng(0).permutation(len(rows))]
+    problems = verify_cache(cache.path, workers=1)
+    assert len(problems) == 1 and "layer_2: its rows are not the ones committed" in problems[0]
+    assert verify_cache(cache.path, full=False, workers=1) == []  # the structure check does not read rows
+    layer[...] = rows
+    assert verify_cache(cache.path, workers=1) == []
+    audio = zarr.open_array(os.path.join(part, "audio"), mode="r+")
+    wave = audio[...]
+    n = cache.num_samples("a/one")
+    swapped = wave.copy()
+    swapped[:n], swapped[n : 2 * n] = wave[n : 2 * n], wave[:n]
+    audio[...] = swapped
+    problems = verify_cache(cache.path, workers=1)
+    assert any("audio: its rows are not the ones committed" in p for p in problems)
+    assert any("the audio of 2 utterance(s) is not what the teacher saw (first: 'a/one')" in p for p in problems)
+
+
+def test_swapped_flac_files_are_found_by_verify(tmp_path):
+    from store import Layout, PartWriter, create_cache
+    from tests.conftest import DIM, fake_utterance, make_spec
+
+    layout = Layout(chunk_frames=8, shard_frames=32)
+    path = create_cache(str(tmp_path / "root"), make_spec(audio="flac"), {"teacher": "tiny"}, layout)
+    w = PartWriter(path, "p000000", [1, 2, 3], DIM, "float16", layout, audio="flac")
+    for uid, frames in (("a", 25), ("b", 25)):  # equal lengths: the swap keeps every file's sample count
+        feats, audio = fake_utterance(uid, frames)
+        w.add(uid, feats, audio * 0.1)
+    w.commit()
+    assert verify_cache(path, workers=1) == []
+    flac = os.path.join(path, "parts", open_cache(path).part_dirs["p000000"], "audio_flac")
+    names = sorted(os.listdir(flac))
+    a, b = (os.path.join(flac, n) for n in names)
+    data_a, data_b = open(a, "rb").read(), open(b, "rb").read()
+    open(a, "wb").write(data_b)
+    open(b, "wb").write(data_a)
+    problems = verify_cache(path, workers=1)
+    assert len(problems) == 1 and "its audio files are not the ones committed" in problems[0]
+
+
 def test_hdf5_round_trip(small_cache, tmp_path):
     cache, truth = small_cache
     out = str(tmp_path / "x.h5")

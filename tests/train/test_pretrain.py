@@ -65,3 +65,55 @@ def test_the_espeak_corpus_writes_audio_and_every_label_file(tmp_path):
     json.dump({"args": {}}, open(tmp_path / "s" / "corpus.json", "w"))
     with pytest.raises(SystemExit, match="holds another corpus"):
         make_corpus(str(tmp_path / "s"), 2, 3, 0, keywords_per_speaker=2)
+
+
+def _tiny(corpus, out, **kw):
+    from train.pretrain import PretrainConfig
+
+    small = dict(layers=1, hidden=16, heads=2, ffn=32, conv=16, clusters=4, steps=2, batch=2, crop_seconds=1.0, held_out=0.2)
+    return PretrainConfig(str(corpus), str(out), **{**small, **kw})
+
+
+def test_the_held_out_utterances_are_not_in_the_clusters_fit(tmp_path, monkeypatch):
+    """The MFCC standardisation and k-means were fitted on every utterance, the held-out ones included."""
+    pytest.importorskip("faiss")
+    from train import pretrain as module
+
+    fitted = {}
+    real = module.cluster_labels
+
+    def spy(feats, fit_ids, k, seed):
+        fitted["ids"] = list(fit_ids)
+        return real(feats, fit_ids, k, seed)
+
+    monkeypatch.setattr(module, "cluster_labels", spy)
+    corpus = build_corpus(str(tmp_path / "c"), n=10)
+    cfg = _tiny(corpus, tmp_path / "t", held_out=0.3)
+    record = module.pretrain(cfg)
+    feats = {u: module.mfcc(w) for u, w in module.load_corpus(corpus).items()}
+    held, train_ids = module.split_held_out(module.long_enough(feats, cfg), cfg)
+    assert record["held_out"] == len(held) == 3 and set(fitted["ids"]) == set(train_ids) and not held & set(fitted["ids"])
+
+
+def test_small_corpora_are_one_line_each(tmp_path):
+    """One file (numpy's 'a cannot be empty'), a held-out file under 400 samples (IndexError in masks), under the
+    cluster count of frames (faiss's RuntimeError): one line each, or the short file left out saying so."""
+    pytest.importorskip("faiss")
+    import soundfile as sf
+
+    from tests.conftest import write_wav
+    from train.pretrain import pretrain
+
+    one = tmp_path / "one"
+    write_wav(str(one / "a.wav"), 1.0)
+    with pytest.raises(SystemExit, match="at least 2"):
+        pretrain(_tiny(one, tmp_path / "t1"))
+    few = tmp_path / "few"
+    for i in range(2):
+        write_wav(str(few / f"{i}.wav"), 0.3, seed=i)  # 14 frames each: fewer than 100 clusters
+    with pytest.raises(SystemExit, match="k-means with 100 clusters needs at least 100"):
+        pretrain(_tiny(few, tmp_path / "t2", clusters=100))
+    short = build_corpus(str(tmp_path / "short"), n=4)
+    sf.write(str(tmp_path / "short" / "tiny.wav"), np.zeros(300, np.float32), 16000)
+    record = pretrain(_tiny(short, tmp_path / "t3", held_out=0.5))
+    assert record["utterances"] == 4  # the 300-sample file was left out, with a line

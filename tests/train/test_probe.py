@@ -11,6 +11,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from extract import ExtractConfig, extract_features
+from store.oneline import UserError
 from train.probe import ProbeConfig, ProbeError, probe_features
 from train.probe_cli import main as probe_cli
 
@@ -232,3 +233,21 @@ def test_the_upstream_parameter_count_leaves_out_pretrainings_mask_vector(tones)
     model = HubertModel(HubertConfig(**spec["teacher"]["config"]))
     assert hasattr(model, "masked_spec_embed")
     assert upstream_parameters(spec) == sum(p.numel() for p in model.parameters()) - model.masked_spec_embed.numel()
+
+
+def test_dev_ids_name_their_own_option_and_say_what_they_take_from_training(tones, tmp_path, capsys):
+    """A binary --dev-ids file was reported as `--labels FILE: not UTF-8`; dev ids also listed for training were silently
+    removed from it (8 -> 6)."""
+    ids = [f"kws/u{i:02d}" for i in range(60)]
+    (tmp_path / "train").write_text("\n".join(ids[:45]) + "\n")
+    (tmp_path / "test").write_text("\n".join(ids[45:]) + "\n")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00bin")
+    with pytest.raises(UserError, match=r"^--dev-ids .*binary: not UTF-8"):
+        probe_features(_cfg(tones, tmp_path / "p", train_ids=str(tmp_path / "train"), test_ids=str(tmp_path / "test"),
+                            dev_ids=str(tmp_path / "binary"), epochs=1))
+    (tmp_path / "dev").write_text("\n".join(ids[40:45]) + "\n")  # also in the training list
+    capsys.readouterr()
+    result = probe_features(_cfg(tones, tmp_path / "q", train_ids=str(tmp_path / "train"), test_ids=str(tmp_path / "test"),
+                                 dev_ids=str(tmp_path / "dev"), epochs=1))
+    assert (result["split"]["train"], result["split"]["dev"]) == (40, 5)
+    assert "5 of its ids are also in the training split (first: kws/u40); they are used as dev only, leaving 40" in capsys.readouterr().err

@@ -99,3 +99,12 @@ def test_a_full_disk_while_exporting_is_one_line_and_resume_finishes(cached, tmp
     assert r.exit_code == 0, r.output
     assert HubertModel.from_pretrained(str(out / "student")) is not None
     assert os.path.exists(out / "loss.png") and os.path.exists(out / "eval.json")
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_stop_after_below_one_is_refused_in_one_line(cached, tmp_path, value):
+    """--stop-after 0 ran every step with no line (0 meant "not given"), while -1 was refused."""
+    r = CliRunner().invoke(train_cli, ["--cache", cached["path"], "--out", str(tmp_path / "r"), "--steps", "2", "--num-workers", "0",
+                                       "--stop-after", value, "--quiet"])
+    assert r.exit_code == 2 and "--stop-after" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not os.path.exists(tmp_path / "r")
