@@ -94,9 +94,9 @@ def _read_meta(f, src: str) -> dict:
     except (ValueError, TypeError, SpecMismatchError) as e:
         raise ImportError_(f"{src}: its 'distilcache' attribute is not a valid export header ({str(e)[:120]})") from None
     stats = stats_from_json(meta.get("stats"))
-    for k in stats if spec["storage_dtype"] == "pq" and stats else []:
+    for k in stats if TARGET_MODES[spec["storage_dtype"]].codebooks and stats else []:
         if f"codebooks/{layer_key(k)}" not in f:
-            raise ImportError_(f"{src}: a pq export without codebooks/{layer_key(k)}; export the cache again")
+            raise ImportError_(f"{src}: a {spec['storage_dtype']} export without codebooks/{layer_key(k)}; export the cache again")
         stats[k]["codebooks"] = np.asarray(f[f"codebooks/{layer_key(k)}"][()], np.float32)
     return {"spec": spec, "layout": layout, "provenance": provenance, "stats": stats}
 
@@ -173,6 +173,9 @@ def import_hdf5(src: str, cache_dir: str | None = None, part_frames: int = 200_0
     with f:
         meta = _read_meta(f, src)
         spec, layout = meta["spec"], meta["layout"]
+        if not TARGET_MODES[spec["storage_dtype"]].recodes_exactly:
+            raise ImportError_(f"{src}: a {spec['storage_dtype']} export cannot be imported into the same cache: its coding is a beam "
+                               "search, which codes the exported floats into other codes; convert the source cache again instead")
         records = _records(f, src)
         samples = _utterances(f, src, spec, records)
         names = sorted(samples)

@@ -30,6 +30,8 @@ class TargetMode:
     name = ""
     lossy = False
     needs_stats = False
+    codebooks = False  # its statistics hold codebooks ([groups or books, 256, width]), stored as arrays codebooks/layer_K
+    recodes_exactly = True  # encode(decode(codes)) == codes: an HDF5 export (floats) imports into the same bytes
 
     def arrays(self, dim: int) -> dict[str, tuple[ArraySpec, int]]:
         """suffix -> (array spec, row width) of what one layer keeps."""
@@ -122,7 +124,7 @@ class ProductMode(TargetMode):
     and kept like int8's. The codebooks are statistics too (in the spec's digest), stored as arrays `codebooks/layer_K`
     [dim / SUB, 256, SUB] beside the parts, not in the root attributes."""
 
-    name, needs_stats, lossy = "pq", True, True
+    name, needs_stats, lossy, codebooks = "pq", True, True, True
     SUB, CENTROIDS = 4, 256
 
     def arrays(self, dim):
@@ -187,9 +189,78 @@ def _quantizer(codebooks: np.ndarray):
     return pq
 
 
+class ResidualMode(TargetMode):
+    """Residual vector quantisation over the whole standardised vector: BOOKS codebooks of 256 codewords, each coding
+    what the ones before it left, refined jointly (faiss.ResidualQuantizer, beam search). BOOKS bytes per row, whatever
+    the width: 16 or 8 B for a 768-wide layer where pq keeps 192 (icefall keeps HuBERT targets at 8 B a frame the same
+    way). Chosen over faiss's additive LSQ, measured side by side (docs/benchmarks.md: LSQ coded worse and 7x slower
+    at 8 books). Codebooks [BOOKS, 256, dim] are statistics, stored as pq's."""
+
+    needs_stats = lossy = codebooks = True
+    recodes_exactly = False  # beam search: the decoded floats may code to other (near-equal) codes
+    BEAM = 4  # beam search width for fitting and coding: beam 8 coded 3% better (rel L2) at 2.3x the time
+
+    def __init__(self, books: int):
+        self.books, self.name = books, f"rvq{books}"
+
+    def arrays(self, dim):
+        return {"": (ArraySpec("uint8", True), self.books)}
+
+    def fit(self, samples):
+        faiss = _faiss(self.name)
+        stats = fit_stats(samples)
+        z = np.ascontiguousarray((np.concatenate(samples).astype(np.float32) - stats["mean"]) / stats["std"])
+        if len(z) < 256:
+            from store.errors import SpecMismatchError
+
+            raise SpecMismatchError(f"--storage {self.name} fits 256 codewords per codebook, but the fitting sample holds "
+                                    f"{len(z)} frames; use a corpus of more than 5 s of audio, or int8")
+        rq = faiss.ResidualQuantizer(z.shape[1], self.books, 8)
+        rq.max_beam_size = self.BEAM
+        rq.cp.min_points_per_centroid = 1  # as pq: a small sample is fine (and faiss would warn once per codebook)
+        rq.train(z[np.random.default_rng(0).permutation(len(z))[: 64 * 256]])
+        stats["codebooks"] = faiss.vector_to_array(rq.codebooks).reshape(self.books, 256, z.shape[1]).astype(np.float32)
+        return stats
+
+    def encode(self, x, stats):
+        z = np.ascontiguousarray((np.asarray(x, np.float32) - stats["mean"]) / stats["std"], dtype=np.float32)
+        return {"": _residual(stats["codebooks"], self.BEAM).compute_codes(z).reshape(len(z), self.books)}
+
+    def decode(self, stored, stats):
+        codes, cb = stored[""], stats["codebooks"]
+        z = cb[np.arange(cb.shape[0])[None, :], codes.astype(np.intp)].sum(1)
+        return z * stats["std"] + stats["mean"]
+
+
+def _faiss(mode: str):
+    try:
+        import faiss
+    except ImportError:
+        from store.errors import SpecMismatchError
+
+        raise SpecMismatchError(f"--storage {mode} codes with faiss: pip install 'distilcache[pq]' (reading needs only numpy)") from None
+    return faiss
+
+
+def _residual(codebooks: np.ndarray, beam: int):
+    """A faiss ResidualQuantizer holding `codebooks` ([books, 256, dim]), built once per codebooks array."""
+    found = _quantizers.get(id(codebooks))
+    if found is not None and found[0] is codebooks:
+        return found[1]
+    faiss = _faiss("rvq")
+    books, _, dim = codebooks.shape
+    rq = faiss.ResidualQuantizer(dim, books, 8)
+    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), rq.codebooks)
+    rq.is_trained, rq.max_beam_size = True, beam
+    if len(_quantizers) > 64:
+        _quantizers.clear()
+    _quantizers[id(codebooks)] = (codebooks, rq)
+    return rq
+
+
 TARGET_MODES: dict[str, TargetMode] = {m.name: m for m in (
     FloatMode("float16", "float16"), FloatMode("bfloat16", "uint16"), FloatMode("float32", "float32"),
-    IntMode("int8", 8), IntMode("int4", 4), ProductMode())}
+    IntMode("int8", 8), IntMode("int4", 4), ProductMode(), ResidualMode(16), ResidualMode(8))}
 AUDIO_MODES = ("float32", "int16", "flac", "none")
 FLAC_DIR = "audio_flac"  # flac: one PCM_16 FLAC file per utterance in the part, <index in the part>.flac
 

@@ -48,7 +48,7 @@ def read_stats(path: str, meta: dict) -> dict | None:
     """A lossy cache's per-layer statistics: mean and std from the root attributes, and a codebook mode's codebooks
     from their arrays (`codebooks/layer_K`). None for float modes."""
     stats = stats_from_json(meta.get("stats"))
-    if stats and TARGET_MODES[meta["spec"]["storage_dtype"]].name == "pq":
+    if stats and TARGET_MODES[meta["spec"]["storage_dtype"]].codebooks:
         for k in stats:
             name = os.path.join(fs.resolve(path), "codebooks", f"layer_{k}")
             try:

@@ -12,6 +12,7 @@ import click
 
 from store.oneline import OneLineCommand, cli_errors
 from train.config import ConfigError
+from train.paired import margin_for, paired_difference, per_clip, verdict
 
 
 def _json(path: str, required: bool, run_dir: str):
@@ -189,7 +190,7 @@ def probe_table(probes: list[dict]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def compare_probes(probe_dirs: tuple[str, ...], as_json: bool) -> None:
+def compare_probes(probe_dirs: tuple[str, ...], as_json: bool, margin: float | None = None) -> None:
     """Probes side by side; refused when they are not the same question (another task or metric, another test set)."""
     probes = [read_probe(d) for d in probe_dirs]
     for key, what in ((lambda p: (p["task"], p["metric"]), "tasks"), (lambda p: p["split"].get("test_ids_sha256"), "test sets")):
@@ -197,10 +198,36 @@ def compare_probes(probe_dirs: tuple[str, ...], as_json: bool) -> None:
         if len(seen) > 1:
             raise ConfigError(f"compare-runs: the probes answer different {what} ({', '.join(seen)[:120]}); compare probes of one "
                               "task on one test split")
+    pairs = paired_rows(probes, margin)
     if as_json:
-        click.echo(json.dumps({"probes": probes}))
-    else:
-        click.echo(probe_table(probes))
+        click.echo(json.dumps({"probes": probes, "paired": pairs}))
+        return
+    click.echo(probe_table(probes))
+    if pairs:
+        click.echo(f"\npaired with {probes[0]['run']} on the same {pairs[0]['clips']} test clips (bootstrap over clips):")
+        for r in pairs:
+            lo, hi = r["ci95"]
+            click.echo(f"  {r['run']}: {r['metric']} {r['difference']:+.4f} ({lo:+.4f} to {hi:+.4f}): {r['verdict']}")
+
+
+def paired_rows(probes: list[dict], margin: float | None) -> list[dict]:
+    """Each probe against the first by paired bootstrap of the per-clip difference (train.paired); [] when a probe keeps
+    no per-clip scores (made before they were kept: re-run it)."""
+    clips = [per_clip(p) for p in probes]
+    if len(probes) < 2 or any(c is None for c in clips):
+        if len(probes) >= 2:
+            click.echo("note: a probe keeps no per-clip scores (made by an older probe-features): no paired comparison; re-run it",
+                       err=True)
+        return []
+    rows = []
+    for p, c in zip(probes[1:], clips[1:], strict=True):
+        try:
+            d = paired_difference(clips[0], c)
+        except ValueError:
+            raise ConfigError(f"compare-runs: {p['run']} was scored on other test clips than {probes[0]['run']}") from None
+        m = margin_for(p["metric"], margin)
+        rows.append({"run": p["run"], "metric": p["metric"], **d, "margin": m, "verdict": verdict(p["metric"], d, m)})
+    return rows
 
 
 @click.command("compare-runs", cls=OneLineCommand)
@@ -209,8 +236,10 @@ def compare_probes(probe_dirs: tuple[str, ...], as_json: bool) -> None:
               "with --json, none unless given]")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
 @click.option("--strict", is_flag=True, help="refuse runs whose teachers, target layers or held-out sets differ (default: warn)")
+@click.option("--margin", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="probes: what 'as good as' means for the paired difference [default: 0.02 of an error rate, 0.03 of accuracy]")
 @cli_errors(kept="nothing was changed")
-def main(run_dirs: tuple[str, ...], plot_file: str | None, as_json: bool, strict: bool) -> None:
+def main(run_dirs: tuple[str, ...], plot_file: str | None, as_json: bool, strict: bool, margin: float | None) -> None:
     """Designs, teachers, targets, steps and held-out per-layer L1/cosine of RUN_DIRS side by side, and one plot of the
     training and held-out losses. A run still going shows its latest held-out results, marked partial. Probe dirs
     (probe-features --out) print upstream | params | task | metric ± interval instead."""
@@ -219,7 +248,7 @@ def main(run_dirs: tuple[str, ...], plot_file: str | None, as_json: bool, strict
         if len(probes) != len(run_dirs):
             raise ConfigError(f"compare-runs: {probes[0]} is a probe dir, {next(d for d in run_dirs if d not in probes)} is not; "
                               "compare probes with probes, training runs with training runs")
-        compare_probes(run_dirs, as_json)
+        compare_probes(run_dirs, as_json, margin)
         return
     runs = [read_run(d) for d in run_dirs]
     differ = differences(runs)

@@ -42,7 +42,7 @@ class TrainConfig:
     student_heads: int = 0  # 0: the preset's, or the teacher's at its width, else ~64 dims per head
     student_ffn: int = 0  # 0: the preset's, or the teacher's at its width, else 4 x width
     match: str = ""  # layer-to-layer objective, STUDENT:TEACHER pairs ("1:4,2:8,3:12"); "": heads on the last layer
-    steps: int = 200_000  # paper: 200k
+    steps: int = 200_000  # paper: 200k; 0 exports the initialised student untrained (a control: what copying the teacher gives)
     batch_size: int = 24  # utterances per step (paper: 24)
     max_crop_samples: int = 250_000  # random crop, at most 15.6 s
     lr: float = 2e-4
@@ -89,8 +89,8 @@ class TrainConfig:
             value = getattr(self, name)
             if type(value) is not int or not -1 < value <= top:
                 raise ConfigError(f"--{name.replace('_', '-')} {value}: give a whole number between 0 and {top}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"--steps {self.steps} / --batch-size {self.batch_size}: both must be at least 1")
+        if self.steps < 0 or self.batch_size < 1:  # --steps 0: the initialised student exported untrained (the step-0 control)
+            raise ConfigError(f"--steps {self.steps} / --batch-size {self.batch_size}: steps at least 0, batch size at least 1")
         if not 0 <= self.valid_fraction <= 0.5:
             raise ConfigError(f"--valid-fraction {self.valid_fraction}: hold out between 0 and 0.5 of the utterances")
         for name in ("lr", "eps", "grad_clip"):

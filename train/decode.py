@@ -9,14 +9,14 @@ from store import Cache
 
 
 class DeviceDecoder:
-    """codes [B, N, F, W] and scales [B, N, F] (int8/int4; None for pq) -> targets [B, N, F, D] float32, as
-    store.modes.IntMode.decode and ProductMode.decode."""
+    """codes [B, N, F, W] and scales [B, N, F] (int8/int4; None for pq and rvq) -> targets [B, N, F, D] float32, as
+    store.modes.IntMode.decode, ProductMode.decode and ResidualMode.decode."""
 
     def __init__(self, cache: Cache, layers: list[int], device: torch.device):
         self.bits = getattr(cache.mode, "bits", None)
         self.dim = cache.spec["dim"]
-        self.codebooks = None
-        if cache.mode.name == "pq":  # [N, M, 256, SUB]
+        self.codebooks, self.summed = None, cache.mode.name.startswith("rvq")  # rvq: the books' codewords add up
+        if cache.mode.codebooks:  # [N, M, 256, SUB] (pq: a group each), [N, BOOKS, 256, D] (rvq: the whole vector each)
             self.codebooks = torch.stack([torch.from_numpy(cache.stats[k]["codebooks"]) for k in layers]).to(device)
         self.mean = torch.stack([torch.from_numpy(cache.stats[k]["mean"]) for k in layers]).to(device)[None, :, None, :]
         self.std = torch.stack([torch.from_numpy(cache.stats[k]["std"]) for k in layers]).to(device)[None, :, None, :]
@@ -27,7 +27,7 @@ class DeviceDecoder:
             layer = torch.arange(n, device=codes.device)[None, :, None, None]
             group = torch.arange(m, device=codes.device)[None, None, None, :]
             z = self.codebooks[layer, group, codes.long()]  # [B, N, F, M, SUB]
-            return z.flatten(-2) * self.std + self.mean
+            return (z.sum(-2) if self.summed else z.flatten(-2)) * self.std + self.mean
         if self.bits == 4:  # two signed nibbles per byte, low first
             lo, hi = (codes & 0x0F).to(torch.int16), (codes >> 4).to(torch.int16)
             both = torch.stack([lo, hi], dim=-1).flatten(-2)[..., : self.dim]

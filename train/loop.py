@@ -320,7 +320,7 @@ def loop(run: Run, loader) -> dict:
     model.train()
     bar = tqdm(total=cfg.steps, initial=run.step, desc="training", disable=not (cfg.progress and ranks.main), dynamic_ncols=True)
     t_last, waited, window_t0, window_steps = time.perf_counter(), 0.0, time.perf_counter(), 0
-    for batch in loader:
+    for batch in loader if cfg.steps else ():  # --steps 0: straight to the export of the initialised student
         waited += time.perf_counter() - t_last  # time the step stood waiting for data
         if run.recipe.sets_lr:
             for group in optimizer.param_groups:

@@ -55,6 +55,8 @@ class ProbeConfig:
     batch_size: int = 16
     lr: float | None = None  # None: SUPERB's linear heads, 1e-2 for ctc (PR), 1e-3 for classify
     seed: int = 0
+    seeds: int = 1  # heads trained with seeds seed..seed+seeds-1, pooled per test clip (mean, range, one interval)
+    select: str | None = None  # which dev score ranks epochs: loss | error; None: loss for ctc (blank plateau), error for classify
     bootstrap: int = 1000
     verbose: bool = False
 
@@ -74,11 +76,19 @@ class ProbeConfig:
             raise ProbeError("--train-ids and --test-ids go together; give both, or neither for a hash split by recording")
         if self.dev_ids and not self.train_ids:
             raise ProbeError("--dev-ids goes with --train-ids and --test-ids; without them the split is made by hash")
+        if self.select not in (None, "loss", "error"):
+            raise ProbeError(f"--select {self.select}: choose loss or error")
+        if not 1 <= self.seeds <= 100:
+            raise ProbeError(f"--seeds {self.seeds}: give 1 to 100")
         for name in ("epochs", "patience", "batch_size", "bootstrap"):
             if not 1 <= getattr(self, name) <= 10**7:
                 raise ProbeError(f"--{name.replace('_', '-')} {getattr(self, name)}: give a positive number")
         if self.lr is not None and not (0 < self.lr < 10):
             raise ProbeError(f"--lr {self.lr}: give a positive learning rate below 10")
+
+    @property
+    def selection(self) -> str:
+        return self.select or ("loss" if self.task == "ctc" else "error")
 
     @property
     def learning_rate(self) -> float:
@@ -284,6 +294,7 @@ def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, upstr
     named = "accuracy" if cfg.task == "classify" else "error_rate"  # DESIGN.md: the metric by name, whatever the unit
     result = {"task": cfg.task, **found, named: found["value"], f"{named}_ci95": found["ci95"],
               **{f"{split_name}_{named}": v for split_name, v in found["by_split"].items()}, "layers": layers, "split": how,
+              "selected_by": f"dev {cfg.selection}",
               "ids": missing,
               "upstream": upstream or {"name": "none (features of the cache's audio)", "parameters": 0},
               "cache": {"path": cache.path, "fingerprint": cache.fingerprint, "storage": cache.spec["storage_dtype"]},

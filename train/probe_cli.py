@@ -32,7 +32,12 @@ from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
 @click.option("--patience", type=int, default=20, help="stop when dev has not improved for this many epochs")
 @click.option("--batch-size", type=int, default=16)
 @click.option("--lr", type=float, default=None, help="Adam's learning rate [default: 1e-2 for ctc, 1e-3 for classify, as SUPERB]")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=int, default=0, help="the first seed")
+@click.option("--seeds", type=int, default=1, help="heads trained with seeds --seed.. --seed+N-1, pooled per test clip: mean, range "
+              "and one interval (compare-runs pairs two probes clip by clip)")
+@click.option("--select", type=click.Choice(["loss", "error"]), default=None,
+              help="which dev score chooses the epoch [default: loss for ctc, whose error wanders on its blank plateau; error for "
+              "classify]")
 @click.option("--verbose", is_flag=True, help="list every id left out")
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: result.json's content")
 @cli_errors(kept="nothing was changed")
@@ -41,9 +46,12 @@ def main(layers, as_json, **flags) -> None:
     result = probe_features(ProbeConfig(layers=parse_layers(layers) if layers else (), **flags))
     lo, hi = result["ci95"]
     click.echo(json.dumps({k: result[k] for k in ("task", "metric", "value", "ci95")} | {"test": result["split"]["test"]}), err=True)
+    seeds, (low, high) = result["seeds"], result["value_range"]
+    epochs = [r["best_epoch"] for r in seeds]
+    chosen = f"epoch {epochs[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds (range {low:.4f}-{high:.4f}; epochs {epochs})"
     click.echo(f"{result['task']} {result['metric']} {result['value']:.4f} (95% interval {lo:.4f}-{hi:.4f}) on "
-               f"{result['split']['test']} test utterances at epoch {result['best_epoch']} (chosen on {result['split']['dev']} dev "
-               f"utterances); {flags['out']}/result.json")
+               f"{result['split']['test']} test utterances, {chosen} (chosen by {result['selected_by']} on "
+               f"{result['split']['dev']} dev utterances); {flags['out']}/result.json")
     if as_json:
         click.echo(json.dumps(result))
 

@@ -11,7 +11,7 @@ from train.data import CachedCrops, collate
 from train.decode import DeviceDecoder
 
 
-@pytest.mark.parametrize("storage", ["int8", "int4", "pq"])
+@pytest.mark.parametrize("storage", ["int8", "int4", "pq", "rvq16"])
 def test_device_decoding_equals_the_reader(cached, tmp_path, storage):
     src = extract_features(ExtractConfig(cached["teacher"], cached["corpus"], layers=(1, 3), cache_dir=str(tmp_path / "k"),
                                          storage_dtype="float32", progress=False))
@@ -19,7 +19,7 @@ def test_device_decoding_equals_the_reader(cached, tmp_path, storage):
     ds = CachedCrops(cache, cache.utterance_ids, [1, 3], max_samples=12000, seed=0)
     batch = collate([ds[(0, i)] for i in range(len(ds))])
     assert batch["codes"].dtype == (torch.int8 if storage == "int8" else torch.uint8) and "targets" not in batch
-    assert ("scales" in batch) == (storage != "pq")  # pq ships codes only (one byte per 4 channels)
+    assert ("scales" in batch) == (storage in ("int8", "int4"))  # pq and rvq ship codes only (one byte per 4 channels, per book)
     targets = DeviceDecoder(cache, [1, 3], torch.device("cpu"))(batch["codes"], batch.get("scales"))
     for i in range(len(ds)):
         uid, k, _ = ds.crop((0, i))
@@ -29,7 +29,7 @@ def test_device_decoding_equals_the_reader(cached, tmp_path, storage):
     exact = open_cache(src.path)
     uid = cache.utterance_ids[0]
     rel = np.linalg.norm(cache.read(uid, 3) - exact.read(uid, 3)) / np.linalg.norm(exact.read(uid, 3))
-    assert rel < {"int8": 0.02, "int4": 0.3, "pq": 0.6}[storage]
+    assert rel < {"int8": 0.02, "int4": 0.3, "pq": 0.6, "rvq16": 0.6}[storage]
 
 
 def test_train_on_int8_and_judge_against_exact_targets(cached, tmp_path, tiny_teacher, monkeypatch):

@@ -251,3 +251,55 @@ def test_dev_ids_name_their_own_option_and_say_what_they_take_from_training(tone
                                  dev_ids=str(tmp_path / "dev"), epochs=1))
     assert (result["split"]["train"], result["split"]["dev"]) == (40, 5)
     assert "5 of its ids are also in the training split (first: kws/u40); they are used as dev only, leaving 40" in capsys.readouterr().err
+
+
+def test_seeds_pool_per_clip_and_the_cap_is_said(tones, tmp_path, capsys):
+    """Issue 38: one seed per cell hid a 0.1 swing; the chosen epoch was the cap's last without a word."""
+    r = probe_features(_cfg(tones, tmp_path / "s", seeds=3, epochs=2, patience=2))
+    assert [s["seed"] for s in r["seeds"]] == [0, 1, 2] and len(r["per_clip"]["ids"]) == r["split"]["test"]
+    values = [s["value"] for s in r["seeds"]]
+    assert r["value_range"] == [min(values), max(values)] and abs(r["value"] - np.mean(values)) < 1e-9  # pooled = mean
+    assert r["per_clip"]["totals"] == [3.0] * r["split"]["test"]  # each clip scored once per seed
+    assert r["still_improving_at_cap"] and "still improving at the cap (--epochs 2" in capsys.readouterr().err
+    rows = [json.loads(line) for line in open(tmp_path / "s" / "metrics.jsonl")]
+    assert {row["seed"] for row in rows} == {0, 1, 2}
+
+
+def test_ctc_chooses_its_epoch_by_dev_loss_unless_told(tones, tmp_path):
+    def chosen(**kw):
+        r = probe_features(_cfg(tones, tmp_path / str(len(os.listdir(tmp_path))), task="ctc", labels=str(tones["root"] / "text"),
+                                tokens="phone", epochs=12, patience=12, **kw))
+        rows = [json.loads(line) for line in open(os.path.join(r["config"]["out"], "metrics.jsonl"))]
+        return r, rows
+
+    r, rows = chosen()
+    assert r["selected_by"] == "dev loss" and r["best_epoch"] == min(rows, key=lambda x: (x["dev_loss"], x["dev_error"]))["epoch"]
+    r, rows = chosen(select="error")
+    assert r["selected_by"] == "dev error" and r["best_epoch"] == min(rows, key=lambda x: (x["dev_error"], x["dev_loss"]))["epoch"]
+    assert probe_features(_cfg(tones, tmp_path / "k", epochs=1))["selected_by"] == "dev error"  # classify: error, as before
+
+
+def test_compare_runs_pairs_probes_clip_by_clip(tones, tmp_path):
+    from train.compare import main as compare_cli
+
+    a = tmp_path / "a"
+    probe_features(_cfg(tones, a, epochs=30, seeds=2))
+    probe_features(_cfg(tones, tmp_path / "same", epochs=30, seeds=2))  # the same probe again: equal, clip for clip
+    probe_features(_cfg(tones, tmp_path / "mel", features="logmel", epochs=30, seeds=2))
+    r = CliRunner().invoke(compare_cli, [str(a), str(tmp_path / "same"), str(tmp_path / "mel"), "--json"])
+    assert r.exit_code == 0, r.output
+    same, mel = json.loads(r.stdout)["paired"]
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["verdict"].startswith("as good as, within ±0.03")
+    assert mel["clips"] == same["clips"] and mel["ci95"][0] <= mel["difference"] <= mel["ci95"][1]
+    text = CliRunner().invoke(compare_cli, [str(a), str(tmp_path / "mel"), "--margin", "0.5"]).output
+    assert "paired with" in text and "within ±0.5" in text or "better" in text or "worse" in text
+
+
+def test_paired_verdicts_follow_the_interval():
+    from train.paired import verdict
+
+    assert verdict("PER", {"ci95": [-0.05, -0.01]}, 0.02) == "better"
+    assert verdict("PER", {"ci95": [-0.015, -0.01]}, 0.02) == "better (and within ±0.02)"
+    assert verdict("accuracy", {"ci95": [-0.05, -0.01]}, 0.03) == "worse"
+    assert verdict("PER", {"ci95": [-0.01, 0.01]}, 0.02) == "as good as, within ±0.02"
+    assert verdict("PER", {"ci95": [-0.01, 0.05]}, 0.02).startswith("undecided")

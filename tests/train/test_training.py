@@ -166,3 +166,16 @@ def test_a_run_killed_before_its_first_checkpoint_says_so_and_starts_over_clean(
     assert r.exit_code == 0, r.output
     steps = [json.loads(line).get("step") for line in open(out / "metrics.jsonl") if '"loss"' in line and "eval" not in line]
     assert steps == [1, 2]  # a clean history: the killed run's rows are gone
+
+
+def test_steps_zero_exports_the_initialised_student(cached, tmp_path):
+    """Issue 38's step-0 control: the teacher-initialised student, untrained (--steps 0 was refused)."""
+    from transformers import HubertModel
+
+    from train.loop import train
+
+    r = train(_cfg(cached, tmp_path / "zero", steps=0))
+    assert r["step"] == 0 and os.path.isdir(r["student"])
+    teacher = HubertModel.from_pretrained(cached["teacher"])
+    student = HubertModel.from_pretrained(r["student"])
+    assert torch.equal(student.feature_extractor.conv_layers[0].conv.weight, teacher.feature_extractor.conv_layers[0].conv.weight)
