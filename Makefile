@@ -43,8 +43,9 @@ espeak:
 		|| echo "make: could not install espeak-ng (not root? run: apt-get update && apt-get install -y espeak-ng)" >&2
 
 quality: install espeak
-	# the quality benchmark: a teacher pretrained here, students from float16/int8/int4/pq caches, SUPERB-style probes
-	# (~70 min on 2 CPU cores; every stage is kept in quality-out/ and reused; the table: quality-out/quality.md)
+	# the quality benchmark: a teacher pretrained here, students from every storage mode and the controls, SUPERB-style
+	# probes over 3 seeds, paired comparisons (hours on 2 CPU cores; every stage is kept in quality-out/ and reused;
+	# the table: quality-out/quality.md; python -m bench.quality --quick smoke-tests every stage in minutes)
 	$(PY) -m bench.quality
 
 clean:

@@ -1,19 +1,23 @@
-"""The quality benchmark: DistilHuBERT's headline in miniature, with a teacher that knows speech, made here.
+"""The quality benchmark: can it tell students apart, and how many bytes does a target need?
 
-    python -m bench.quality [--out quality-out] [--student-steps 600]      (make quality; ~70 min on 2 CPU cores)
+    python -m bench.quality [--out quality-out] [--student-steps 600] [--seeds 3]      (make quality)
+    python -m bench.quality --quick                 (a smoke run of every stage at toy sizes, ~10 min: not a result)
 
 1. espeak-ng corpora (train.speech_corpus): 1 h of random word sequences in 24 voices for the teacher and the
-   distillation; 20 other voices x (24 sentences + 22 keywords) for the probes.
+   distillation; 20 other voices (none of the first 24) x (24 sentences + 22 keywords) for the probes.
 2. The teacher: a 6-layer HuBERT pretrained by masked prediction of MFCC k-means clusters (train.pretrain, ~25 min).
-3. Its layers 2, 4, 6 cached once in float16, converted to int8, int4 and pq (each timed: the bytes criterion).
+3. Its layers 2, 4, 6 cached once in float16, converted to int8, int4, pq, rvq16 and rvq8 (each timed: the bytes
+   criterion), and a positive control: the float16 targets shuffled across utterances (bench.damage).
 4. Students, same design, steps and seed: distilled from each cache (initialised from the teacher, DistilHuBERT's way),
-   one distilled from a random init, and the random-init student itself, never trained.
-5. Every upstream cached with --layers all on the probe corpus, then SUPERB-style probes with train/dev/test splits:
-   speaker id (20 voices), keyword spotting (10 words + unknown), phone recognition (CTC, PER), with 95% intervals;
-   log-mel (80 bins) as the no-upstream baseline.
+   from the damaged cache, from a random init; the controls: the teacher-initialised student at step 0, the
+   random-init student never trained, the teacher truncated to the student's depth (its layers 0-2), log-mel.
+5. Every upstream cached with --layers all on the probe corpus, then SUPERB-style probes over --seeds seeds: phones
+   and characters (CTC: PER, CER; the content tasks that decide), speaker id and keywords (secondary: espeak voices
+   differ in timbre, which log-mel carries). Every upstream is compared with the float16 student clip by clip
+   (train.paired: paired bootstrap; "as good as" = the difference's 95% interval within ±0.02 PER).
 
-Every stage is kept under --out and reused by the next run (the teacher, caches, runs, probes); the table goes to
-OUT/quality.md and OUT/quality.json, and its goals are judged, with their numbers, at the end.
+Every stage is kept under --out and reused by the next run; the table goes to OUT/quality.md and OUT/quality.json,
+and its goals are judged, with their numbers, at the end.
 """
 
 from __future__ import annotations
@@ -26,22 +30,31 @@ import time
 
 import numpy as np
 
-TASKS = {"speaker id": ("classify", "speakers.tsv", "accuracy"), "keywords": ("classify", "keywords.tsv", "accuracy"),
-         "phones": ("ctc", "phones-closed.txt", "PER")}
-MODES = ("float16", "int8", "int4", "pq")
+#: task -> (probe kind, label file in the probe corpus, tokens, metric); the content tasks first: they decide
+TASKS = {"phones": ("ctc", "phones-closed.txt", "phone", "PER"), "characters": ("ctc", "text.txt", "char", "CER"),
+         "speaker id": ("classify", "sentence-speakers.tsv", "char", "accuracy"),
+         "keywords": ("classify", "keywords.tsv", "char", "accuracy")}
+PRIMARY = ("phones", "characters")
+MODES = ("float16", "int8", "int4", "pq", "rvq16", "rvq8")
+REFERENCE = "distilled (float16)"
+SIZES = dict(full=dict(pre=(24, 60), probe=(20, 24, 22), pretrain_steps=1600, ctc_epochs=200, classify_epochs=100, patience=20),
+             quick=dict(pre=(4, 6), probe=(6, 6, 4), pretrain_steps=20, ctc_epochs=4, classify_epochs=4, patience=4))
 
 
 def say(line: str) -> None:
     print(f"[quality {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
-def corpora(out: str) -> tuple[str, str]:
+def corpora(out: str, size: dict) -> tuple[str, str]:
+    """The pretraining corpus and the probe corpus, whose voices are none of the pretraining's (espeak accent+variant)."""
     from train.speech_corpus import make_corpus
 
-    pre, probe = os.path.join(out, "speech", "pretrain"), os.path.join(out, "speech", "probe")
-    say(f"pretraining corpus: {make_corpus(pre, 24, 60, 1)['hours']} h")
-    made = make_corpus(probe, 20, 24, 2, keywords_per_speaker=22)
-    say(f"probe corpus: {made['hours']} h, {made['utterances']} utterances")
+    pre, probe = os.path.join(out, "speech", "pretrain"), os.path.join(out, "speech", "probe-new-voices")
+    made_pre = make_corpus(pre, *size["pre"], 1)
+    say(f"pretraining corpus: {made_pre['hours']} h")
+    n, per, kw = size["probe"]
+    made = make_corpus(probe, n, per, 2, keywords_per_speaker=kw, exclude_voices=tuple(s["voice"] for s in made_pre["speakers"]))
+    say(f"probe corpus: {made['hours']} h, {made['utterances']} utterances, voices disjoint from the teacher's")
     with open(os.path.join(probe, "speakers.tsv")) as f:  # speaker id on the sentences (keyword clips are too short)
         rows = [line for line in f if "/u" in line.split("\t")[0]]
     with open(os.path.join(probe, "sentence-speakers.tsv"), "w") as f:
@@ -123,7 +136,8 @@ def student(cache: str, out: str, steps: int, init: str = "teacher") -> str:
 
     if not os.path.exists(os.path.join(out, "eval.json")):
         _, seconds = timed(train, TrainConfig(cache=cache, out=out, steps=steps, batch_size=8, max_crop_samples=48_000, lr=5e-4,
-                                              init=init, seed=0, log_interval=50, eval_interval=steps, checkpoint_interval=steps,
+                                              init=init, seed=0, log_interval=50, eval_interval=max(steps, 1),
+                                              checkpoint_interval=max(steps, 1),
                                               num_workers=1, valid_fraction=0.02, progress=False))
         say(f"student {os.path.basename(out)}: {steps} steps in {seconds:.0f} s")
     return os.path.join(out, "student")
@@ -142,22 +156,26 @@ def upstream_speed(model_dir: str) -> float:
         return best_of(lambda: model(wave)) * 100  # per audio second, in ms
 
 
-def probe_all(name: str, cache: str, probe_corpus: str, out: str, features: str = "cache") -> dict:
+def probe_all(name: str, cache: str, probe_corpus: str, out: str, size: dict, seeds: int, features: str = "cache",
+              layers: tuple[int, ...] = ()) -> dict:
+    """Every task's probe of one upstream over `seeds` seeds (kept under out/<name>/<task>, reused)."""
     from train.probe import ProbeConfig, probe_features
 
     found = {}
-    for task, (kind, labels, _) in TASKS.items():
-        where = os.path.join(out, name.replace(" ", "_"), task.replace(" ", "_"))
-        label_file = os.path.join(probe_corpus, "sentence-speakers.tsv" if task == "speaker id" else labels)
+    for task, (kind, labels, tokens, _) in TASKS.items():
+        where = os.path.join(out, name.replace(" ", "_").replace("(", "").replace(")", ""), task.replace(" ", "_"))
         if os.path.exists(os.path.join(where, "result.json")):
             with open(os.path.join(where, "result.json")) as f:
                 found[task] = json.load(f)
             continue
-        cfg = ProbeConfig(cache=cache, task=kind, labels=label_file, out=where, features=features,
-                          tokens="phone" if kind == "ctc" else "char", epochs=60, patience=8, seed=0)
+        epochs = size["ctc_epochs" if kind == "ctc" else "classify_epochs"]
+        cfg = ProbeConfig(cache=cache, task=kind, labels=os.path.join(probe_corpus, labels), out=where, features=features,
+                          tokens=tokens, layers=layers, epochs=epochs, patience=size["patience"], seed=0, seeds=seeds)
         found[task], seconds = timed(probe_features, cfg)
         r = found[task]
-        say(f"probe {name} / {task}: {r['metric']} {r['value']:.3f} (epoch {r['best_epoch']}) in {seconds:.0f} s")
+        say(f"probe {name} / {task}: {r['metric']} {r['value']:.3f} (seeds {r['value_range'][0]:.3f}-{r['value_range'][1]:.3f}, "
+            f"epochs {[x['best_epoch'] for x in r['seeds']]}{', STILL IMPROVING AT THE CAP' if r['still_improving_at_cap'] else ''}) "
+            f"in {seconds:.0f} s")
     return found
 
 
@@ -166,90 +184,153 @@ def cell(r: dict) -> str:
     return f"{r['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def goals(rows: dict, caches: dict) -> list[str]:
-    """The issue's goals, judged on the numbers (a missed goal is said with its number)."""
-    per = {name: r["probes"]["phones"] for name, r in rows.items()}
-    fp16, rand, teacher, mel = per["distilled (float16)"], per["random-init student"], per["teacher"], per["log-mel"]
+def paired_with_reference(rows: dict) -> dict:
+    """name -> task -> the paired difference (name - float16 student) and its verdict, on the primary tasks."""
+    from train.paired import margin_for, paired_difference, per_clip, verdict
+
+    out: dict[str, dict] = {}
+    for name, r in rows.items():
+        if name == REFERENCE:
+            continue
+        for task in PRIMARY:
+            ref, this = rows[REFERENCE]["probes"][task], r["probes"][task]
+            d = paired_difference(per_clip(ref), per_clip(this))
+            m = margin_for(this["metric"])
+            out.setdefault(name, {})[task] = {**d, "margin": m, "verdict": verdict(this["metric"], d, m)}
+    return out
+
+
+def goals(rows: dict, caches: dict, paired: dict) -> list[str]:
+    """Issue 38's goals, judged on the paired numbers (a missed goal is said with its number)."""
     lines = []
-    beats = fp16["ci95"][1] < rand["ci95"][0]
-    lines.append(f"float16 student vs its random init on phones: PER {fp16['value']:.3f} vs {rand['value']:.3f}; intervals "
-                 f"{'do not overlap: MET' if beats else 'overlap: NOT MET'}")
-    margin_t, margin_s = mel["value"] - teacher["value"], mel["value"] - fp16["value"]
-    kept = margin_s / margin_t if margin_t > 0 else float("nan")
-    lines.append(f"teacher's margin over log-mel on phones: {margin_t:+.3f} PER; the float16 student keeps {margin_s:+.3f} "
-                 f"({kept:.0%}): {'MET' if margin_t > 0 and kept > 0.5 else 'NOT MET'} (most = over half)")
-    if margin_t <= 0:
-        lines.append("the teacher does not beat log-mel on phones: the pretraining here did not learn enough for that (see pretrain.json)")
-    lo, hi = fp16["ci95"]
-    within = [m for m in MODES if lo <= per[f"distilled ({m})"]["value"] <= hi]
-    smallest = min(within, key=lambda m: caches[m]["target_bytes"]) if within else None
-    lines.append(f"smallest storage whose student's PER lies in the float16 student's interval [{lo:.3f}, {hi:.3f}]: "
-                 + (f"{smallest} ({caches[smallest]['target_bytes'] / caches['float16']['target_bytes']:.2f}x float16's target bytes)"
-                    if smallest else "none"))
+
+    def diff(name: str, task: str = "phones") -> str:
+        d = paired[name][task]
+        return f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+    damaged, truncated = "distilled (damaged targets)", "teacher truncated to the student's depth"
+    separated = paired[damaged]["phones"]["ci95"][0] > 0
+    lines.append(f"positive control (targets shuffled across utterances) vs the float16 student on phones: PER {diff(damaged)}: "
+                 + ("MET, the bench separates them" if separated else "NOT MET: the bench cannot separate a damaged target"))
+    for control in ("teacher-initialised student at step 0", "log-mel"):
+        d = paired[control]["phones"]
+        lines.append(f"float16 student beats {control} on phones: the control's PER is {diff(control)} higher: "
+                     f"{'MET' if d['ci95'][0] > 0 else 'NOT MET'}")
+    lo, hi = paired[truncated]["phones"]["ci95"]
+    said = "the student is better" if lo > 0 else "the student is worse" if hi < 0 else "equal within the interval"
+    lines.append(f"truncated teacher (layers up to the student's depth) vs the float16 student on phones: PER {diff(truncated)} ({said})")
+    equivalent = [m for m in MODES[1:] if paired[f"distilled ({m})"]["phones"]["verdict"].startswith(("as good as", "better"))]
+    smallest = min(equivalent, key=lambda m: caches[m]["target_bytes"]) if equivalent else None
+    lines.append("smallest storage as good as float16 on phones (paired interval within ±0.02 PER, or better): "
+                 + (f"{smallest}, {caches[smallest]['row_bytes']} B a frame a layer "
+                    f"({'MET' if caches[smallest]['row_bytes'] <= 16 else 'NOT MET'}: goal <= 16 B)" if smallest else "none (NOT MET)"))
     return lines
+
+
+def librispeech_sizes() -> dict[str, float]:
+    """--dry-run's target bytes of LibriSpeech-960 layers 4, 8, 12 (768 wide, 50 frames a second) per mode, in GB."""
+    from extract.forecast import sizes
+
+    frames = int(960.9 * 3600 * 50)
+    return {m: round(b / 1e9, 1) for m, b in sizes(frames, 0, 3, 768)["targets"].items() if m in MODES}
+
+
+def upstreams_of(out: str, teacher: str, caches: dict, pre: str, steps: int) -> dict[str, str]:
+    """name -> model dir of every upstream probed (students trained here, or found made)."""
+    from bench.damage import shuffled_cache
+    from train.probe_demo import random_student
+
+    runs = os.path.join(out, "runs")
+    found = {"teacher": teacher}
+    for mode in MODES:
+        found[f"distilled ({mode})"] = student(caches[mode]["path"], os.path.join(runs, mode), steps)
+    damaged = shuffled_cache(caches["float16"]["path"])
+    found["distilled (damaged targets)"] = student(damaged.path, os.path.join(runs, "damaged"), steps)
+    found["teacher-initialised student at step 0"] = student(caches["float16"]["path"], os.path.join(runs, "step-0"), 0)
+    found["distilled from random init (float16)"] = student(caches["float16"]["path"], os.path.join(runs, "float16-random-init"),
+                                                            steps, init="random")
+    found["random-init student"] = random_student(os.path.join(runs, "float16"), os.path.join(out, "random-student"))
+    return found
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="quality-out")
     ap.add_argument("--student-steps", type=int, default=600)
+    ap.add_argument("--seeds", type=int, default=3, help="probe seeds per cell")
+    ap.add_argument("--quick", action="store_true", help="every stage at toy sizes: checks the pipeline, measures nothing")
     args = ap.parse_args()
     import torch
 
     from extract import ExtractConfig, extract_features
+    from extract.forecast import row_bytes
     from store import open_cache
     from train.pretrain import PretrainConfig, pretrain
     from train.probe import upstream_parameters
-    from train.probe_demo import random_student
 
+    size = SIZES["quick" if args.quick else "full"]
+    steps = 3 if args.quick else args.student_steps
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.time()
     out = os.path.abspath(args.out)
-    pre, probe = corpora(out)
+    pre, probe = corpora(out, size)
     teacher = os.path.join(out, "teacher")
-    record = pretrain(PretrainConfig(pre, teacher))
+    record = pretrain(PretrainConfig(pre, teacher, steps=size["pretrain_steps"]))
     say(f"teacher: {record['seconds']:.0f} s of pretraining; held-out masked cluster accuracy {record['masked_accuracy_held_out']}")
     caches = distillation_caches(teacher, pre, os.path.join(out, "caches"))
-    runs = os.path.join(out, "runs")
-    upstreams = {"teacher": teacher}
-    for mode in MODES:
-        upstreams[f"distilled ({mode})"] = student(caches[mode]["path"], os.path.join(runs, mode), args.student_steps)
-    upstreams["distilled from random init (float16)"] = student(caches["float16"]["path"], os.path.join(runs, "float16-random-init"),
-                                                               args.student_steps, init="random")
-    upstreams["random-init student"] = random_student(os.path.join(runs, "float16"), os.path.join(out, "random-student"))
-    rows: dict[str, dict] = {}
-    probe_caches = os.path.join(out, "probe-caches")
-    for name, model_dir in upstreams.items():
-        s = extract_features(ExtractConfig(model_dir, probe, layers="all", cache_dir=probe_caches, progress=False))
-        spec = open_cache(s.path).spec
-        rows[name] = {"cache": s.path, "parameters": upstream_parameters(spec), "ms_per_audio_second": round(upstream_speed(model_dir), 2),
-                      "probes": probe_all(name, s.path, probe, os.path.join(out, "probes"))}
-    rows["log-mel"] = {"cache": rows["teacher"]["cache"], "parameters": 0, "ms_per_audio_second": None,
-                       "probes": probe_all("log-mel", rows["teacher"]["cache"], probe, os.path.join(out, "probes"), features="logmel")}
-    header = "| upstream | parameters | ms per audio s (CPU) | speaker id acc | keyword acc | phones PER |"
-    table = [header, "|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        speed = "-" if r["ms_per_audio_second"] is None else f"{r['ms_per_audio_second']:.1f}"
-        table.append(f"| {name} | {r['parameters']:,} | {speed} | " + " | ".join(cell(r["probes"][t]) for t in TASKS) + " |")
-    storage = ["| targets | target bytes on disk | per frame (3 layers) | with float32 audio | made in | rel L2 (layer 2/4/6) |",
-               "|---|---|---|---|---|---|"]
     for mode, c in caches.items():
-        took = "?" if c["seconds"] is None else c["seconds"]
-        made = f"teacher run {took} s" if mode == "float16" else f"convert {took} s"
-        storage.append(f"| {mode} | {c['target_bytes'] / 1e6:.1f} MB | {c['target_bytes_per_frame']} B | {c['bytes'] / 1e6:.1f} MB "
-                       f"| {made} | "
-                       f"{' / '.join(str(v) for v in c['fidelity'].values()) or '-'} |")
-    judged = goals(rows, caches)
-    report = "\n".join([*table, "", *storage, "", *(f"- {line}" for line in judged),
-                        f"\n(teacher: {json.dumps(record['masked_accuracy_held_out'])} held-out masked cluster accuracy; "
-                        f"{record['hours']} h of speech, {record['seconds']:.0f} s of pretraining)"])
+        c["row_bytes"] = row_bytes(mode, open_cache(c["path"]).spec["dim"])
+    rows: dict[str, dict] = {}
+    probe_caches, probes = os.path.join(out, "probe-caches"), os.path.join(out, "probes")
+    for name, model_dir in upstreams_of(out, teacher, caches, pre, steps).items():
+        s = extract_features(ExtractConfig(model_dir, probe, layers="all", cache_dir=probe_caches, progress=False))
+        rows[name] = {"cache": s.path, "parameters": upstream_parameters(open_cache(s.path).spec),
+                      "ms_per_audio_second": round(upstream_speed(model_dir), 2),
+                      "probes": probe_all(name, s.path, probe, probes, size, args.seeds)}
+    depth = open_cache(rows[REFERENCE]["cache"]).layers  # the student's hidden states: 0..its depth
+    teacher_cache = rows["teacher"]["cache"]
+    rows["teacher truncated to the student's depth"] = {
+        "cache": teacher_cache, "parameters": None, "ms_per_audio_second": None,
+        "probes": probe_all("teacher truncated", teacher_cache, probe, probes, size, args.seeds, layers=tuple(depth))}
+    rows["log-mel"] = {"cache": teacher_cache, "parameters": 0, "ms_per_audio_second": None,
+                       "probes": probe_all("log-mel", teacher_cache, probe, probes, size, args.seeds, features="logmel")}
+    paired = paired_with_reference(rows)
+    report = render(rows, caches, paired, record, args.seeds)
     with open(os.path.join(out, "quality.md"), "w") as f:
         f.write(report + "\n")
     with open(os.path.join(out, "quality.json"), "w") as f:
-        json.dump({"rows": rows, "caches": caches, "goals": judged, "teacher": {k: v for k, v in record.items() if k != "log"}}, f,
-                  indent=1)
+        json.dump({"rows": rows, "caches": caches, "paired": paired, "goals": goals(rows, caches, paired),
+                   "librispeech_960_target_gb": librispeech_sizes(), "teacher": {k: v for k, v in record.items() if k != "log"}},
+                  f, indent=1)
     print(report)
     say(f"done in {time.time() - t0:.0f} s; {os.path.join(out, 'quality.md')}")
+
+
+def render(rows: dict, caches: dict, paired: dict, record: dict, seeds: int) -> str:
+    header = "| upstream | parameters | ms per audio s (CPU) | " + " | ".join(f"{t} {v[3]}" for t, v in TASKS.items()) + " |"
+    table = [f"Probes: {seeds} seeds per cell, value [pooled 95% interval over clips].", "", header,
+             "|---" * (3 + len(TASKS)) + "|"]
+    for name, r in rows.items():
+        speed = "-" if r["ms_per_audio_second"] is None else f"{r['ms_per_audio_second']:.1f}"
+        params = "-" if r["parameters"] is None else f"{r['parameters']:,}"
+        table.append(f"| {name} | {params} | {speed} | " + " | ".join(cell(r["probes"][t]) for t in TASKS) + " |")
+    versus = ["", "Paired with the float16 student, clip by clip (difference, 95% interval, verdict):", "",
+              "| upstream | " + " | ".join(PRIMARY) + " |", "|---" * (1 + len(PRIMARY)) + "|"]
+    for name, by_task in paired.items():
+        versus.append(f"| {name} | " + " | ".join(f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] {d['verdict']}"
+                                                 for d in by_task.values()) + " |")
+    gb = librispeech_sizes()
+    storage = ["", "| targets | B a frame a layer | target bytes on disk (here) | LibriSpeech-960, layers 4,8,12 | made in "
+               "| rel L2 (layer 2/4/6) |", "|---|---|---|---|---|---|"]
+    for mode, c in caches.items():
+        took = "?" if c["seconds"] is None else c["seconds"]
+        made = f"teacher run {took} s" if mode == "float16" else f"convert {took} s"
+        storage.append(f"| {mode} | {c['row_bytes']} | {c['target_bytes'] / 1e6:.1f} MB | {gb[mode]} GB | {made} | "
+                       f"{' / '.join(str(v) for v in c['fidelity'].values()) or '-'} |")
+    judged = goals(rows, caches, paired)
+    return "\n".join([*table, *versus, *storage, "", *(f"- {line}" for line in judged),
+                      f"\n(teacher: {json.dumps(record['masked_accuracy_held_out'])} held-out masked cluster accuracy; "
+                      f"{record['hours']} h of speech, {record['seconds']:.0f} s of pretraining)"])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def parse_extract_layers(value: str) -> tuple[int, ...] | str:
               help="how targets are stored: int8/int4 are lossy, with their error measured and kept (--storage-dtype: older name)")
 @click.option("--audio", type=click.Choice(AUDIO_MODES), default="float32",
               help="how the teacher's input is kept: int16 is exact for 16-bit sources; none keeps none (training reads the files)")
-@click.option("--codec", type=click.Choice(CODECS), default="blosc-zstd")
+@click.option("--codec", type=click.Choice(CODECS), default=None,
+              help="a new cache's codec [default: blosc-zstd]; an existing cache keeps its own (said in one line)")
 @click.option("--batch-seconds", type=click.FloatRange(min=0), default=None,
               help="padded audio seconds per teacher batch [default: 200 on GPU; 0 = one utterance per forward on CPU]")
 @click.option("--part-seconds", type=click.FloatRange(min=0, min_open=True), default=600.0,

@@ -48,7 +48,7 @@ class ExtractConfig:
     dtype: str = "float32"  # teacher compute dtype (bfloat16/float16 are faster on GPU, part of the spec)
     storage_dtype: str = "float16"  # float16 | bfloat16 | float32 | int8 | int4 (store/modes.py)
     audio: str = "float32"  # float32 | int16 | none (no audio kept: the trainer reads the corpus files)
-    codec: str = "blosc-zstd"  # see docs/benchmarks.md
+    codec: str | None = None  # a new cache's codec (None: blosc-zstd, docs/benchmarks.md); an existing cache keeps its own
     batch_seconds: float | None = None  # padded audio per teacher batch; None: 200 on GPU, 0 (one utterance) on CPU
     part_seconds: float = 600.0  # audio per part: the unit of commit, resume and dask task
     max_seconds: float = 60.0  # longer files are bad input (attention is quadratic in length); not used when segmenting
@@ -69,7 +69,7 @@ class ExtractConfig:
         if self.storage_dtype not in TARGET_MODES or self.audio not in AUDIO_MODES:
             raise ExtractError(f"--storage {self.storage_dtype} / --audio {self.audio}: choose from {', '.join(TARGET_MODES)} "
                                f"and {', '.join(AUDIO_MODES)}")
-        if self.codec not in CODECS:
+        if self.codec is not None and self.codec not in CODECS:
             raise ExtractError(f"--codec {self.codec}: choose one of {', '.join(CODECS)}")
         for flag, value in (("--batch-seconds", self.batch_seconds or 0.0), ("--part-seconds", self.part_seconds),
                             ("--max-seconds", self.max_seconds), ("--segment-seconds", self.segment_seconds),
@@ -145,6 +145,11 @@ def corpus_of(cfg: ExtractConfig, teacher, known: KnownFiles | None = None) -> t
     return root, utts, bad
 
 
+def new_layout(cfg: ExtractConfig, teacher) -> Layout:
+    """The layout a new cache gets: the teacher's hop, and --codec (blosc-zstd when not given)."""
+    return Layout(hop=teacher.hop, codec=cfg.codec or "blosc-zstd")
+
+
 def existing_cache(cache_root: str, fp: str | None) -> Cache | None:
     """The cache of fingerprint `fp` under `cache_root` if it exists (opened once per run: at full size an open reads
     tens of MB of index)."""
@@ -174,7 +179,7 @@ def dry_run(cfg: ExtractConfig) -> dict:
     fp, _ = known_fingerprint(cache_root, spec)
     cache = existing_cache(cache_root, fp)
     _, utts, bad = corpus_of(cfg, teacher, KnownFiles(cache.sources()) if cache else None)
-    f = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, cache.layout if cache else Layout(hop=teacher.hop, codec=cfg.codec),
+    f = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, cache.layout if cache else new_layout(cfg, teacher),
                  cache)
     speed = seconds_per_audio_second(teacher, spec["layers"])
     workers = max(1, cfg.workers)
@@ -205,7 +210,10 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
         fs.makedirs(cache_root)
     except OSError as e:
         raise ExtractError(f"--cache-dir {cache_root}: cannot use it as a cache root ({e.strerror}); give a writable directory") from None
-    layout = Layout(hop=teacher.hop, codec=cfg.codec)
+    layout = new_layout(cfg, teacher)
+    if found is not None and cfg.codec and found.layout.codec != cfg.codec:
+        print(f"{found.path}: keeps its codec {found.layout.codec}; --codec {cfg.codec} applies to new caches only (one cache per "
+              "spec: feature-cache rm it and extract again to change it)", file=sys.stderr)
     ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, found.layout if found else layout, found)
     check_space(ahead, cache_root, cfg.storage_dtype, cfg.audio)  # refused before any teacher work if it cannot fit
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])

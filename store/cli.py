@@ -128,12 +128,16 @@ def info(path: str, cache_dir: str | None, as_json: bool, du: bool) -> None:
 @click.option("--sources", is_flag=True, help="also check that every source file is unchanged (size/mtime, then sha256)")
 @click.option("--workers", "--threads", "workers", type=click.IntRange(min=1), default=None,
               help="processes checking parts side by side [default: one per core] (--threads: its older name)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 @one_line_errors
-def verify(path: str, cache_dir: str | None, sources: bool, workers: int | None) -> None:
+def verify(path: str, cache_dir: str | None, sources: bool, workers: int | None, quiet: bool) -> None:
     """Check that every chunk the index needs exists and passes its crc32c, and that metadata matches the spec."""
     cache = open_cache(path, cache_dir)
-    with click.progressbar(length=len(cache.parts), label="verifying", file=sys.stderr) as bar:
-        problems = verify_cache(cache.path, progress=lambda _part: bar.update(1), sources=sources, workers=workers)
+    if quiet:
+        problems = verify_cache(cache.path, sources=sources, workers=workers)
+    else:
+        with click.progressbar(length=len(cache.parts), label="verifying", file=sys.stderr) as bar:
+            problems = verify_cache(cache.path, progress=lambda _part: bar.update(1), sources=sources, workers=workers)
     for p in problems:
         click.echo(f"damaged: {p}", err=True)
     if problems:

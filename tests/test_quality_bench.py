@@ -41,3 +41,21 @@ def test_a_cache_made_before_with_no_time_kept_says_unknown(tmp_path):
     os.utime(tmp_path / "old" / "commits" / "p0.json", (time.time() - 60, time.time() - 60))
     r = record_made(str(tmp_path / "made.json"), {}, "float16", lambda: str(tmp_path / "old"))
     assert r["seconds"] is None
+
+
+def test_the_positive_control_pairs_every_utterance_with_another_ones_targets(small_cache, tmp_path):
+    import numpy as np
+
+    from bench.damage import derangement, shuffled_cache
+
+    cache, _ = small_cache
+    ids = sorted(cache.utterance_ids)
+    partner = derangement(ids)
+    assert sorted(partner.values()) == ids and all(partner[u] != u for u in ids)
+    damaged = shuffled_cache(cache.path, str(tmp_path / "k"))
+    assert damaged.fingerprint != cache.fingerprint and sorted(damaged.utterance_ids) == ids
+    for u in ids:
+        want = np.resize(cache.read(partner[u], 2), (cache.num_frames(u), cache.spec["dim"]))
+        assert np.array_equal(damaged.read(u, 2), want) and np.array_equal(damaged.read_audio(u), cache.read_audio(u))
+    again = shuffled_cache(cache.path, str(tmp_path / "k"))
+    assert again.path == damaged.path and again.part_dirs == damaged.part_dirs  # made once

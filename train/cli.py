@@ -19,7 +19,8 @@ from train.loop import train
 @click.option("--out", required=True, help="run dir: checkpoints, metrics.jsonl, loss.png, eval.json, student/")
 @click.option("--teacher", default=None, help="teacher (init weights; online targets); default: the cache's")
 @click.option("--corpus", default=None, type=click.Path(exists=True), help="online mode corpus; with --cache: only these ids")
-@click.option("--layers", default=None, help="target layers, e.g. 4,8,12 [default: 4,8,12]")
+@click.option("--layers", default=None, help="target layers, e.g. 4,8,12 [default: with --cache, the cache's layers; 4,8,12 "
+              "when the teacher runs online]")
 @click.option("--cache-dir", default=None, help="cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]")
 @click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="JSON or TOML of TrainConfig keys")
@@ -44,8 +45,8 @@ from train.loop import train
 @click.option("--match", default=None, help="layer-to-layer objective: STUDENT:TEACHER pairs, e.g. 1:4,2:8,3:12 "
               "[default: DistilHuBERT's heads on the last layer]")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None, help="[default: auto]")
-@click.option("--device", default=None, help="auto | cpu | cuda [default: auto]")
-@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [default: auto]")
+@click.option("--seed", type=int, default=None, help="data order, crops and initialisation [default: 0]")
 @click.option("--resume", is_flag=True, default=None,
               help="continue the run dir's checkpoint (refused if layers, cache, teacher or hyper-parameters differ)")
 @click.option("--eval-cache", default=None, help="held-out targets from this cache (same teacher), e.g. exact ones while training on int8")

@@ -52,6 +52,9 @@ def _load(run_dir: str) -> torch.nn.Module:
     from transformers import HubertModel
 
     student = os.path.join(run_dir, "student")
+    if not os.path.isfile(os.path.join(student, "config.json")) and not os.path.isfile(os.path.join(student, "model.safetensors")):
+        raise ExportError(f"{run_dir}: no loadable student/ (no student/config.json or model.safetensors); give the run dir of a "
+                          "finished train-student run")
     try:
         return HubertModel.from_pretrained(student).eval()
     except Exception as e:  # noqa: BLE001 - read back from disk: a truncated safetensors, a config.json that is a list...

@@ -8,7 +8,8 @@ SUPERB's featurizer, each layer layer-normed and then a learnable softmax-weight
   sum are both linear, so each layer's mean is computed once per utterance and training never reads the cache again;
 - ctc: one linear layer per frame with CTC over the labels' symbols (characters, phones or words), greedy decoding;
   the error rate (CER/PER/WER) is computed by jiwer, per test utterance, so the 95% interval can be bootstrapped. Every
-  layer of every utterance is read once and kept in memory (float16), never re-read per epoch.
+  layer of every utterance is read once and kept in memory (float16), never re-read per epoch, when that fits
+  --memory-gb; a larger set is read from the cache per batch, memory flat.
 
 The split is the user's (train/dev/test id files) or the training's own hash split by recording (train.data.split_ids).
 """
@@ -58,6 +59,7 @@ class ProbeConfig:
     seeds: int = 1  # heads trained with seeds seed..seed+seeds-1, pooled per test clip (mean, range, one interval)
     select: str | None = None  # which dev score ranks epochs: loss | error; None: loss for ctc (blank plateau), error for classify
     bootstrap: int = 1000
+    memory_gb: float = 4.0  # ctc: features kept in memory up to this, else read from the cache per batch (memory flat)
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -78,6 +80,8 @@ class ProbeConfig:
             raise ProbeError("--dev-ids goes with --train-ids and --test-ids; without them the split is made by hash")
         if self.select not in (None, "loss", "error"):
             raise ProbeError(f"--select {self.select}: choose loss or error")
+        if not 0 < self.memory_gb < 1e6:
+            raise ProbeError(f"--memory-gb {self.memory_gb}: give a positive number of GB")
         if not 1 <= self.seeds <= 100:
             raise ProbeError(f"--seeds {self.seeds}: give 1 to 100")
         for name in ("epochs", "patience", "batch_size", "bootstrap"):
@@ -235,11 +239,12 @@ def probe_features(cfg: ProbeConfig) -> dict:
         if cache.audio_mode == "none":
             raise ProbeError(f"--features logmel: {cache.path} keeps no audio (--audio none); use a cache that keeps it")
         return probe_with(cfg, cache, lambda u: log_mel(cache, u), [0], 80,
-                          upstream={"name": "log-mel (80 bins, no upstream)", "digest": None, "parameters": 0})
+                          upstream={"name": "log-mel (80 bins, no upstream)", "digest": None, "parameters": 0},
+                          frames=lambda u: 1 + cache.num_samples(u) // 320)  # centred windows every 320 samples
     layers = check_layers(cfg, cache)
     upstream = {"name": cache.provenance.get("teacher"), "digest": cache.spec["teacher"]["digest"],
                 "class": cache.spec["teacher"].get("class"), "parameters": upstream_parameters(cache.spec)}
-    return probe_with(cfg, cache, lambda u: features(cache, u, layers), layers, cache.spec["dim"], upstream)
+    return probe_with(cfg, cache, lambda u: features(cache, u, layers), layers, cache.spec["dim"], upstream, cache.num_frames)
 
 
 PROBE_FILES = ("result.json", "metrics.jsonl", "layers.png")
@@ -277,7 +282,7 @@ def _first_record_is(path: str, mine) -> bool:
     return isinstance(record, dict) and (not record or bool(mine(record)))
 
 
-def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, upstream: dict | None = None) -> dict:
+def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, upstream: dict | None = None, frames=None) -> dict:
     """probe_features() over any features of the cache's utterances: `read(uid)` -> [len(layers), frames, dim] (a
     baseline with no upstream, log-mel say). Each utterance is read once."""
     check_out(cfg.out)
@@ -290,7 +295,10 @@ def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, upstr
             metrics.flush()
 
         splits = {"train": train, "dev": dev, "test": test}
-        found = (classify if cfg.task == "classify" else ctc)(cfg, read, dim, len(layers), labels, splits, log)
+        if cfg.task == "classify":
+            found = classify(cfg, read, dim, len(layers), labels, splits, log)
+        else:
+            found = ctc(cfg, read, dim, len(layers), labels, splits, log, frames)
     named = "accuracy" if cfg.task == "classify" else "error_rate"  # DESIGN.md: the metric by name, whatever the unit
     result = {"task": cfg.task, **found, named: found["value"], f"{named}_ci95": found["ci95"],
               **{f"{split_name}_{named}": v for split_name, v in found["by_split"].items()}, "layers": layers, "split": how,

@@ -38,6 +38,8 @@ from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
 @click.option("--select", type=click.Choice(["loss", "error"]), default=None,
               help="which dev score chooses the epoch [default: loss for ctc, whose error wanders on its blank plateau; error for "
               "classify]")
+@click.option("--memory-gb", type=float, default=4.0,
+              help="ctc: features kept in memory up to this many GB, else read from the cache per batch (memory flat)")
 @click.option("--verbose", is_flag=True, help="list every id left out")
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: result.json's content")
 @cli_errors(kept="nothing was changed")

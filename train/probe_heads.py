@@ -187,8 +187,22 @@ def _edits(ref: list[str], hyp: list[str], tokens: str) -> int:
     return int(out.substitutions + out.deletions + out.insertions)
 
 
+def held_or_streamed(cfg: ProbeConfig, read, frames, dim: int, n_layers: int, ids: list[str]):
+    """(utterance -> its layer-normed features, utterance -> its frame count). Every layer of every utterance read once
+    and kept as float16 when that fits cfg.memory_gb (no cache read per epoch: small sets stay as fast as they were);
+    else read from the cache per batch, memory flat in corpus size (a SUPERB phone probe on LibriSpeech-100 with
+    HuBERT-base's 13 layers would keep ~360 GB)."""
+    need = sum(frames(u) for u in ids) * n_layers * dim * 2 if frames else 0
+    if need <= cfg.memory_gb * 1e9:
+        feats = {u: layer_normed(read(u)).half() for u in ids}
+        return feats.__getitem__, lambda u: feats[u].shape[1]
+    print(f"probe: the features would take {need / 1e9:.1f} GB in memory (over --memory-gb {cfg.memory_gb:g}): read from the "
+          "cache for every batch instead", file=sys.stderr)
+    return (lambda u: layer_normed(read(u)).half()), frames
+
+
 def ctc(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str], splits: dict[str, list[str]],
-        log) -> dict:
+        log, frames=None) -> dict:
     train = splits["train"]
     vocab = sorted({s for u in train for s in _symbols(labels[u], cfg.tokens)})
     missing = sorted({s for u in splits["test"] + splits["dev"] for s in _symbols(labels[u], cfg.tokens)} - set(vocab))
@@ -196,9 +210,8 @@ def ctc(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str],
         raise ProbeError(f"--labels {cfg.labels}: symbol {missing[0]!r} ({len(missing)} such) is in the test or dev split but never "
                          "in training; label more utterances, or give the split yourself")
     index = {s: i + 1 for i, s in enumerate(vocab)}  # 0 is CTC's blank
-    # every layer of every utterance read once, layer-normed, kept as float16: a cache is not read again every epoch
-    feats = {u: layer_normed(read(u)).half() for ids in splits.values() for u in ids}
-    too_short = [u for u in train if feats[u].shape[1] < len(_symbols(labels[u], cfg.tokens))]
+    get, length = held_or_streamed(cfg, read, frames, dim, n_layers, [u for ids in splits.values() for u in ids])
+    too_short = [u for u in train if length(u) < len(_symbols(labels[u], cfg.tokens))]
     if too_short:
         print(f"{len(too_short)} training utterance(s) have fewer frames than symbols (first: {too_short[0]}): CTC cannot align "
               "them, left out of training", file=sys.stderr)
@@ -207,11 +220,11 @@ def ctc(cfg: ProbeConfig, read, dim: int, n_layers: int, labels: dict[str, str],
     holder: dict[str, nn.Module] = {}
 
     def batch(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        longest = max(feats[u].shape[1] for u in ids)
-        x = torch.zeros(len(ids), n_layers, longest, dim)
-        for i, u in enumerate(ids):
-            x[i, :, : feats[u].shape[1]] = feats[u]
-        return x, torch.tensor([feats[u].shape[1] for u in ids])
+        got = [get(u) for u in ids]
+        x = torch.zeros(len(ids), n_layers, max(g.shape[1] for g in got), dim)
+        for i, g in enumerate(got):
+            x[i, :, : g.shape[1]] = g
+        return x, torch.tensor([g.shape[1] for g in got])
 
     def loss_of(b, ids: list[str] = train) -> torch.Tensor:
         ids = [ids[i] for i in b]

@@ -6,6 +6,7 @@ utterance comes with its labels, written as files `probe-features --labels` read
   speakers.tsv   id<TAB>speaker           (speaker identification, SUPERB's SID)
   phones.txt     id phone phone ...       (Kaldi text: phone recognition with CTC, SUPERB's PR; espeak's own phonemes)
   keywords.tsv   id<TAB>keyword           (keyword spotting, SUPERB's KS: one of ten words, or _unknown_)
+  text.txt       id word word ...         (Kaldi text of the sentences: character recognition with CTC, CER)
 Ids are the files' paths under the corpus root without extension, as extract-features names them.
 """
 
@@ -47,11 +48,14 @@ def espeak() -> str:
     return found
 
 
-def speakers(n: int, seed: int) -> list[dict]:
-    """n distinct speakers: accent x variant pairs in a fixed shuffled order, each with its own pitch and speed."""
+def speakers(n: int, seed: int, exclude: tuple[str, ...] = ()) -> list[dict]:
+    """n distinct speakers: accent x variant pairs in a fixed shuffled order, each with its own pitch and speed; voices
+    in `exclude` (another corpus's, "accent+variant") are never used, so a probe's voices are truly new."""
     rng = np.random.default_rng(seed)
     pairs = [(a, v) for a in ACCENTS for v in VARIANTS]
-    order = rng.permutation(len(pairs))[:n]
+    order = [j for j in rng.permutation(len(pairs)) if f"{pairs[j][0]}+{pairs[j][1]}" not in set(exclude)][:n]
+    if len(order) < n:
+        raise SystemExit(f"{n} speakers asked, {len(order)} espeak voices left once {len(exclude)} are excluded")
     return [{"name": f"s{i:02d}", "voice": f"{pairs[j][0]}+{pairs[j][1]}", "pitch": int(rng.integers(25, 75)),
              "speed": int(rng.integers(130, 190))} for i, j in enumerate(order)]
 
@@ -68,10 +72,12 @@ def _say(binary: str, spk: dict, text: str, path: str, rng_seed: int) -> str:
 
 
 def make_corpus(root: str, n_speakers: int, per_speaker: int, seed: int, keywords_per_speaker: int = 0,
-                words: tuple[int, int] = (4, 12)) -> dict:
+                words: tuple[int, int] = (4, 12), exclude_voices: tuple[str, ...] = ()) -> dict:
     """Write the corpus (skipped when `root` holds a finished one with the same arguments). Returns its summary."""
     args = {"n_speakers": n_speakers, "per_speaker": per_speaker, "seed": seed, "keywords_per_speaker": keywords_per_speaker,
             "words": list(words), "version": 1}
+    if exclude_voices:  # only then: corpora made before the option are still found made
+        args["exclude_voices"] = sorted(exclude_voices)
     done = os.path.join(root, "corpus.json")
     if os.path.exists(done):
         try:
@@ -85,7 +91,7 @@ def make_corpus(root: str, n_speakers: int, per_speaker: int, seed: int, keyword
     binary = espeak()
     rng = np.random.default_rng(seed)
     jobs = []
-    for spk in speakers(n_speakers, seed):
+    for spk in speakers(n_speakers, seed, tuple(exclude_voices)):
         os.makedirs(os.path.join(root, spk["name"]), exist_ok=True)
         for i in range(per_speaker):
             text = " ".join(rng.choice(WORDS, size=int(rng.integers(*words))))
@@ -109,7 +115,10 @@ def make_corpus(root: str, n_speakers: int, per_speaker: int, seed: int, keyword
     import soundfile as sf
 
     seconds = sum(sf.info(os.path.join(root, uid + ".wav")).duration for _, uid, _, _ in jobs)
-    summary = {"args": args, "utterances": len(jobs), "hours": round(seconds / 3600, 3), "speakers": speakers(n_speakers, seed)}
+    with open(os.path.join(root, "text.txt"), "w") as f:  # the sentences' words: character CTC (CER), a second content task
+        f.writelines(f"{uid} {text}\n" for _, uid, text, kw in jobs if kw is None)
+    summary = {"args": args, "utterances": len(jobs), "hours": round(seconds / 3600, 3),
+               "speakers": speakers(n_speakers, seed, tuple(exclude_voices))}
     with open(done, "w") as f:  # last: a corpus without it is unfinished and is made again
         json.dump(summary, f, indent=1)
     return summary

@@ -303,3 +303,13 @@ def test_paired_verdicts_follow_the_interval():
     assert verdict("accuracy", {"ci95": [-0.05, -0.01]}, 0.03) == "worse"
     assert verdict("PER", {"ci95": [-0.01, 0.01]}, 0.02) == "as good as, within ±0.02"
     assert verdict("PER", {"ci95": [-0.01, 0.05]}, 0.02).startswith("undecided")
+
+
+def test_a_ctc_probe_too_big_for_memory_streams_and_scores_the_same(tones, tmp_path, capsys):
+    """Issue 38 item 7: every layer of every utterance was kept in memory (~360 GB for a LibriSpeech-100 phone probe)."""
+    kw = dict(task="ctc", labels=str(tones["root"] / "text"), tokens="phone", epochs=3, patience=3)
+    held = probe_features(_cfg(tones, tmp_path / "held", **kw))
+    capsys.readouterr()
+    streamed = probe_features(_cfg(tones, tmp_path / "streamed", memory_gb=1e-6, **kw))
+    assert "read from the cache for every batch instead" in capsys.readouterr().err
+    assert streamed["per_clip"] == held["per_clip"] and streamed["value"] == held["value"]

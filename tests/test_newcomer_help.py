@@ -1,0 +1,40 @@
+"""Issue 35, in part: help that tells the truth and lines that say what was ignored."""
+
+import os
+
+from click.testing import CliRunner
+
+from extract import ExtractConfig, extract_features
+from store.cli import main as cache_cli
+from tests.conftest import build_corpus
+from train.cli import main as train_cli
+
+
+def test_train_help_says_which_layers_and_which_devices_and_seed():
+    text = " ".join(CliRunner().invoke(train_cli, ["--help"]).output.split())
+    assert "with --cache, the cache's layers; 4,8,12 when the teacher runs online" in text
+    assert "[default: 4,8,12]" not in text and "cuda:N" in text and "[default: 0]" in text
+
+
+def test_verify_takes_quiet(small_cache):
+    cache, _ = small_cache
+    r = CliRunner().invoke(cache_cli, ["verify", cache.path, "--quiet"])
+    assert r.exit_code == 0 and "verifying" not in r.output and r.output.startswith("ok:"), r.output
+
+
+def test_a_codec_an_existing_cache_does_not_use_is_said(tmp_path, tiny_teacher, capfd):
+    corpus = build_corpus(str(tmp_path / "c"), n=2)
+    s = extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1,), cache_dir=str(tmp_path / "k"), progress=False))
+    capfd.readouterr()
+    extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1,), cache_dir=str(tmp_path / "k"), codec="zstd", progress=False))
+    assert f"{s.path}: keeps its codec blosc-zstd; --codec zstd applies to new caches only" in capfd.readouterr().err
+    extract_features(ExtractConfig(tiny_teacher, corpus, layers=(1,), cache_dir=str(tmp_path / "k"), progress=False))
+    assert "keeps its codec" not in capfd.readouterr().err  # not given: nothing to say
+
+
+def test_export_of_a_run_dir_without_a_student_is_our_one_line(tmp_path):
+    from train.onnx_export import main as export_cli
+
+    os.makedirs(tmp_path / "run")
+    r = CliRunner().invoke(export_cli, [str(tmp_path / "run"), "--onnx", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 2 and r.output.strip().endswith("give the run dir of a finished train-student run"), r.output
