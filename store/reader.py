@@ -426,10 +426,11 @@ def open_cache(path_or_fingerprint: str, cache_dir: str | None = None) -> Cache:
     """Open by path, or by fingerprint (or a unique prefix of one) under the cache dir."""
     if fs.isdir(path_or_fingerprint):
         return Cache(path_or_fingerprint)
-    if fs.is_remote(path_or_fingerprint) or os.sep in path_or_fingerprint:
-        raise CacheNotFoundError(f"{path_or_fingerprint}: no such cache; list caches with: feature-cache ls")
-    root = cache_dir or default_cache_dir()
-    key = str(path_or_fingerprint)
+    root, key = cache_dir or default_cache_dir(), str(path_or_fingerprint)
+    if fs.is_remote(key) or os.sep in key:  # ROOT/3f2a9c0e5d: a unique prefix of a cache under that root, as docs write it
+        root, key = key.rstrip("/").rsplit("/", 1) if "/" in key.rstrip("/") else (key, "")
+        if not key or not fs.isdir(root):
+            raise CacheNotFoundError(f"{path_or_fingerprint}: no such cache; list caches with: feature-cache ls")
     hits = [d for d in fs.listdir(root) if d.startswith(key) and not d.startswith(".")]
     if len(hits) == 1 and key:
         return Cache(os.path.join(root, hits[0]))

@@ -38,3 +38,18 @@ def test_export_of_a_run_dir_without_a_student_is_our_one_line(tmp_path):
     os.makedirs(tmp_path / "run")
     r = CliRunner().invoke(export_cli, [str(tmp_path / "run"), "--onnx", str(tmp_path / "x.onnx")])
     assert r.exit_code == 2 and r.output.strip().endswith("give the run dir of a finished train-student run"), r.output
+
+
+def test_a_path_ending_in_a_fingerprint_prefix_resolves(small_cache):
+    """docs/scale-out.md writes --cache /shared/distilcache/3f2a9c0e5d: a root and a unique prefix."""
+    import pytest
+
+    from store import CacheNotFoundError, open_cache
+
+    cache, _ = small_cache
+    root, fp = os.path.split(cache.path)
+    assert open_cache(os.path.join(root, fp[:8])).path == cache.path
+    with pytest.raises(CacheNotFoundError, match="no such cache path, nor fingerprint"):
+        open_cache(os.path.join(root, "zz"))
+    with pytest.raises(CacheNotFoundError, match="no such cache"):
+        open_cache(os.path.join(root, "nodir", fp[:8]))

@@ -178,7 +178,7 @@ def read_probe(probe_dir: str) -> dict:
 
 
 def probe_table(probes: list[dict]) -> str:
-    head = ["probe", "upstream", "params", "targets", "task", "metric ± 95% interval", "test utterances"]
+    head = ["probe", "upstream", "params", "targets", "task", "metric ± 95% interval", "chance", "train/dev/test"]
     rows = []
     for p in probes:
         up, cache = p["upstream"], p.get("cache") or {}
@@ -186,7 +186,9 @@ def probe_table(probes: list[dict]) -> str:
         lo, hi = p["ci95"]
         rows.append([p["run"], f"{os.path.basename(str(up.get('name') or '?').rstrip('/'))} {str(up.get('digest') or '')[-8:]}",
                      params, f"{str(cache.get('fingerprint', '?'))[:12]} {cache.get('storage', '?')}", p["task"],
-                     f"{p['metric']} {p['value']:.4f} ({lo:.4f}-{hi:.4f})", str(p["split"].get("test", "?"))])
+                     f"{p['metric']} {p['value']:.4f} ({lo:.4f}-{hi:.4f})",
+                     f"{p['chance']:.4f}" if isinstance(p.get("chance"), (int, float)) else "-",
+                     "/".join(str(p["split"].get(k, "?")) for k in ("train", "dev", "test"))])
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows])
 
 

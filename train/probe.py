@@ -288,6 +288,7 @@ def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, upstr
     check_out(cfg.out)
     labels, missing = labelled_ids(cfg, cache)
     train, dev, test, how = split(cfg, cache, sorted(labels))
+    warn_small(cfg, labels, test)
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "metrics.jsonl"), "w") as metrics:
         def log(row: dict) -> None:
@@ -311,6 +312,20 @@ def probe_with(cfg: ProbeConfig, cache, read, layers: list[int], dim: int, upstr
         json.dump(result, f, indent=1)
     plot_layer_weights(result, os.path.join(cfg.out, "layers.png"))
     return result
+
+
+def warn_small(cfg: ProbeConfig, labels: dict[str, str], test: list[str]) -> None:
+    """A score on a few clips means little: said in one line before the probe runs, not found out from its interval."""
+    if len(test) < 100:
+        _say(f"probe: the test split holds {len(test)} utterances (under 100): its interval is wide, and a difference between "
+             "upstreams may not show; label more, or compare paired (compare-runs)")
+    if cfg.task == "classify":
+        from collections import Counter
+
+        few = sorted((n, c) for c, n in Counter(labels[u] for u in test).items() if n < 5)
+        if few:
+            _say(f"probe: {len(few)} class(es) have fewer than 5 test examples (first: '{few[0][1]}' with {few[0][0]}): their "
+                 "accuracy is noise")
 
 
 def plot_layer_weights(result: dict, out_png: str) -> str:

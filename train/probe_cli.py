@@ -51,9 +51,10 @@ def main(layers, as_json, **flags) -> None:
     seeds, (low, high) = result["seeds"], result["value_range"]
     epochs = [r["best_epoch"] for r in seeds]
     chosen = f"epoch {epochs[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds (range {low:.4f}-{high:.4f}; epochs {epochs})"
-    click.echo(f"{result['task']} {result['metric']} {result['value']:.4f} (95% interval {lo:.4f}-{hi:.4f}) on "
-               f"{result['split']['test']} test utterances, {chosen} (chosen by {result['selected_by']} on "
-               f"{result['split']['dev']} dev utterances); {flags['out']}/result.json")
+    chance = f", chance {result['chance']:.4f}" if "chance" in result else ""
+    sizes = f"train/dev/test {result['split']['train']}/{result['split']['dev']}/{result['split']['test']}"
+    click.echo(f"{result['task']} {result['metric']} {result['value']:.4f} (95% interval {lo:.4f}-{hi:.4f}{chance}; {sizes}), "
+               f"{chosen} (chosen by {result['selected_by']}); {flags['out']}/result.json")
     if as_json:
         click.echo(json.dumps(result))
 

@@ -137,8 +137,8 @@ def test_compare_runs_puts_probes_side_by_side_and_refuses_mixed_tasks(tones, tm
     probe_features(_cfg(tones, tmp_path / "c", epochs=2, task="ctc", labels=str(tones["root"] / "text"), tokens="phone"))
     r = CliRunner().invoke(compare_cli, [str(tmp_path / "a"), str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
-    head, _, a, b = r.stdout.strip().splitlines()
-    assert "upstream" in head and "params" in head and "metric ± 95% interval" in head
+    head, _, a, b = r.stdout.strip().splitlines()[:4]  # then the paired comparison
+    assert "paired with" in r.stdout and "upstream" in head and "params" in head and "metric ± 95% interval" in head
     assert "classify" in a and "accuracy" in a and "M |" in a and "float32" in b
     mixed = CliRunner().invoke(compare_cli, [str(tmp_path / "a"), str(tmp_path / "c")])
     assert mixed.exit_code == 2 and "different tasks" in mixed.output
@@ -313,3 +313,11 @@ def test_a_ctc_probe_too_big_for_memory_streams_and_scores_the_same(tones, tmp_p
     streamed = probe_features(_cfg(tones, tmp_path / "streamed", memory_gb=1e-6, **kw))
     assert "read from the cache for every batch instead" in capsys.readouterr().err
     assert streamed["per_clip"] == held["per_clip"] and streamed["value"] == held["value"]
+
+
+def test_the_probe_line_says_chance_and_sizes_and_warns_of_small_tests(tones, tmp_path):
+    r = CliRunner().invoke(probe_cli, ["--cache", tones["cache"], "--task", "classify", "--labels", str(tones["root"] / "labels.tsv"),
+                                       "--out", str(tmp_path / "c"), "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "chance 0." in r.stdout and "train/dev/test " in r.stdout
+    assert "the test split holds" in r.stderr and "under 100" in r.stderr
