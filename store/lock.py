@@ -20,6 +20,21 @@ class LockedError(CacheError):
     """Another process holds the directory."""
 
 
+_held: dict[int, int] = {}  # fd -> the pid that took the lock on it
+
+
+def release_all() -> None:
+    """Unlock every lock this process took: the SIGTERM handler (store.oneline) calls it before it exits. Forked children
+    (DataLoader workers) share the lock's open file and would hold it until they die, seconds later, refusing a
+    `--resume` started at once; LOCK_UN from the taker frees it for all of them. A child never unlocks its parent's."""
+    for fd, pid in list(_held.items()):
+        if pid == os.getpid():
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+
+
 def is_locked(directory: str) -> bool:
     """Whether some process holds `directory` now (without taking it)."""
     if fs.is_remote(directory) or not os.path.exists(os.path.join(directory, ".lock")):
@@ -49,6 +64,8 @@ def exclusive(directory: str, what: str = "another extract-features or import is
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockedError(f"{directory}: {what}") from None
+        _held[fd] = os.getpid()
         yield
     finally:
+        _held.pop(fd, None)
         os.close(fd)

@@ -89,9 +89,10 @@ def _exit_on_sigterm(kept: str | Callable[[], str]):
     def handler(signum, frame) -> None:
         import multiprocessing
 
-        from store import fs  # here: store.fs imports store.errors, which imports this module
+        from store import fs, lock  # here: store.fs imports store.errors, which imports this module
 
         fs.remove_temp_files()  # os._exit runs no atexit: a consolidation's temp file would stay in the cache
+        lock.release_all()  # before the children go: they share the lock's file and would hold it seconds more
         children = multiprocessing.active_children()  # verify's workers: left alive they would hold our output pipes
         for child in children:
             child.terminate()

@@ -91,6 +91,8 @@ def train(cfg: TrainConfig) -> dict:
     except RuntimeError as e:
         if "DataLoader worker" not in str(e):
             raise
+        if "killed by signal: Terminated" in str(e):  # the whole job got SIGTERM (a scheduler's limit): an interruption
+            raise KeyboardInterrupt from None
         # torch's message for a worker killed by a signal (the OOM killer, a kill -9): the run dir keeps its checkpoint
         raise ConfigError(f"{cfg.out}: a data loader worker died ({str(e).splitlines()[0][:120]}); out of memory? lower "
                           "--num-workers, then continue with --resume") from None

@@ -179,3 +179,26 @@ def test_steps_zero_exports_the_initialised_student(cached, tmp_path):
     teacher = HubertModel.from_pretrained(cached["teacher"])
     student = HubertModel.from_pretrained(r["student"])
     assert torch.equal(student.feature_extractor.conv_layers[0].conv.weight, teacher.feature_extractor.conv_layers[0].conv.weight)
+
+
+def test_sigterm_frees_the_run_dir_at_once_for_a_resume(cached, tmp_path):
+    """Issue 35 item 9: data loader workers share the run dir's lock and held it ~3 s after a SIGTERM, so a requeue
+    script's immediate --resume was refused as "another train-student is using this run dir"."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from store.lock import is_locked
+
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "train.cli", "--cache", cached["path"], "--out", str(out), "--steps", "100000", "--batch-size", "2",
+           "--max-crop-samples", "8000", "--log-interval", "1", "--checkpoint-interval", "1", "--num-workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(out / "ckpt.pt"):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: the whole job, workers included
+    _, err = proc.communicate(timeout=60)
+    assert not is_locked(str(out)), err
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("interrupted:"), err
