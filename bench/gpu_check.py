@@ -89,6 +89,9 @@ def writer_against_forward() -> None:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="prints the tables for docs/benchmarks.md").parse_args()
     exactness()
     writer_against_forward()
     for argv in (["bench.extract_bench", "--device", "cuda", "--utterances", "64", "--repeat", "2"],

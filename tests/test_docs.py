@@ -100,3 +100,23 @@ def test_command_blocks_run(block, doc_world, tmp_path):
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{script}\n--- stderr ---\n{r.stderr[-3000:]}"
+
+
+def test_every_link_to_a_heading_finds_it():
+    """Issue 35 item 18: two anchors (benchmarks.md#full-context-vs-crop-alone-targets) matched no heading. GitHub's
+    rule: the heading lower-cased, punctuation but '-' and '_' dropped, spaces made '-'."""
+    import glob
+    import re
+
+    def slugs(path: str) -> set[str]:
+        heads = [line.lstrip("#").strip() for line in open(path, encoding="utf-8") if line.startswith("#")]
+        return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    broken = []
+    for doc in [os.path.join(root, "README.md"), *glob.glob(os.path.join(root, "docs", "*.md"))]:
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?#([^)\s]+)\)", open(doc, encoding="utf-8").read()):
+            path = os.path.normpath(os.path.join(os.path.dirname(doc), target)) if target else doc
+            if not os.path.exists(path) or anchor not in slugs(path):
+                broken.append(f"{os.path.relpath(doc, root)} -> {target}#{anchor}")
+    assert not broken, broken
