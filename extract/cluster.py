@@ -44,16 +44,24 @@ def _worker_part(path: str, part: dict, cfg, spec: dict, layout: Layout) -> tupl
     return len(part["items"]), sum(it.samples for it in part["items"])
 
 
+def connect(address: str):
+    """A client of the dask scheduler at `address`, or one line saying it cannot be reached. extract.run calls it once
+    before any cache is created, so an unreachable scheduler leaves nothing behind."""
+    from dask.distributed import Client
+
+    try:
+        return Client(address, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise ExtractError(f"--scheduler {address}: cannot reach it ({str(e).splitlines()[0][:120]}); check the address, "
+                           "or start one with `dask scheduler`") from None
+
+
 def run_parts(cfg, path: str, pending: list[dict], spec: dict, layout: Layout, progress) -> None:
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if cfg.scheduler:
-        try:
-            client = Client(cfg.scheduler, timeout=SCHEDULER_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as e:
-            raise ExtractError(f"--scheduler {cfg.scheduler}: cannot reach it ({str(e).splitlines()[0][:120]}); check the address, "
-                               "or start one with `dask scheduler`") from None
+        client = connect(cfg.scheduler)
     else:
         cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)

@@ -107,12 +107,25 @@ class KnownFiles:
         return seen is not None and (seen is record or stat_key(seen) == stat_key(record))
 
 
+TAIL = 4096  # samples decoded at a new file's end before any teacher work: a truncated file whose header is whole is caught
+
+
 def _info(path: str) -> sf._SoundFileInfo | BadFile:
     try:
-        return sf.info(path)
+        info = sf.info(path)
     except Exception as e:  # noqa: BLE001 - soundfile raises several types for unreadable files
         reason = "no such file" if not os.path.exists(path) else f"not readable as audio ({str(e).splitlines()[0][:120]})"
         return BadFile(path, reason)
+    try:
+        with sf.SoundFile(path) as f:  # the header says how long the file is; its last samples say whether it is
+            f.seek(max(0, info.frames - TAIL))
+            whole = len(f.read(TAIL, dtype="int16")) >= min(TAIL, info.frames)
+    except Exception:  # noqa: BLE001 - a seek or decode past the data's end
+        whole = False
+    if not whole:
+        return BadFile(path, f"truncated: its header says {info.frames} samples, its data ends before them (a partial copy or "
+                             "download?); copy it again")
+    return info
 
 
 def _header(info) -> Header:

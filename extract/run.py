@@ -206,6 +206,10 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
     if bad and cfg.on_error == "fail":
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
         raise ExtractError(f"{len(bad)} bad file(s) or entries in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
+    if cfg.scheduler:  # reached before anything is written: a refusal leaves no empty cache behind
+        from extract.cluster import connect
+
+        connect(cfg.scheduler).close()
     try:
         fs.makedirs(cache_root)
     except OSError as e:

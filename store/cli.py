@@ -41,11 +41,18 @@ def ls(cache_dir: str | None) -> None:
         click.echo(f"other format: {line}", err=True)
     if not caches:
         click.echo(f"no caches of format {FORMAT_VERSION} under {cache_dir or default_cache_dir()}", err=True)
+    by_fp = {c.fingerprint: c for c in caches}
     for c in caches:
-        click.echo(ls_line(c))
+        click.echo(ls_line(c, by_fp))
 
 
-def ls_line(c) -> str:
+def stale(c, by_fp: dict) -> bool:
+    """A derived cache whose source (under the same root) holds parts it lacks: the source grew after the conversion."""
+    source = by_fp.get(c.spec.get("derived_from", {}).get("fingerprint"))
+    return source is not None and bool(set(source.parts) - set(c.parts))
+
+
+def ls_line(c, by_fp: dict | None = None) -> str:
     """One cache at a glance: teacher, layers, storage and audio, complete or not, utterances, hours, size, derivation."""
     teacher = os.path.basename(str(c.provenance.get("teacher") or "?").rstrip("/"))
     pending = c.pending()
@@ -62,6 +69,8 @@ def ls_line(c) -> str:
     else:
         size = f"{human_bytes(c.bytes)} + {unsized} unsized part(s) (info --du)"
     derived = c.spec.get("derived_from", {}).get("fingerprint")
+    if derived and stale(c, by_fp or {}):
+        derived += " (stale: the source grew since; convert again to cover it)"
     return (f"{c.fingerprint}  {teacher}  layers={','.join(map(str, c.layers))}  {c.spec['storage_dtype']}/{c.audio_mode} audio  "
             f"{state}  utterances={len(c)}  {hours:.2f} h  {size}" + (f"  derived from {derived}" if derived else "") + f"  {c.path}")
 
@@ -207,5 +216,11 @@ def rm(path: str, cache_dir: str | None, yes: bool) -> None:
     check_removable(target)  # refused before anyone is asked
     if not yes:
         click.confirm(f"delete {target}?", abort=True)
+    gone = os.path.basename(os.path.normpath(target))
     remove_cache(target)
     click.echo(f"removed {target}")
+    derived = [c for c in list_caches(os.path.dirname(os.path.normpath(target)))
+               if c.spec.get("derived_from", {}).get("fingerprint") == gone] if not fs.is_remote(target) else []
+    if derived:
+        click.echo(f"{len(derived)} cache(s) derived from it remain, each whole on its own (first: {derived[0].path}); "
+                   "feature-cache rm them too if they are not wanted", err=True)

@@ -53,3 +53,24 @@ def test_a_path_ending_in_a_fingerprint_prefix_resolves(small_cache):
         open_cache(os.path.join(root, "zz"))
     with pytest.raises(CacheNotFoundError, match="no such cache"):
         open_cache(os.path.join(root, "nodir", fp[:8]))
+
+
+def test_rm_says_which_derived_caches_remain_and_ls_marks_a_stale_one(tmp_path):
+    """Issue 35 item 4: removing a source said nothing of its conversions; a conversion whose source grew looked current."""
+    from store import Layout, create_cache
+    from store.convert import convert_cache
+    from tests.conftest import make_spec, write_parts
+
+    layout = Layout(chunk_frames=8, shard_frames=32)
+    src = create_cache(str(tmp_path / "root"), make_spec(), {"teacher": "tiny"}, layout)
+    write_parts(src, {"p000000": [("a", 20), ("b", 9)]}, layout=layout)
+    copy = convert_cache(src, "float32")
+    line = [row for row in CliRunner().invoke(cache_cli, ["ls", "--cache-dir", str(tmp_path / "root")]).output.splitlines()
+            if row.startswith(copy.fingerprint)][0]
+    assert "derived from" in line and "stale" not in line
+    write_parts(src, {"p000001": [("c", 12)]}, layout=layout)  # the source grows
+    line = [row for row in CliRunner().invoke(cache_cli, ["ls", "--cache-dir", str(tmp_path / "root")]).output.splitlines()
+            if row.startswith(copy.fingerprint)][0]
+    assert "stale: the source grew since" in line
+    r = CliRunner().invoke(cache_cli, ["rm", src, "--yes"])
+    assert r.exit_code == 0 and "1 cache(s) derived from it remain" in r.output and copy.path in r.output

@@ -128,3 +128,24 @@ def test_a_markers_temp_file_left_by_a_kill_is_removed_by_the_next_run(tmp_path,
     finally:
         fs.write_bytes = real
     assert any(str(tmp_path / "m.json.tmp-") in t for t in seen[0]) and not fs._in_flight  # tracked while in flight
+
+
+def test_an_unreachable_scheduler_leaves_no_empty_cache(tmp_path, tiny_teacher):
+    """Issue 35 item 12: the refusal left a cache that `ls` showed as `partial (1 part(s) pending) utterances=0`."""
+    corpus = build_corpus(str(tmp_path / "c"), n=2)
+    with pytest.raises(ExtractError, match="--scheduler tcp://127.0.0.1:9: cannot reach it"):
+        _extract(tiny_teacher, corpus, tmp_path / "k", scheduler="tcp://127.0.0.1:9")
+    assert not os.path.exists(tmp_path / "k") or os.listdir(tmp_path / "k") == []
+
+
+def test_a_truncated_flac_with_a_whole_header_is_refused_before_teacher_work(tmp_path, tiny_teacher):
+    """Issue 35 item 13: it passed the header check and stopped the run at decode, after teacher work began."""
+    corpus = build_corpus(str(tmp_path / "c"), n=3, ext="flac")
+    victim = os.path.join(corpus, "spk0", "utt00.flac")
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[: len(data) * 2 // 3])
+    with pytest.raises(ExtractError, match=r"utt00.flac: truncated: its header says \d+ samples"):
+        _extract(tiny_teacher, corpus, tmp_path / "k")
+    assert not os.path.exists(tmp_path / "k") or os.listdir(tmp_path / "k") == []  # refused before any teacher work
+    s = _extract(tiny_teacher, corpus, tmp_path / "k", on_error="skip")
+    assert s.utterances == 2 and "truncated" in s.skipped[0]["reason"]
