@@ -109,7 +109,7 @@ def write_json(path: str, data, indent: int | None = 1) -> str:
     return staged(path, dump)
 
 
-def plot_losses(metrics_file: str, out_png: str) -> str | None:
+def plot_losses(metrics_file: str, out_png: str, title: str | None = None) -> str | None:
     """loss.png from metrics.jsonl: the training loss and per-layer L1, and the held-out loss at each evaluation; None
     when nothing was logged."""
     import matplotlib
@@ -132,6 +132,8 @@ def plot_losses(metrics_file: str, out_png: str) -> str | None:
         ax.plot([h["step"] for h in held], [h["loss"] for h in held], "o--", color="black", label="held-out loss", ms=5)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    if title:  # which run and which targets: a loss.png copied out of its run dir still says
+        ax.set_title(title, fontsize=8)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -44,7 +44,7 @@ from train.follow import Follower
 from train.loss import distill_loss
 from train.model import Student, build_student, count_parameters, describe_parts, describe_random, init_from_teacher
 from train.recipe import RECIPES, Recipe
-from train.record import first_line, write_run_dir_records
+from train.record import first_line, record_end, write_run_dir_records
 from train.sources import Sources, follow_ids, load_sources
 from train.targets import TargetSource, make_source
 
@@ -119,6 +119,8 @@ class Run:
     step: int = 0
     follower: Follower | None = None
     notes: list[str] = field(default_factory=list)  # said once the first step has run
+    started: float = 0.0  # when this session's loop began, and at which step: run.json's wall time and speed
+    start_step: int = 0
 
 
 def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> dict:
@@ -322,6 +324,7 @@ def loop(run: Run, loader) -> dict:
     model.train()
     bar = tqdm(total=cfg.steps, initial=run.step, desc="training", disable=not (cfg.progress and ranks.main), dynamic_ncols=True)
     t_last, waited, window_t0, window_steps = time.perf_counter(), 0.0, time.perf_counter(), 0
+    run.started, run.start_step = time.time(), run.step
     for batch in loader if cfg.steps else ():  # --steps 0: straight to the export of the initialised student
         waited += time.perf_counter() - t_last  # time the step stood waiting for data
         if run.recipe.sets_lr:
@@ -409,7 +412,10 @@ def finish(run: Run, tb) -> dict:
             result["stopped_after"] = run.step
             print(f"{cfg.out}: stopped after step {run.step} of {cfg.steps} (--stop-after): student/ holds the student of step "
                   f"{run.step}; continue with --resume", file=sys.stderr)
-    result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"))
+    source = f"cache {run.src.cache.fingerprint}" if run.src.cache is not None else "the teacher online"
+    result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"),
+                                      f"{cfg.out} ({source})")
+    record_end(cfg.out, time.time() - run.started, run.step - run.start_step)
     if tb:
         tb.close()
     distributed.close(run.ranks)

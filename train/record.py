@@ -23,7 +23,27 @@ def _versions() -> dict:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    out["git_commit"] = _git_commit()
     return out
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this code runs from (with "+changes" when its tracked files differ), or None when it
+    is not a git checkout (an installed wheel): the package version then says what ran."""
+    import subprocess
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(here, ".git")):
+        return None
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def _amount(crops) -> dict:
@@ -71,9 +91,42 @@ def first_line(record: dict) -> str:
             f"{record['held_out']['utterances']} held out; layers {','.join(map(str, record['layers']))}")
 
 
+HELD_OUT_IDS = "held_out_ids.txt"  # beside run.json: the held-out utterances by id, one a line
+
+
 def write_run_dir_records(cfg: TrainConfig, src, layers: list[int], design) -> dict:
     used = resolved(cfg, src, layers)
     record = run_record(used, src, layers, design)
+    if src.valid is not None:
+        ids = sorted(src.valid.ids)
+        write_text(os.path.join(cfg.out, HELD_OUT_IDS), "".join(f"{u}\n" for u in ids))
+        record["held_out"]["ids_file"] = HELD_OUT_IDS
     save_config(used, cfg.out)
     write_json(os.path.join(cfg.out, "run.json"), record)
     return record
+
+
+def record_end(out: str, seconds: float, steps: int) -> None:
+    """run.json gains the run's wall time and speed at its end (this session's, for a resumed run)."""
+    import json
+
+    path = os.path.join(out, "run.json")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return  # written before the first step by this run: gone means a user removed it; nothing to add to
+    if isinstance(record, dict):
+        record.update(wall_seconds=round(seconds, 1), steps_this_session=steps,
+                      steps_per_second=round(steps / seconds, 4) if seconds > 0 else None)
+        write_json(path, record)
+
+
+def write_text(path: str, text: str) -> None:
+    from train.export import staged
+
+    def save(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    staged(path, save)

@@ -60,3 +60,17 @@ def test_a_cache_holding_two_corpora_trains_on_the_one_chosen(tmp_path, tiny_tea
     train(_cfg(tmp_path / "all", cache=path, corpus=corpus, valid_fraction=0.0))
     assert json.load(open(tmp_path / "all/run.json"))["train"]["utterances"] == 6
     assert os.path.exists(tmp_path / "all/student/config.json")
+
+
+def test_run_json_says_what_code_ran_how_long_and_on_which_held_out_ids(cached, tmp_path):
+    """Issue 35 item 7: the code's version and commit, wall time, steps per second, the held-out ids."""
+    out = tmp_path / "r"
+    train(_cfg(out, cache=cached["path"], steps=3))
+    record = json.load(open(out / "run.json"))
+    assert record["versions"]["distilcache"] and "git_commit" in record["versions"]
+    assert record["wall_seconds"] > 0 and record["steps_this_session"] == 3 and record["steps_per_second"] > 0
+    held = open(out / record["held_out"]["ids_file"]).read().split()
+    assert len(held) == record["held_out"]["utterances"] >= 1
+    import hashlib
+
+    assert hashlib.sha256("\n".join(sorted(held)).encode()).hexdigest()[:16] == record["held_out"]["ids_sha256"]
