@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from store.errors import CacheError
+from store.oneline import AT_SIGTERM
 
 
 class StoreAccessError(CacheError, OSError):
@@ -238,6 +239,7 @@ def remove_temp_files() -> None:
 
 
 atexit.register(remove_temp_files)
+AT_SIGTERM.append(remove_temp_files)  # os._exit in the SIGTERM handler runs no atexit
 
 
 def remove_stale_temp_files(directory: str) -> None:

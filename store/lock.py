@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from store import fs
 from store.errors import CacheError
+from store.oneline import AT_SIGTERM
 
 
 class LockedError(CacheError):
@@ -33,6 +34,9 @@ def release_all() -> None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             except OSError:
                 pass
+
+
+AT_SIGTERM.append(release_all)  # before the handler ends the children: they share the lock's file
 
 
 def is_locked(directory: str) -> bool:

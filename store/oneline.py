@@ -48,6 +48,11 @@ def _refuse(line: str) -> None:
     sys.exit(2)
 
 
+#: What the SIGTERM handler runs before it exits, in order. Modules below this one register here (store.fs: temp files in
+#: flight; store.lock: locks this process holds), so this module imports none of them: arrows point down only.
+AT_SIGTERM: list[Callable[[], None]] = []
+
+
 def cli_errors(kept: str | Callable[[], str] = "nothing was changed"):
     """User errors print as one line on stderr and exit 2; Ctrl-C and SIGTERM print what was kept and exit 130
     (`kept`: the words, or a function that says them when it happens: what is kept may depend on how far the run got).
@@ -89,10 +94,8 @@ def _exit_on_sigterm(kept: str | Callable[[], str]):
     def handler(signum, frame) -> None:
         import multiprocessing
 
-        from store import fs, lock  # here: store.fs imports store.errors, which imports this module
-
-        fs.remove_temp_files()  # os._exit runs no atexit: a consolidation's temp file would stay in the cache
-        lock.release_all()  # before the children go: they share the lock's file and would hold it seconds more
+        for cleanup in list(AT_SIGTERM):  # os._exit runs no atexit: temp files in flight, locks held (store.fs, store.lock)
+            cleanup()
         children = multiprocessing.active_children()  # verify's workers: left alive they would hold our output pipes
         for child in children:
             child.terminate()
