@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from store.oneline import UserError
 
+#: The recipes train.recipe defines (checked there at import): named here so that the config needs no import of them.
+RECIPE_NAMES = ("distilcache", "s3prl")
+
 MIN_CROP_SAMPLES = 1600  # a few frames: shorter crops make the loss meaningless
 
 
@@ -121,10 +124,8 @@ class TrainConfig:
             if self.layers and sorted(t for _, t in pairs) != sorted(self.layers):
                 raise ConfigError(f"--match {self.match} predicts teacher layers {','.join(str(t) for _, t in pairs)}, but --layers "
                                   f"says {','.join(map(str, self.layers))}; leave --layers out (--match sets them)")
-        from train.recipe import RECIPES
-
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"--recipe {self.recipe}: choose {' or '.join(RECIPES)}")
+        if self.recipe not in RECIPE_NAMES:
+            raise ConfigError(f"--recipe {self.recipe}: choose {' or '.join(RECIPE_NAMES)}")
         if self.recipe == "s3prl" and self.cache is not None:
             raise ConfigError("--recipe s3prl runs the teacher online, as s3prl does (dropout on, on each crop): drop --cache and "
                               "give --teacher and --corpus")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from train import s3prl
+from train.config import RECIPE_NAMES
 from train.data import BucketBatches
 
 if TYPE_CHECKING:
@@ -75,3 +76,5 @@ S3PRL = Recipe(
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (DISTILCACHE, S3PRL)}
+if tuple(RECIPES) != RECIPE_NAMES:  # a recipe added here is named in train.config too, which validates --recipe
+    raise ImportError(f"train.recipe defines {tuple(RECIPES)}, train.config.RECIPE_NAMES says {RECIPE_NAMES}")
