@@ -6,22 +6,12 @@ dev; bootstrap intervals over test utterances. train.probe feeds them a cache's 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from store.oneline import UserError
-
-if TYPE_CHECKING:
-    from train.probe import ProbeConfig
-
-TOKENS = {"char": "CER", "phone": "PER", "word": "WER"}  # ctc: what a label is made of -> the error rate reported
-
-
-class ProbeError(UserError):
-    """A probe that cannot be run as asked; one line."""
+from train.probe_config import TOKENS, ProbeConfig, ProbeError
 
 
 class WeightedSum(nn.Module):
