@@ -8,7 +8,7 @@ import sys
 
 import soundfile as sf
 
-from extract.corpora import BadFile, Entry
+from extract.corpora.entries import BadFile, Entry
 
 
 def accepts(corpus: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from extract.corpora import BadFile, Entry, absolute, bad_times
+from extract.corpora.entries import BadFile, Entry, absolute, bad_times
 from extract.errors import ExtractError
 
 

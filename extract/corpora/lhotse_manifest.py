@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 
-from extract.corpora import BadFile, Entry, absolute, bad_times
+from extract.corpora.entries import BadFile, Entry, absolute, bad_times
 from extract.errors import ExtractError
 
 SUFFIXES = (".jsonl.gz", ".jsonl")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from extract.corpora import BadFile, Entry
 from extract.corpora.directory import file_entries
+from extract.corpora.entries import BadFile, Entry
 from extract.errors import ExtractError
 
 
