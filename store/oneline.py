@@ -94,6 +94,9 @@ def _exit_on_sigterm(kept: str | Callable[[], str]):
     def handler(signum, frame) -> None:
         import multiprocessing
 
+        # torch's DataLoader raises from its SIGCHLD handler when a worker dies: inside this handler, as the children go,
+        # that error would escape it and the run would end "a data loader worker died" instead of "interrupted"
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for cleanup in list(AT_SIGTERM):  # os._exit runs no atexit: temp files in flight, locks held (store.fs, store.lock)
             cleanup()
         children = multiprocessing.active_children()  # verify's workers: left alive they would hold our output pipes
