@@ -131,25 +131,13 @@ class ProductMode(TargetMode):
         return {"": (ArraySpec("uint8", True), dim // self.SUB)}
 
     def fit(self, samples):
-        try:
-            import faiss  # only to fit; encoding and decoding are numpy
-        except ImportError:
-            from store.errors import SpecMismatchError
-
-            raise SpecMismatchError("--storage pq fits its codebooks with faiss: pip install 'distilcache[pq]'") from None
-
-        stats = fit_stats(samples)
-        z = np.ascontiguousarray((np.concatenate(samples).astype(np.float32) - stats["mean"]) / stats["std"])
-        if len(z) < self.CENTROIDS:
-            from store.errors import SpecMismatchError
-
-            raise SpecMismatchError(f"--storage pq fits {self.CENTROIDS} centroids per channel group, but the fitting sample holds "
-                                    f"{len(z)} frames; use a corpus of more than {self.CENTROIDS * 0.02:.0f} s of audio, or int8")
+        faiss = _faiss("--storage pq fits its codebooks")
+        stats, z = _standardised_sample(samples, f"--storage pq fits {self.CENTROIDS} centroids per channel group")
         dim = z.shape[1]
         pq = faiss.ProductQuantizer(dim, dim // self.SUB, 8)
         pq.cp.min_points_per_centroid = 1  # small samples are fine (and faiss would warn once per sub-quantiser)
         pq.cp.niter = 20
-        pq.train(z[np.random.default_rng(0).permutation(len(z))[: 64 * self.CENTROIDS]])
+        pq.train(z)
         stats["codebooks"] = faiss.vector_to_array(pq.centroids).reshape(dim // self.SUB, self.CENTROIDS, self.SUB).astype(np.float32)
         return stats
 
@@ -166,27 +154,55 @@ class ProductMode(TargetMode):
         return z * stats["std"] + stats["mean"]
 
 
-_quantizers: dict[int, tuple[np.ndarray, object]] = {}  # id(codebooks) -> (codebooks, faiss.ProductQuantizer)
+_quantizers: dict[int, tuple[np.ndarray, object]] = {}  # id(codebooks) -> (codebooks, its faiss quantizer)
 
 
-def _quantizer(codebooks: np.ndarray):
-    """A faiss ProductQuantizer holding `codebooks` ([M, 256, SUB]), built once per codebooks array."""
+def _memo(codebooks: np.ndarray, build):
+    """The faiss quantizer holding `codebooks`, built (build(faiss)) once per codebooks array: pq's and rvq's."""
     found = _quantizers.get(id(codebooks))
     if found is not None and found[0] is codebooks:
         return found[1]
+    quantizer = build(_faiss("--storage pq and rvq encode"))
+    if len(_quantizers) > 64:
+        _quantizers.clear()
+    _quantizers[id(codebooks)] = (codebooks, quantizer)
+    return quantizer
+
+
+def _quantizer(codebooks: np.ndarray):
+    """A faiss ProductQuantizer holding `codebooks` ([M, 256, SUB])."""
+
+    def build(faiss):
+        m, k, sub = codebooks.shape
+        pq = faiss.ProductQuantizer(m * sub, m, int(np.log2(k)))
+        faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), pq.centroids)
+        return pq
+
+    return _memo(codebooks, build)
+
+
+def _faiss(what: str):
+    """faiss, or one line saying how to install it: only fitting and coding need it, reading is numpy."""
     try:
         import faiss
     except ImportError:
         from store.errors import SpecMismatchError
 
-        raise SpecMismatchError("--storage pq encodes with faiss: pip install 'distilcache[pq]' (reading needs only numpy)") from None
-    m, k, sub = codebooks.shape
-    pq = faiss.ProductQuantizer(m * sub, m, int(np.log2(k)))
-    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), pq.centroids)
-    if len(_quantizers) > 64:
-        _quantizers.clear()
-    _quantizers[id(codebooks)] = (codebooks, pq)
-    return pq
+        raise SpecMismatchError(f"{what} with faiss: pip install 'distilcache[pq]' (reading needs only numpy)") from None
+    return faiss
+
+
+def _standardised_sample(samples: list[np.ndarray], fits: str) -> tuple[dict, np.ndarray]:
+    """(mean/std statistics, the standardised rows a codebook is fitted on: at most 64 per codeword, shuffled), or one
+    line when the sample holds fewer rows than the 256 codewords to fit (`fits` says what)."""
+    stats = fit_stats(samples)
+    z = np.ascontiguousarray((np.concatenate(samples).astype(np.float32) - stats["mean"]) / stats["std"])
+    if len(z) < 256:
+        from store.errors import SpecMismatchError
+
+        raise SpecMismatchError(f"{fits}, but the fitting sample holds {len(z)} frames; use a corpus of more than "
+                                f"{256 * 0.02:.0f} s of audio, or int8")
+    return stats, z[np.random.default_rng(0).permutation(len(z))[: 64 * 256]]
 
 
 class ResidualMode(TargetMode):
@@ -207,18 +223,12 @@ class ResidualMode(TargetMode):
         return {"": (ArraySpec("uint8", True), self.books)}
 
     def fit(self, samples):
-        faiss = _faiss(self.name)
-        stats = fit_stats(samples)
-        z = np.ascontiguousarray((np.concatenate(samples).astype(np.float32) - stats["mean"]) / stats["std"])
-        if len(z) < 256:
-            from store.errors import SpecMismatchError
-
-            raise SpecMismatchError(f"--storage {self.name} fits 256 codewords per codebook, but the fitting sample holds "
-                                    f"{len(z)} frames; use a corpus of more than 5 s of audio, or int8")
+        faiss = _faiss(f"--storage {self.name} fits its codebooks")
+        stats, z = _standardised_sample(samples, f"--storage {self.name} fits 256 codewords per codebook")
         rq = faiss.ResidualQuantizer(z.shape[1], self.books, 8)
         rq.max_beam_size = self.BEAM
         rq.cp.min_points_per_centroid = 1  # as pq: a small sample is fine (and faiss would warn once per codebook)
-        rq.train(z[np.random.default_rng(0).permutation(len(z))[: 64 * 256]])
+        rq.train(z)
         stats["codebooks"] = faiss.vector_to_array(rq.codebooks).reshape(self.books, 256, z.shape[1]).astype(np.float32)
         return stats
 
@@ -232,30 +242,17 @@ class ResidualMode(TargetMode):
         return z * stats["std"] + stats["mean"]
 
 
-def _faiss(mode: str):
-    try:
-        import faiss
-    except ImportError:
-        from store.errors import SpecMismatchError
-
-        raise SpecMismatchError(f"--storage {mode} codes with faiss: pip install 'distilcache[pq]' (reading needs only numpy)") from None
-    return faiss
-
-
 def _residual(codebooks: np.ndarray, beam: int):
-    """A faiss ResidualQuantizer holding `codebooks` ([books, 256, dim]), built once per codebooks array."""
-    found = _quantizers.get(id(codebooks))
-    if found is not None and found[0] is codebooks:
-        return found[1]
-    faiss = _faiss("rvq")
-    books, _, dim = codebooks.shape
-    rq = faiss.ResidualQuantizer(dim, books, 8)
-    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), rq.codebooks)
-    rq.is_trained, rq.max_beam_size = True, beam
-    if len(_quantizers) > 64:
-        _quantizers.clear()
-    _quantizers[id(codebooks)] = (codebooks, rq)
-    return rq
+    """A faiss ResidualQuantizer holding `codebooks` ([books, 256, dim])."""
+
+    def build(faiss):
+        books, _, dim = codebooks.shape
+        rq = faiss.ResidualQuantizer(dim, books, 8)
+        faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), rq.codebooks)
+        rq.is_trained, rq.max_beam_size = True, beam
+        return rq
+
+    return _memo(codebooks, build)
 
 
 TARGET_MODES: dict[str, TargetMode] = {m.name: m for m in (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from store import Cache
+from store.modes import ResidualMode
 
 
 class DeviceDecoder:
@@ -15,7 +16,7 @@ class DeviceDecoder:
     def __init__(self, cache: Cache, layers: list[int], device: torch.device):
         self.bits = getattr(cache.mode, "bits", None)
         self.dim = cache.spec["dim"]
-        self.codebooks, self.summed = None, cache.mode.name.startswith("rvq")  # rvq: the books' codewords add up
+        self.codebooks, self.summed = None, isinstance(cache.mode, ResidualMode)  # rvq: the books' codewords add up
         if cache.mode.codebooks:  # [N, M, 256, SUB] (pq: a group each), [N, BOOKS, 256, D] (rvq: the whole vector each)
             self.codebooks = torch.stack([torch.from_numpy(cache.stats[k]["codebooks"]) for k in layers]).to(device)
         self.mean = torch.stack([torch.from_numpy(cache.stats[k]["mean"]) for k in layers]).to(device)[None, :, None, :]
