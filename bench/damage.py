@@ -31,10 +31,8 @@ def fitted(x: np.ndarray, frames: int) -> np.ndarray:
 def shuffled_cache(src_path: str, cache_dir: str | None = None, seed: int = 0):
     """The derived cache of `src_path` (a float mode) with shuffled targets; made once (its parts are skipped when
     committed), returns the opened cache."""
-    from store import Cache, PartWriter, create_cache
-    from store.index import consolidate
-    from store.layout import plan_path, write_json_atomic
-    from store.lock import exclusive
+    from store import Cache, create_cache
+    from store.convert import write_derived
 
     src = Cache(src_path)
     if src.mode.needs_stats:
@@ -42,21 +40,5 @@ def shuffled_cache(src_path: str, cache_dir: str | None = None, seed: int = 0):
     spec = {**src.spec, "derived_from": {"fingerprint": src.fingerprint, "transform": TRANSFORM, "seed": seed}}
     dst = Cache(create_cache(cache_dir or os.path.dirname(src.path), spec, {**src.provenance, "derived_from": src.path}, src.layout))
     partner = derangement(sorted(src.utterance_ids), seed)
-    with exclusive(dst.path):
-        dst.refresh()
-        parts = src.ids_by_part()  # the plan first, as a conversion's: a killed run leaves an unfinished cache, never a "complete" one
-        write_json_atomic(plan_path(dst.path), {"parts": [{"name": p, "utterances": len(ids)} for p, ids in parts.items()],
-                                                "skipped": src.plan()["skipped"]})
-        for part, ids in parts.items():
-            if part in dst.part_dirs:
-                continue
-            writer = PartWriter(dst.path, part, dst.layers, src.spec["dim"], src.spec["storage_dtype"], dst.layout, None,
-                                dst.audio_mode, src.part_corpus.get(part))
-            for uid in ids:
-                frames = src.num_frames(uid)
-                feats = {k: fitted(src.read(partner[uid], k).astype(np.float32), frames) for k in dst.layers}
-                writer.add(uid, feats, src.read_audio(uid), src.source(uid), src.num_samples(uid))
-            writer.commit()
-        consolidate(dst.path)
-    dst.refresh()
-    return dst
+    return write_derived(src, dst, None, dst.audio_mode, lambda uid: {
+        k: fitted(src.read(partner[uid], k).astype(np.float32), src.num_frames(uid)) for k in dst.layers})

@@ -95,10 +95,10 @@ def record_made(made_path: str, made: dict, mode: str, fn) -> dict:
     t = time.time()
     cache = fn()
     if mode not in made:
+        from store.fs import write_json_atomic
+
         made[mode] = None if made_before(cache, t) else round(time.time() - t, 1)
-        with open(made_path + ".tmp", "w") as f:
-            json.dump(made, f)
-        os.replace(made_path + ".tmp", made_path)
+        write_json_atomic(made_path, made)
     return {"path": cache, "seconds": made[mode]}
 
 
@@ -235,7 +235,7 @@ def librispeech_sizes() -> dict[str, float]:
     return {m: round(b / 1e9, 1) for m, b in sizes(frames, 0, 3, 768)["targets"].items() if m in MODES}
 
 
-def upstreams_of(out: str, teacher: str, caches: dict, pre: str, steps: int) -> dict[str, str]:
+def upstreams_of(out: str, teacher: str, caches: dict, steps: int) -> dict[str, str]:
     """name -> model dir of every upstream probed (students trained here, or found made)."""
     from bench.damage import shuffled_cache
     from train.probe_demo import random_student
@@ -282,7 +282,7 @@ def main() -> None:
         c["row_bytes"] = row_bytes(mode, open_cache(c["path"]).spec["dim"])
     rows: dict[str, dict] = {}
     probe_caches, probes = os.path.join(out, "probe-caches"), os.path.join(out, "probes")
-    for name, model_dir in upstreams_of(out, teacher, caches, pre, steps).items():
+    for name, model_dir in upstreams_of(out, teacher, caches, steps).items():
         s = extract_features(ExtractConfig(model_dir, probe, layers="all", cache_dir=probe_caches, progress=False))
         rows[name] = {"cache": s.path, "parameters": upstream_parameters(open_cache(s.path).spec),
                       "ms_per_audio_second": round(upstream_speed(model_dir), 2),

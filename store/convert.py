@@ -56,15 +56,23 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
         spec["storage_stats"] = stats_digest(stats)
     provenance = {**src.provenance, "derived_from": src.path, "fidelity": measured}
     dst = Cache(create_cache(cache_dir or os.path.dirname(src.path), spec, provenance, src.layout, stats))
+    return write_derived(src, dst, stats, audio, progress=progress)
+
+
+def write_derived(src: Cache, dst: Cache, stats: dict | None, audio: str, targets=None, progress=None) -> Cache:
+    """Write (or finish) `dst`, a cache derived from `src` part by part (the source's part names: same utterances, same
+    name), under its lock; `targets(uid)` gives each utterance's {layer: float32 rows} (default: the source's own).
+    Returns `dst` refreshed."""
+    targets = targets or (lambda uid: {k: src.read(uid, k).astype(np.float32) for k in dst.layers})
     with exclusive(dst.path):
         dst.refresh()
         parts = src.ids_by_part()
         # what this conversion will commit, before it commits any: a killed conversion is unfinished, never complete
         write_json_atomic(plan_path(dst.path), {"parts": [{"name": p, "utterances": len(ids)} for p, ids in parts.items()],
                                                 "skipped": src.plan()["skipped"]})
-        for part, ids in parts.items():  # the source's part names: same utterances, same name
+        for part, ids in parts.items():
             if part not in dst.part_dirs:
-                _convert_part(src, dst, part, ids, stats, audio)
+                _convert_part(src, dst, part, ids, stats, audio, targets)
             if progress:
                 progress(part)
         consolidate(dst.path)
@@ -72,13 +80,13 @@ def convert_cache(src_path: str, storage: str, audio: str | None = None, cache_d
     return dst
 
 
-def _convert_part(src: Cache, dst: Cache, name: str, ids: list[str], stats: dict | None, audio: str) -> None:
+def _convert_part(src: Cache, dst: Cache, name: str, ids: list[str], stats: dict | None, audio: str, targets) -> None:
     writer = PartWriter(dst.path, name, dst.layers, src.spec["dim"], dst.spec["storage_dtype"], dst.layout, stats, audio,
                         src.part_corpus.get(name))
     try:
         for uid in ids:
             wave = src.read_audio(uid) if src.audio_mode != "none" else None  # none: the sources stay the audio
-            writer.add(uid, {k: src.read(uid, k).astype(np.float32) for k in dst.layers}, wave, src.source(uid), src.num_samples(uid))
+            writer.add(uid, targets(uid), wave, src.source(uid), src.num_samples(uid))
     except BaseException:
         writer.abort()
         raise
