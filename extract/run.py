@@ -32,7 +32,7 @@ from store.lock import exclusive
 from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
 from store.progress import silenced, tracked
 from store.spec import fingerprint, validate_spec
-from store.verify import damaged_parts, header_lies, source_changed
+from store.verify import damaged_parts, header_key, lying_headers, source_changed
 
 MIN_SEGMENT_STEP = 0.02  # one frame of a 16 kHz, 320-hop teacher: a smaller step would repeat windows endlessly
 
@@ -290,12 +290,9 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
         if why:
             changed.setdefault(cache.part_of(uid), []).append(why)
     lying = sorted(uid for uid, r in sources.items() if full and uid in in_corpus and r and cache.part_of(uid) not in changed)
-    lies: dict[str, str | None] = {}  # by path and header: the windows of one recording share its file
-    for uid in tracked(lying, len(lying), "checking recorded headers", "file"):  # --repair: a record edited in place too
-        r = sources[uid]
-        key = f"{r['path']}\0{r.get('header')}"
-        why = lies[key] if key in lies else lies.setdefault(key, header_lies(r))
-        if why:
+    lies = lying_headers(tracked((sources[u] for u in lying), len(lying), "checking recorded headers", "file"))  # --repair
+    for uid in lying:  # a record edited in place is redone too: its part is re-extracted, which writes a true record
+        if why := lies.get(header_key(sources[uid])):
             changed.setdefault(cache.part_of(uid), []).append(why)
     for label, found in (("damaged", damaged), ("with changed source files", changed)):
         if found:

@@ -195,17 +195,14 @@ def check_array(array_dir: str, expected: tuple, rows: int, codec: str, full: bo
                 for c in range(-(-last // chunk_rows)):
                     if index[c][0] == _MISSING:
                         problems.append(f"{array_dir}: chunk {c} of shard {s} is missing")
-                        digest = None  # nothing to compare once rows are missing: the missing chunk is the problem
-                        continue
+                        continue  # rows are missing: the caller compares no digest once there is a problem
                     rows_here = reader._chunk(f, s, c)
                     if digest is not None:
                         digest.update(rows_here[: min(chunk_rows, last - c * chunk_rows)])
         except FileNotFoundError:
             problems.append(f"{name}: shard file is missing")
-            digest = None
         except (CorruptDataError, ValueError, OSError) as e:
             problems.append(f"{name}: damaged ({str(e).splitlines()[0][:200]})")
-            digest = None
     return problems
 
 
@@ -467,11 +464,21 @@ def repair_commands(cache: Cache) -> list[str]:
 def changed_sources(cache: Cache) -> list[str]:
     """Source files that changed, and records whose header disagrees with their (unchanged) file's: a re-run plans windows
     from those headers (extract.corpus.scan checks them there too)."""
-    records = list(cache.sources().values())
-    changed = [why for record in records if (why := source_changed(record))]
-    gone = {line.split(": source file")[0] for line in changed}
-    lies = {f"{r['path']}\0{r.get('header')}": r for r in records if r and r["path"] not in gone}  # windows share a file
-    return changed + [why for record in lies.values() if (why := header_lies(record))]
+    checked = [(r, source_changed(r)) for r in cache.sources().values()]
+    gone = {r["path"] for r, why in checked if why}
+    return [why for _, why in checked if why] + list(lying_headers(r for r, _ in checked if r and r["path"] not in gone).values())
+
+
+def header_key(record: dict) -> str:
+    """A record's file and recorded header: what lying_headers checks once (the windows of one recording share both)."""
+    return f"{record['path']}\0{record.get('header')}"
+
+
+def lying_headers(records) -> dict[str, str]:
+    """header_key -> why, for the records whose header (rate, frames, channels) is not their file's; each distinct file and
+    header read once."""
+    distinct = {header_key(r): r for r in records}
+    return {key: why for key, r in distinct.items() if (why := header_lies(r))}
 
 
 def header_lies(record: dict) -> str | None:
