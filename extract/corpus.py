@@ -110,26 +110,25 @@ class KnownFiles:
 TAIL = 4096  # samples decoded at a new file's end before any teacher work: a truncated file whose header is whole is caught
 
 
-def _info(path: str) -> sf._SoundFileInfo | BadFile:
+def _info(path: str) -> Header | BadFile:
+    """The file's header, and whether its data reaches the end the header promises: its last TAIL samples are decoded
+    (a partial copy whose header is whole fails here, before any teacher work, not at decode after it)."""
     try:
-        info = sf.info(path)
+        f = sf.SoundFile(path)
     except Exception as e:  # noqa: BLE001 - soundfile raises several types for unreadable files
         reason = "no such file" if not os.path.exists(path) else f"not readable as audio ({str(e).splitlines()[0][:120]})"
         return BadFile(path, reason)
-    try:
-        with sf.SoundFile(path) as f:  # the header says how long the file is; its last samples say whether it is
-            f.seek(max(0, info.frames - TAIL))
-            whole = len(f.read(TAIL, dtype="int16")) >= min(TAIL, info.frames)
-    except Exception:  # noqa: BLE001 - a seek or decode past the data's end
-        whole = False
+    with f:
+        header = Header(int(f.samplerate), int(f.frames), int(f.channels))
+        try:
+            f.seek(max(0, header.frames - TAIL))
+            whole = len(f.read(TAIL, dtype="int16")) >= min(TAIL, header.frames)
+        except Exception:  # noqa: BLE001 - a seek or decode past the data's end
+            whole = False
     if not whole:
-        return BadFile(path, f"truncated: its header says {info.frames} samples, its data ends before them (a partial copy or "
-                             "download?); copy it again")
-    return info
-
-
-def _header(info) -> Header:
-    return Header(int(info.samplerate), int(info.frames), int(info.channels))
+        return BadFile(path, f"truncated: its header says {header.frames} samples, its data ends before them (a partial copy "
+                             "or download?); copy it again")
+    return header
 
 
 def _bad(e: Entry, reason: str) -> BadFile:
@@ -182,9 +181,9 @@ def scan(corpus: str, rate: int, min_samples: int = MIN_SAMPLES, max_seconds: fl
         todo = paths
     with ThreadPoolExecutor(16) as pool:
         read = dict(zip(todo, tracked(pool.map(_info, todo), len(todo), "reading audio headers", "file"), strict=True))
-    lying = [p for p, h in infos.items() if not isinstance(read[p], BadFile) and h != _header(read[p])] if check_known else []
+    lying = [p for p, h in infos.items() if not isinstance(read[p], BadFile) and h != read[p]] if check_known else []
     if lying:
-        h, f = infos[lying[0]], _header(read[lying[0]])
+        h, f = infos[lying[0]], read[lying[0]]
         print(f"{len(lying)} source record(s) of the cache disagree with their file's header, which is used instead (first: "
               f"{lying[0]}: recorded {h.samplerate} Hz, {h.frames} frames, {h.channels} ch; the file has {f.samplerate} Hz, "
               f"{f.frames} frames, {f.channels} ch): the records were edited or damaged, the files are fine", file=sys.stderr)

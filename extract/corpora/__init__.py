@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from extract.corpora.entries import MAX_SECONDS, BadFile, Entry, absolute, bad_times, duplicates, to_samples
+from extract.corpora.entries import MAX_SECONDS, NUL_PATH, BadFile, Entry, absolute, bad_times, duplicates, to_samples
 from extract.errors import ExtractError
 
 __all__ = ["MAX_SECONDS", "BadFile", "Entry", "absolute", "bad_times", "duplicates", "read_corpus", "to_samples"]
@@ -27,7 +27,7 @@ def read_corpus(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
             root, entries, bad = reader.read(corpus)
             nul = [e for e in entries if "\x00" in e.path]  # a Kaldi or lhotse path no file system can hold: a bad entry
             entries = [e for e in entries if "\x00" not in e.path]
-            bad = bad + [BadFile(e.where, "its path holds a NUL byte, which no file name can; fix the entry", e.uid) for e in nul]
+            bad = bad + [BadFile(e.where, NUL_PATH, e.uid) for e in nul]
             entries, dup = duplicates(entries)
             return root, entries, bad + dup
     raise ExtractError(f"--corpus {corpus}: not a directory, TSV, Kaldi data dir or lhotse manifest")

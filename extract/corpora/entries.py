@@ -36,6 +36,9 @@ class BadFile:
         return {"path": self.path, "reason": self.reason}
 
 
+NUL_PATH = "its path holds a NUL byte, which no file name can; fix the entry"  # a bad entry (os.stat raises on one)
+
+
 def to_samples(seconds: float, rate: int) -> int:
     """Seconds to a sample count, rounding half up after 8 decimals: lhotse's rule (lhotse.utils.compute_num_samples),
     written out here so that Kaldi inputs, which do not need lhotse installed, round the same way."""

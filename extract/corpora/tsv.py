@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from extract.corpora.directory import file_entries
-from extract.corpora.entries import BadFile, Entry
+from extract.corpora.entries import NUL_PATH, BadFile, Entry
 from extract.errors import ExtractError
 
 
@@ -27,8 +27,8 @@ def relative_paths(corpus: str) -> tuple[str, list[str], list[BadFile]]:
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        if "\x00" in line:  # no file system path holds one (os.stat raises on it): a bad entry, which --on-error skip skips
-            bad.append(BadFile(f"{corpus} line {n}", "its path holds a NUL byte, which no file name can; fix the line"))
+        if "\x00" in line:  # before realpath, which raises on it: a bad entry, which --on-error skip skips
+            bad.append(BadFile(f"{corpus} line {n}", NUL_PATH))
             continue
         cols = line.split("\t")
         if len(cols) > 2 or len(cols) == 2 and not cols[1].strip().isdigit():
