@@ -15,7 +15,7 @@ from store.hdf5 import export_hdf5, import_hdf5
 from store.modes import AUDIO_MODES, TARGET_MODES
 from store.oneline import OneLineGroup, cli_errors, one_line_errors, parse_layers
 from store.reader import default_cache_dir, open_cache
-from store.registry import check_removable, describe, human_bytes, list_caches, remove_cache
+from store.registry import check_removable, derived_from, describe, human_bytes, list_caches, remove_cache
 from store.spec import FORMAT_VERSION
 from store.verify import repair_commands, verify_cache
 
@@ -216,11 +216,10 @@ def rm(path: str, cache_dir: str | None, yes: bool) -> None:
     check_removable(target)  # refused before anyone is asked
     if not yes:
         click.confirm(f"delete {target}?", abort=True)
-    gone = os.path.basename(os.path.normpath(target))
+    root, gone = os.path.split(os.path.normpath(target))
     remove_cache(target)
     click.echo(f"removed {target}")
-    derived = [c for c in list_caches(os.path.dirname(os.path.normpath(target)))
-               if c.spec.get("derived_from", {}).get("fingerprint") == gone] if not fs.is_remote(target) else []
+    derived = derived_from(gone, root) if not fs.is_remote(target) else []
     if derived:
-        click.echo(f"{len(derived)} cache(s) derived from it remain, each whole on its own (first: {derived[0].path}); "
+        click.echo(f"{len(derived)} cache(s) derived from it remain, each whole on its own (first: {derived[0]}); "
                    "feature-cache rm them too if they are not wanted", err=True)

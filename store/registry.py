@@ -137,6 +137,22 @@ def check_removable(path: str) -> str:
     return target
 
 
+def derived_from(fp: str, cache_dir: str) -> list[str]:
+    """The caches under `cache_dir` whose spec says they were derived from fingerprint `fp`: only each one's zarr.json is
+    read (untrusted: anything malformed is not a derived cache), never its index, which is tens of MB at full size."""
+    found = []
+    for name in fs.listdir(cache_dir):
+        try:
+            meta = fs.read_json(os.path.join(cache_dir, name, "zarr.json"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        spec = ((meta.get("attributes") or {}).get("distilcache") or {}).get("spec") if isinstance(meta, dict) else None
+        source = spec.get("derived_from") if isinstance(spec, dict) else None
+        if isinstance(source, dict) and source.get("fingerprint") == fp:
+            found.append(os.path.join(cache_dir, name))
+    return found
+
+
 def human_bytes(n: float) -> str:
     """1.2 GB: sizes as people read them (powers of 1000)."""
     for unit in ("B", "KB", "MB", "GB"):
