@@ -121,6 +121,7 @@ class Run:
     notes: list[str] = field(default_factory=list)  # said once the first step has run
     started: float = 0.0  # when this session's loop began, and at which step: run.json's wall time and speed
     start_step: int = 0
+    record: dict | None = None  # run.json as this run wrote it (rank 0): finish() adds the time and speed
 
 
 def _train(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> dict:
@@ -162,8 +163,10 @@ def prepare(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) ->
     optimizer = recipe.optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = restore_run(cfg, ckpt, model, optimizer, scaler, recipe) if ckpt else 0
-    if ranks.main:  # resolved config.json and run.json: what this run trains on, said again after the first step
-        notes.insert(0, first_line(write_run_dir_records(cfg, src, layers, design)))
+    # resolved config.json and run.json (rank 0): what this run trains on, said again after the first step
+    record = write_run_dir_records(cfg, src, layers, design) if ranks.main else None
+    if record is not None:
+        notes.insert(0, first_line(record))
     if not src.train.ids:
         raise ConfigError(f"no training utterances: {len(src.valid.ids) if src.valid else 0} held out, none left to train on; "
                           "extract more, or lower --valid-fraction")
@@ -179,7 +182,7 @@ def prepare(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) ->
         follower = Follower(src.cache, src.train.ids, src.train.with_ids, cfg.valid_fraction, follow_ids(src.cache, cfg.corpus),
                             ckpt.get("follow") if ckpt else None, src.valid.ids if src.valid else ())
     return Run(cfg, ranks, device, recipe, amp_dtype, src, layers, identity, model, net, optimizer, scaler, targets, judge,
-               step, follower, notes if ranks.main else [])
+               step, follower, notes if ranks.main else [], record=record)
 
 
 def student_for(cfg: TrainConfig, design, src: Sources, layers: list[int], ckpt: dict | None) -> Student:
@@ -415,7 +418,8 @@ def finish(run: Run, tb) -> dict:
     source = f"cache {run.src.cache.fingerprint}" if run.src.cache is not None else "the teacher online"
     result["loss_plot"] = plot_losses(os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "loss.png"),
                                       f"{cfg.out} ({source})")
-    record_end(cfg.out, time.time() - run.started, run.step - run.start_step)
+    if run.record is not None:
+        record_end(cfg.out, run.record, time.time() - run.started, run.step - run.start_step)
     if tb:
         tb.close()
     distributed.close(run.ranks)

@@ -207,13 +207,12 @@ def finished(cfg: PretrainConfig) -> dict | None:
                      "it or choose another directory")
 
 
-def split_held_out(ids: list[str], cfg: PretrainConfig) -> tuple[set[str], list[str]]:
+def split_held_out(ids: list[str], cfg: PretrainConfig, rng: np.random.Generator) -> tuple[set[str], list[str]]:
     """(held-out ids, training ids), made before anything is fitted: the clusters and their standardisation see the
     training side only, so the held-out accuracy is held out."""
     if len(ids) < 2:
         raise SystemExit(f"{cfg.corpus}: {len(ids)} usable utterance(s); pretraining needs at least 2 (one is held out to "
                          "measure it): give more audio")
-    rng = np.random.default_rng(cfg.seed)
     held = set(rng.permutation(ids)[: max(1, int(cfg.held_out * len(ids)))].tolist())
     return held, [u for u in ids if u not in held]
 
@@ -248,11 +247,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     waves = load_corpus(cfg.corpus)
     feats = {u: mfcc(w) for u, w in waves.items()}
     ids = long_enough(feats, cfg)
-    held, train_ids = split_held_out(ids, cfg)
+    rng = np.random.default_rng(cfg.seed)  # the held-out draw, then the crops: one stream, as before the split moved here
+    held, train_ids = split_held_out(ids, cfg, rng)
     check_clusterable(feats, train_ids, cfg)
     labels = cluster_labels(feats, train_ids, cfg.clusters, cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    rng.permutation(ids)  # the held-out draw's place in this stream, kept: the same crops as before for the same seed
     model = build_model(cfg)
     head = nn.Linear(cfg.hidden, cfg.clusters)  # HuBERT's projection + cosine head, as one linear layer
     params = list(model.parameters()) + list(head.parameters())

@@ -106,20 +106,12 @@ def write_run_dir_records(cfg: TrainConfig, src, layers: list[int], design) -> d
     return record
 
 
-def record_end(out: str, seconds: float, steps: int) -> None:
-    """run.json gains the run's wall time and speed at its end (this session's, for a resumed run)."""
-    import json
-
-    path = os.path.join(out, "run.json")
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return  # written before the first step by this run: gone means a user removed it; nothing to add to
-    if isinstance(record, dict):
-        record.update(wall_seconds=round(seconds, 1), steps_this_session=steps,
-                      steps_per_second=round(steps / seconds, 4) if seconds > 0 else None)
-        write_json(path, record)
+def record_end(out: str, record: dict, seconds: float, steps: int) -> None:
+    """run.json (`record`, as written before the first step) gains the run's wall time and speed at its end (this
+    session's, for a resumed run)."""
+    record.update(wall_seconds=round(seconds, 1), steps_this_session=steps,
+                  steps_per_second=round(steps / seconds, 4) if seconds > 0 else None)
+    write_json(os.path.join(out, "run.json"), record)
 
 
 def write_text(path: str, text: str) -> None:

@@ -53,7 +53,8 @@ def speakers(n: int, seed: int, exclude: tuple[str, ...] = ()) -> list[dict]:
     in `exclude` (another corpus's, "accent+variant") are never used, so a probe's voices are truly new."""
     rng = np.random.default_rng(seed)
     pairs = [(a, v) for a in ACCENTS for v in VARIANTS]
-    order = [j for j in rng.permutation(len(pairs)) if f"{pairs[j][0]}+{pairs[j][1]}" not in set(exclude)][:n]
+    taken = set(exclude)
+    order = [j for j in rng.permutation(len(pairs)) if f"{pairs[j][0]}+{pairs[j][1]}" not in taken][:n]
     if len(order) < n:
         raise SystemExit(f"{n} speakers asked, {len(order)} espeak voices left once {len(exclude)} are excluded")
     return [{"name": f"s{i:02d}", "voice": f"{pairs[j][0]}+{pairs[j][1]}", "pitch": int(rng.integers(25, 75)),

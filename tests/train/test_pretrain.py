@@ -91,7 +91,7 @@ def test_the_held_out_utterances_are_not_in_the_clusters_fit(tmp_path, monkeypat
     cfg = _tiny(corpus, tmp_path / "t", held_out=0.3)
     record = module.pretrain(cfg)
     feats = {u: module.mfcc(w) for u, w in module.load_corpus(corpus).items()}
-    held, train_ids = module.split_held_out(module.long_enough(feats, cfg), cfg)
+    held, train_ids = module.split_held_out(module.long_enough(feats, cfg), cfg, np.random.default_rng(cfg.seed))
     assert record["held_out"] == len(held) == 3 and set(fitted["ids"]) == set(train_ids) and not held & set(fitted["ids"])
 
 
