@@ -9,8 +9,10 @@
 3. Its layers 2, 4, 6 cached once in float16, converted to int8, int4, pq, rvq16 and rvq8 (each timed: the bytes
    criterion), and a positive control: the float16 targets shuffled across utterances (bench.damage).
 4. Students, same design, steps and seed: distilled from each cache (initialised from the teacher, DistilHuBERT's way),
-   from the damaged cache, from a random init; the controls: the teacher-initialised student at step 0, the
-   random-init student never trained, the teacher truncated to the student's depth (its layers 0-2), log-mel.
+   from the damaged cache, from a random init, and from the rvq16/rvq8 codes by cross-entropy over each codebook
+   (--loss codebook-ce, icefall's objective) beside regression to their decoded vectors; the controls: the
+   teacher-initialised student at step 0, the random-init student never trained, the teacher truncated to the
+   student's depth (its layers 0-2), log-mel.
 5. Every upstream cached with --layers all on the probe corpus, then SUPERB-style probes over --seeds seeds: phones
    and characters (CTC: PER, CER; the content tasks that decide), speaker id and keywords (secondary: espeak voices
    differ in timbre, which log-mel carries). Every upstream is compared with the float16 student clip by clip
@@ -36,6 +38,7 @@ TASKS = {"phones": ("ctc", "phones-closed.txt", "phone", "PER"), "characters": (
          "keywords": ("classify", "keywords.tsv", "char", "accuracy")}
 PRIMARY = ("phones", "characters")
 MODES = ("float16", "int8", "int4", "pq", "rvq16", "rvq8")
+CODED = ("rvq16", "rvq8")  # also trained by cross-entropy over their codes (train-student --loss codebook-ce)
 REFERENCE = "distilled (float16)"
 SIZES = dict(full=dict(pre=(24, 60), probe=(20, 24, 22), pretrain_steps=1600, ctc_epochs=200, classify_epochs=100, patience=20),
              quick=dict(pre=(4, 6), probe=(6, 6, 4), pretrain_steps=20, ctc_epochs=4, classify_epochs=4, patience=4))
@@ -130,13 +133,13 @@ def distillation_caches(teacher: str, corpus: str, cache_dir: str) -> dict[str, 
     return caches
 
 
-def student(cache: str, out: str, steps: int, init: str = "teacher") -> str:
+def student(cache: str, out: str, steps: int, init: str = "teacher", loss: str = "l1-cos") -> str:
     from train.config import TrainConfig
     from train.loop import train
 
     if not os.path.exists(os.path.join(out, "eval.json")):
         _, seconds = timed(train, TrainConfig(cache=cache, out=out, steps=steps, batch_size=8, max_crop_samples=48_000, lr=5e-4,
-                                              init=init, seed=0, log_interval=50, eval_interval=max(steps, 1),
+                                              init=init, seed=0, log_interval=50, eval_interval=max(steps, 1), loss=loss,
                                               checkpoint_interval=max(steps, 1),
                                               num_workers=1, valid_fraction=0.02, progress=False))
         say(f"student {os.path.basename(out)}: {steps} steps in {seconds:.0f} s")
@@ -219,11 +222,14 @@ def goals(rows: dict, caches: dict, paired: dict) -> list[str]:
     lo, hi = paired[truncated]["phones"]["ci95"]
     said = "the student is better" if lo > 0 else "the student is worse" if hi < 0 else "equal within the interval"
     lines.append(f"truncated teacher (layers up to the student's depth) vs the float16 student on phones: PER {diff(truncated)} ({said})")
-    equivalent = [m for m in MODES[1:] if paired[f"distilled ({m})"]["phones"]["verdict"].startswith(("as good as", "better"))]
-    smallest = min(equivalent, key=lambda m: caches[m]["target_bytes"]) if equivalent else None
+    trained = [(m, f"distilled ({m})") for m in MODES[1:]] + [(m, f"distilled ({m}, codebook-ce)") for m in CODED]
+    equivalent = [(m, name) for m, name in trained if name in paired
+                  and paired[name]["phones"]["verdict"].startswith(("as good as", "better"))]
+    smallest = min(equivalent, key=lambda e: caches[e[0]]["target_bytes"]) if equivalent else None
     lines.append("smallest storage as good as float16 on phones (paired interval within ±0.02 PER, or better): "
-                 + (f"{smallest}, {caches[smallest]['row_bytes']} B a frame a layer "
-                    f"({'MET' if caches[smallest]['row_bytes'] <= 16 else 'NOT MET'}: goal <= 16 B)" if smallest else "none (NOT MET)"))
+                 + (f"{smallest[1]}, {caches[smallest[0]]['row_bytes']} B a frame a layer "
+                    f"({'MET' if caches[smallest[0]]['row_bytes'] <= 16 else 'NOT MET'}: goal <= 16 B)" if smallest
+                    else "none (NOT MET)"))
     return lines
 
 
@@ -244,6 +250,9 @@ def upstreams_of(out: str, teacher: str, caches: dict, steps: int) -> dict[str, 
     found = {"teacher": teacher}
     for mode in MODES:
         found[f"distilled ({mode})"] = student(caches[mode]["path"], os.path.join(runs, mode), steps)
+    for mode in CODED:  # the codes as targets: cross-entropy over each codebook (icefall's objective), same steps
+        found[f"distilled ({mode}, codebook-ce)"] = student(caches[mode]["path"], os.path.join(runs, f"{mode}-ce"), steps,
+                                                           loss="codebook-ce")
     damaged = shuffled_cache(caches["float16"]["path"])
     found["distilled (damaged targets)"] = student(damaged.path, os.path.join(runs, "damaged"), steps)
     found["teacher-initialised student at step 0"] = student(caches["float16"]["path"], os.path.join(runs, "step-0"), 0)

@@ -44,6 +44,9 @@ from train.loop import train
 @click.option("--student-ffn", type=int, default=None, help="feed-forward size [default: the preset's]")
 @click.option("--match", default=None, help="layer-to-layer objective: STUDENT:TEACHER pairs, e.g. 1:4,2:8,3:12 "
               "[default: DistilHuBERT's heads on the last layer]")
+@click.option("--loss", type=click.Choice(["l1-cos", "codebook-ce"]), default=None,
+              help="l1-cos: DistilHuBERT's L1 + cosine on the vectors; codebook-ce: cross-entropy over each codebook of a "
+              "cache stored as codes (rvq8, rvq16, pq), as icefall trains on its 8-byte targets [default: l1-cos]")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None, help="[default: auto]")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [default: auto]")
 @click.option("--seed", type=int, default=None, help="data order, crops and initialisation [default: 0]")

@@ -12,6 +12,8 @@ from store.oneline import UserError
 
 #: The recipes train.recipe defines (checked there at import): named here so that the config needs no import of them.
 RECIPE_NAMES = ("distilcache", "s3prl")
+#: l1-cos: DistilHuBERT's regression of the vectors; codebook-ce: cross-entropy over a codebook cache's codes (train.codebook_loss)
+LOSSES = ("l1-cos", "codebook-ce")
 
 MIN_CROP_SAMPLES = 1600  # a few frames: shorter crops make the loss meaningless
 
@@ -45,6 +47,7 @@ class TrainConfig:
     student_heads: int = 0  # 0: the preset's, or the teacher's at its width, else ~64 dims per head
     student_ffn: int = 0  # 0: the preset's, or the teacher's at its width, else 4 x width
     match: str = ""  # layer-to-layer objective, STUDENT:TEACHER pairs ("1:4,2:8,3:12"); "": heads on the last layer
+    loss: str = "l1-cos"  # l1-cos (DistilHuBERT's) | codebook-ce: predict a codebook cache's codes (rvq8, rvq16, pq)
     steps: int = 200_000  # paper: 200k; 0 exports the initialised student untrained (a control: what copying the teacher gives)
     batch_size: int = 24  # utterances per step (paper: 24)
     max_crop_samples: int = 250_000  # random crop, at most 15.6 s
@@ -124,6 +127,10 @@ class TrainConfig:
             if self.layers and sorted(t for _, t in pairs) != sorted(self.layers):
                 raise ConfigError(f"--match {self.match} predicts teacher layers {','.join(str(t) for _, t in pairs)}, but --layers "
                                   f"says {','.join(map(str, self.layers))}; leave --layers out (--match sets them)")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss {self.loss}: choose {' or '.join(LOSSES)}")
+        if self.loss == "codebook-ce" and self.cache is None:
+            raise ConfigError("--loss codebook-ce predicts a cache's codes: give --cache (one stored as rvq8, rvq16 or pq)")
         if self.recipe not in RECIPE_NAMES:
             raise ConfigError(f"--recipe {self.recipe}: choose {' or '.join(RECIPE_NAMES)}")
         if self.recipe == "s3prl" and self.cache is not None:

@@ -35,6 +35,7 @@ from train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from train.codebook_loss import code_predictor, codebook_ce
 from train.config import ConfigError, TrainConfig, TrainingDiverged
 from train.data import CachedCrops, collate
 from train.decode import DeviceDecoder
@@ -65,6 +66,8 @@ class _Batches:
 def run_identity(cfg: TrainConfig, src, layers: list[int]) -> dict:
     """Everything that decides what is trained: a resumed run must match it (checkpoint.RESUMABLE_CHANGES may differ)."""
     keep = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+    if keep["loss"] == "l1-cos":  # checkpoints from before --loss existed trained with it and resume
+        del keep["loss"]
     ids = "\n".join(src.train.ids).encode()
     train_ids = "grows (--follow; the checkpoint keeps them)" if cfg.follow else hashlib.sha256(ids).hexdigest()[:16]
     return {**keep, "layers": list(layers), "cache_fingerprint": src.cache.fingerprint if src.cache else None,
@@ -189,13 +192,19 @@ def student_for(cfg: TrainConfig, design, src: Sources, layers: list[int], ckpt:
     """train.model.build_student; on resume the architecture is the checkpoint's, so a changed teacher config cannot
     reshape it, and a checkpoint whose config builds nothing is one line."""
     try:
-        return build_student(design, src.teacher_config, len(layers), cfg.dropout, cfg.feature_grad_mult,
-                             ckpt["student_config"] if ckpt else None)
+        model = build_student(design, src.teacher_config, len(layers), cfg.dropout, cfg.feature_grad_mult,
+                              ckpt["student_config"] if ckpt else None)
     except Exception as e:  # noqa: BLE001 - transformers validates configs with many error types (strict dataclasses)
         if not ckpt:
             raise
         raise CheckpointError(f"{os.path.join(cfg.out, 'ckpt.pt')}: its student_config does not build a student ({type(e).__name__}); "
                               "restore a copy, or remove it to start the run over") from None
+    if cfg.loss == "codebook-ce":  # before the optimizer and the checkpoint's weights: its logits are trained and restored
+        if not src.cache.mode.codebooks:
+            raise ConfigError(f"--loss codebook-ce: {src.cache.path} stores its targets as {src.cache.mode.name}, not as codes; "
+                              "convert it (feature-cache convert CACHE --storage rvq8) or drop --loss")
+        model.codes = code_predictor(src.cache, layers, model.target_dim)
+    return model
 
 
 def initialise(model: Student, src: Sources, design, out: str | None, layers: list[int]) -> str:
@@ -263,7 +272,12 @@ def step_loss(run: Run, batch: dict, net: torch.nn.Module, source: TargetSource,
     if pred.shape[2] != t.values.shape[2] or not torch.equal(run.model.num_frames(t.counted_from), t.frames):
         raise RuntimeError(f"student frames {pred.shape[2]} != target frames {t.values.shape[2]}: crop misaligned")
     mask = torch.arange(t.values.shape[2], device=device)[None, :] < t.frames[:, None]
-    loss, l1, cos = distill_loss(pred, t.values, mask)
+    if run.model.codes is None:
+        loss, l1, cos = distill_loss(pred, t.values, mask)
+    else:  # --loss codebook-ce: trained on the codes; L1 and cos (and held-out loss) measured on the vectors they expect
+        loss, l1, cos = distill_loss(run.model.codes.expected(pred.detach() if "codes" in batch else pred), t.values, mask)
+        if "codes" in batch:
+            loss, _ = codebook_ce(pred, batch["codes"].to(device, non_blocking=True), mask)
     # ranks hold different frame counts: weight each rank's mean so DDP's average is the global frame mean
     n = t.frames.sum().float()
     total = distributed.global_sum(n, ranks)

@@ -97,7 +97,7 @@ class LayerProjections(nn.Module):
 
 class Student(nn.Module):
     """The encoder (a plain HubertModel) and what maps it to the targets: heads on its last layer, or one projection
-    per matched layer. Outputs [B, N, T, D_teacher] in the order of the target layers."""
+    per matched layer. Outputs [B, N, T, D_teacher] in the order of the target layers (logits over codes with `codes`)."""
 
     def __init__(self, config, n_targets: int, feature_grad_mult: float = 0.1, target_dim: int | None = None,
                  match: tuple[tuple[int, int], ...] = ()):
@@ -111,6 +111,7 @@ class Student(nn.Module):
         target_dim = self.target_dim = target_dim or config.hidden_size
         self.heads = LayerProjections(config.hidden_size, self.match, target_dim) if self.match \
             else PredictionHeads(config.hidden_size, n_targets, target_dim)
+        self.codes = None  # --loss codebook-ce: a train.codebook_loss.CodePredictor on the heads' output (train.loop)
         self.feature_grad_mult = feature_grad_mult
         if feature_grad_mult != 1.0:
             self.encoder.feature_extractor.register_forward_hook(self._scale_cnn_grad)
@@ -128,7 +129,8 @@ class Student(nn.Module):
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         hidden = self.hidden_states(wave, lengths)
-        return self.heads(hidden) if self.match else self.heads(hidden[-1])
+        pred = self.heads(hidden) if self.match else self.heads(hidden[-1])
+        return pred if self.codes is None else self.codes(pred)  # codebook-ce: logits [B, N, T, M, 256]
 
     def num_frames(self, samples):
         return self.encoder._get_feat_extract_output_lengths(samples)
