@@ -32,7 +32,7 @@ demo: install
 
 probe-demo: install
 	# teacher vs distilled vs random student, each probed the same way (speaker ID on the demo's voices)
-	$(PY) -m train.probe_demo
+	$(PY) -m train.probe.demo
 
 bench: install
 	$(PY) -m bench.run_all

@@ -46,27 +46,6 @@ def hubert_base_teacher(path: str, layers: int = 12) -> str:
     return path
 
 
-def speech_corpus(root: str, n: int, seconds: tuple[float, float] = (2.0, 12.0), seed: int = 0) -> str:
-    """n utterances of numpy-made voiced audio with LibriSpeech-like lengths."""
-    import numpy as np
-    import soundfile as sf
-
-    os.makedirs(root, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        path = os.path.join(root, f"s{i % 8}", f"u{i:05d}.flac")
-        if os.path.exists(path):
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        sr, dur = 16000, rng.uniform(*seconds)
-        t = np.arange(int(sr * dur)) / sr
-        f0 = 100 + 15 * (i % 8) + 25 * np.sin(2 * np.pi * 0.5 * t)
-        voiced = sum(np.sin(2 * np.pi * h * np.cumsum(f0) / sr) / h for h in range(1, 10))
-        env = (np.sin(2 * np.pi * 4 * t + i) > -0.2) * (0.4 + 0.6 * np.sin(2 * np.pi * 0.3 * t) ** 2)
-        sf.write(path, (0.08 * voiced * env + 0.003 * rng.standard_normal(len(t))).astype(np.float32), sr)
-    return root
-
-
 def ab_args(doc: str):
     """The A/B benches' arguments: --steps and where make demo left its corpus and teacher."""
     import argparse
@@ -79,10 +58,11 @@ def ab_args(doc: str):
 
 def demo_inputs(demo_out: str) -> tuple[str, str, str]:
     """(corpus, what its audio is, teacher) of the demo: 48 espeak utterances and a 6-layer 256-wide random HuBERT."""
-    from train.demo import make_corpus, small_teacher
+    from train.demo import small_teacher
+    from train.pretraining.speech_corpus import demo_corpus
 
     corpus = os.path.join(demo_out, "corpus")
-    kind = make_corpus(corpus)
+    kind = demo_corpus(corpus)
     return corpus, kind, small_teacher(os.path.join(demo_out, "small-hubert"))
 
 

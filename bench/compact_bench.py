@@ -109,13 +109,13 @@ def main() -> None:
     from extract import ExtractConfig, extract_features
     from store import open_cache
     from store.convert import convert_cache
-    from train.demo import make_corpus
+    from train.pretraining.speech_corpus import demo_corpus
 
     tmp = tempfile.mkdtemp(prefix="compact-bench-")
     try:
         teacher = hubert_base_teacher(os.path.join(tmp, "teacher"))
         corpus = os.path.join(tmp, "corpus")
-        kind = make_corpus(corpus, args.utterances)  # espeak-ng speech when installed: audio bytes like real speech
+        kind = demo_corpus(corpus, args.utterances)  # espeak-ng speech when installed: audio bytes like real speech
         src = open_cache(extract_features(ExtractConfig(teacher, corpus, layers=LAYERS, cache_dir=os.path.join(tmp, "k"),
                                                         storage_dtype="float32", device="cpu", progress=False)).path)
         audio_s = src.total_samples / 16000

@@ -50,10 +50,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=35.0)
     args = ap.parse_args()
     from extract import load_teacher
-    from train.demo import make_corpus
+    from train.pretraining.speech_corpus import demo_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
-        kind = make_corpus(os.path.join(tmp, "corpus"), 48)
+        kind = demo_corpus(os.path.join(tmp, "corpus"), 48)
         teacher = load_teacher(hubert_base_teacher(os.path.join(tmp, "hubert-base")), device="cpu")
         cos = {k: [] for k in LAYERS}
         inner = {k: [] for k in LAYERS}

@@ -48,10 +48,11 @@ def step_times(presets: list[str], batch: int, crop: int, repeats: int) -> dict[
 def ab(tmp: str, steps: int) -> tuple[str, dict[str, list[dict]]]:
     from extract import ExtractConfig, extract_features
     from train.config import TrainConfig
-    from train.demo import make_corpus, small_teacher
+    from train.demo import small_teacher
     from train.loop import train
+    from train.pretraining.speech_corpus import demo_corpus
 
-    kind = make_corpus(os.path.join(tmp, "corpus"), 48)
+    kind = demo_corpus(os.path.join(tmp, "corpus"), 48)
     teacher = small_teacher(os.path.join(tmp, "teacher"))
     s = extract_features(ExtractConfig(teacher, os.path.join(tmp, "corpus"), layers=(2, 4, 6), cache_dir=os.path.join(tmp, "k"),
                                        progress=False))

@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from bench.common import hubert_base_teacher, machine, speech_corpus, table
+from bench.common import hubert_base_teacher, machine, table
+from train.pretraining.speech_corpus import voiced_corpus
 
 
 def bare_forward(teacher, corpus: str, layers: list[int], batch_seconds: float) -> tuple[float, float]:
@@ -89,8 +90,8 @@ def peak_rss(teacher_dir: str, corpus: str, root: str, device: str) -> float:
 def rss_table(tmp: str, n: int, device: str) -> str:
     """Peak RSS of whole runs on N and 4N utterances: flat means memory does not grow with the corpus."""
     small = hubert_base_teacher(os.path.join(tmp, "hubert-2-layers"), layers=2)
-    rss_n = peak_rss(small, speech_corpus(os.path.join(tmp, "rss-n"), n, (1.0, 4.0)), os.path.join(tmp, "c1"), device)
-    rss_4n = peak_rss(small, speech_corpus(os.path.join(tmp, "rss-4n"), 4 * n, (1.0, 4.0)), os.path.join(tmp, "c2"), device)
+    rss_n = peak_rss(small, voiced_corpus(os.path.join(tmp, "rss-n"), n, (1.0, 4.0)), os.path.join(tmp, "c1"), device)
+    rss_4n = peak_rss(small, voiced_corpus(os.path.join(tmp, "rss-4n"), 4 * n, (1.0, 4.0)), os.path.join(tmp, "c2"), device)
     return (f"peak RSS (VmHWM), whole extract-features run (2-layer HuBERT-base-width teacher, {device}): {n} utterances "
             f"{rss_n:.0f} MB, {4 * n} utterances {rss_4n:.0f} MB (ratio {rss_4n / rss_n:.2f})")
 
@@ -118,7 +119,7 @@ def main() -> None:
         return
     try:
         teacher_dir = hubert_base_teacher(os.path.join(tmp, "hubert-base-shaped"))
-        corpus = speech_corpus(os.path.join(tmp, "corpus"), args.utterances)
+        corpus = voiced_corpus(os.path.join(tmp, "corpus"), args.utterances)
         layers = [4, 8, 12]
         res = {}
         from extract.teacher import resolve_device

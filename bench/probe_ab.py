@@ -31,15 +31,15 @@ def main() -> None:
     from store.convert import convert_cache
     from train.config import TrainConfig
     from train.loop import train
-    from train.probe import ProbeConfig, probe_features
+    from train.probe.features import ProbeConfig, probe_features
 
     corpus, kind, teacher = demo_inputs(args.demo_out)
     tmp = tempfile.mkdtemp(prefix="distilcache-probe-ab-")
     try:
-        from train.probe_demo import make_keywords
+        from train.pretraining.speech_corpus import keyword_corpus
 
         keywords = os.path.join(tmp, "keywords")
-        labels, task_kind = make_keywords(keywords)
+        labels, task_kind = keyword_corpus(keywords)
         layers = (4, 8, 12) if teacher.startswith("facebook/") else (2, 4, 6)  # the demo's targets
         fp16 = extract_features(ExtractConfig(teacher, corpus, layers=layers, cache_dir=os.path.join(tmp, "k"), progress=False)).path
         targets = {"float16": fp16, **{m: convert_cache(fp16, m, cache_dir=os.path.join(tmp, "k")).path for m in ("int8", "int4", "pq")}}
@@ -50,7 +50,7 @@ def main() -> None:
                               valid_fraction=0.1, eval_interval=10**6, checkpoint_interval=10**6, progress=False))
             upstreams[f"student ({storage} targets)"] = os.path.join(out, "student")
         random_dir = os.path.join(tmp, "random-student")
-        from train.probe_demo import random_student
+        from train.probe.demo import random_student
 
         upstreams["student, random weights"] = random_student(os.path.join(tmp, "run-float16"), random_dir)
         results = {}

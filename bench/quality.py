@@ -3,9 +3,9 @@
     python -m bench.quality [--out quality-out] [--student-steps 600] [--seeds 3]      (make quality)
     python -m bench.quality --quick                 (a smoke run of every stage at toy sizes, ~10 min: not a result)
 
-1. espeak-ng corpora (train.speech_corpus): 1 h of random word sequences in 24 voices for the teacher and the
+1. espeak-ng corpora (train.pretraining.speech_corpus): 1 h of random word sequences in 24 voices for the teacher and the
    distillation; 20 other voices (none of the first 24) x (24 sentences + 22 keywords) for the probes.
-2. The teacher: a 6-layer HuBERT pretrained by masked prediction of MFCC k-means clusters (train.pretrain, ~25 min).
+2. The teacher: a 6-layer HuBERT pretrained by masked prediction of MFCC k-means clusters (train.pretraining.pretrain, ~25 min).
 3. Its layers 2, 4, 6 cached once in float16, converted to int8, int4, pq, rvq16 and rvq8 (each timed: the bytes
    criterion), and a positive control: the float16 targets shuffled across utterances (bench.damage).
 4. Students, same design, steps and seed: distilled from each cache (initialised from the teacher, DistilHuBERT's way),
@@ -16,7 +16,7 @@
 5. Every upstream cached with --layers all on the probe corpus, then SUPERB-style probes over --seeds seeds: phones
    and characters (CTC: PER, CER; the content tasks that decide), speaker id and keywords (secondary: espeak voices
    differ in timbre, which log-mel carries). Every upstream is compared with the float16 student clip by clip
-   (train.paired: paired bootstrap; "as good as" = the difference's 95% interval within ±0.02 PER).
+   (train.probe.paired: paired bootstrap; "as good as" = the difference's 95% interval within ±0.02 PER).
 
 Every stage is kept under --out and reused by the next run; the table goes to OUT/quality.md and OUT/quality.json,
 and its goals are judged, with their numbers, at the end.
@@ -50,7 +50,7 @@ def say(line: str) -> None:
 
 def corpora(out: str, size: dict) -> tuple[str, str]:
     """The pretraining corpus and the probe corpus, whose voices are none of the pretraining's (espeak accent+variant)."""
-    from train.speech_corpus import make_corpus
+    from train.pretraining.speech_corpus import make_corpus
 
     pre, probe = os.path.join(out, "speech", "pretrain"), os.path.join(out, "speech", "probe-new-voices")
     made_pre = make_corpus(pre, *size["pre"], 1)
@@ -162,7 +162,7 @@ def upstream_speed(model_dir: str) -> float:
 def probe_all(name: str, cache: str, probe_corpus: str, out: str, size: dict, seeds: int, features: str = "cache",
               layers: tuple[int, ...] = ()) -> dict:
     """Every task's probe of one upstream over `seeds` seeds (kept under out/<name>/<task>, reused)."""
-    from train.probe import ProbeConfig, probe_features
+    from train.probe.features import ProbeConfig, probe_features
 
     found = {}
     for task, (kind, labels, tokens, _) in TASKS.items():
@@ -189,7 +189,7 @@ def cell(r: dict) -> str:
 
 def paired_with_reference(rows: dict) -> dict:
     """name -> task -> the paired difference (name - float16 student) and its verdict, on the primary tasks."""
-    from train.paired import margin_for, paired_difference, per_clip, verdict
+    from train.probe.paired import margin_for, paired_difference, per_clip, verdict
 
     out: dict[str, dict] = {}
     for name, r in rows.items():
@@ -244,7 +244,7 @@ def librispeech_sizes() -> dict[str, float]:
 def upstreams_of(out: str, teacher: str, caches: dict, steps: int) -> dict[str, str]:
     """name -> model dir of every upstream probed (students trained here, or found made)."""
     from bench.damage import shuffled_cache
-    from train.probe_demo import random_student
+    from train.probe.demo import random_student
 
     runs = os.path.join(out, "runs")
     found = {"teacher": teacher}
@@ -274,8 +274,8 @@ def main() -> None:
     from extract import ExtractConfig, extract_features
     from extract.forecast import row_bytes
     from store import open_cache
-    from train.pretrain import PretrainConfig, pretrain
-    from train.probe import upstream_parameters
+    from train.pretraining.pretrain import PretrainConfig, pretrain
+    from train.probe.features import upstream_parameters
 
     size = SIZES["quick" if args.quick else "full"]
     steps = 3 if args.quick else args.student_steps

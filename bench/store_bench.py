@@ -18,8 +18,9 @@ import time
 
 import numpy as np
 
-from bench.common import hubert_base_teacher, machine, speech_corpus, table
+from bench.common import hubert_base_teacher, machine, table
 from store import FORMAT_VERSION, Layout, PartWriter, create_cache, open_cache
+from train.pretraining.speech_corpus import voiced_corpus
 
 CROP = 780  # frames in a 250,000-sample crop
 
@@ -30,7 +31,7 @@ def activations(tmp: str, seconds: float = 120.0) -> np.ndarray:
     from extract.audio import load_audio
 
     teacher = load_teacher(hubert_base_teacher(os.path.join(tmp, "teacher"), layers=8), device="cpu")
-    corpus = speech_corpus(os.path.join(tmp, "corpus"), n=int(seconds // 7) + 1)
+    corpus = voiced_corpus(os.path.join(tmp, "corpus"), n=int(seconds // 7) + 1)
     waves = [load_audio(os.path.join(d, f), 16000) for d, _, fs in os.walk(corpus) for f in fs][: int(seconds // 7) + 1]
     return np.concatenate([teacher.forward([w], [8])[0][8] for w in waves])
 

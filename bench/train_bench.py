@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import hubert_base_teacher, machine, speech_corpus, table
+from bench.common import hubert_base_teacher, machine, table
+from train.pretraining.speech_corpus import voiced_corpus
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="distilcache-bench-")
     try:
         teacher_dir = hubert_base_teacher(os.path.join(tmp, "teacher"))
-        corpus = speech_corpus(os.path.join(tmp, "corpus"), 3 * args.batch_size,
+        corpus = voiced_corpus(os.path.join(tmp, "corpus"), 3 * args.batch_size,
                                (0.6 * args.crop_samples / 16000, 1.1 * args.crop_samples / 16000))  # most crops are full length
         teacher = load_teacher(teacher_dir, device=str(device))
         layers = [4, 8, 12]

@@ -19,8 +19,8 @@ from store.cli import main as cache_cli
 from tests.conftest import build_corpus, build_tiny_teacher
 from train.cli import main as train_cli
 from train.compare import main as compare_cli
-from train.onnx_export import main as export_cli
-from train.probe_cli import main as probe_cli
+from train.export.onnx_graph import main as export_cli
+from train.probe.cli import main as probe_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(

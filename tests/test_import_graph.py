@@ -70,3 +70,31 @@ def test_no_import_circles():
         if v not in index:
             visit(v)
     assert not cycles, cycles
+
+
+def _section(doc: str, pkg: str) -> str:
+    start = doc.index(f"## `{pkg}/`")
+    end = doc.find("\n## ", start + 1)
+    return doc[start: end if end > 0 else None]
+
+
+def test_every_module_is_on_the_map():
+    """docs/architecture.md lists every module of every package, in its package's section (a sub-package's module by
+    its path in the package, e.g. `probe/heads.py`), and its diagram names every console script."""
+    import tomllib
+
+    doc = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
+    missing = []
+    for name, path in _modules().items():
+        if path.endswith("__init__.py"):
+            continue
+        pkg, rel = name.split(".")[0], os.path.relpath(path, os.path.join(ROOT, name.split(".")[0])).replace(os.sep, "/")
+        section = _section(doc, pkg)
+        sub, _, base = rel.rpartition("/")
+        if f"`{rel}`" not in section and not (sub and f"`{sub}/`" in section and f"`{base}`" in section):
+            missing.append(f"{pkg}/{rel}")
+    assert not missing, f"docs/architecture.md does not list {missing}"
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    diagram = doc[doc.index("```"): doc.index("```", doc.index("```") + 3)]
+    assert not [s for s in scripts if s not in diagram], [s for s in scripts if s not in diagram]

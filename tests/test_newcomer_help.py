@@ -33,7 +33,7 @@ def test_a_codec_an_existing_cache_does_not_use_is_said(tmp_path, tiny_teacher, 
 
 
 def test_export_of_a_run_dir_without_a_student_is_our_one_line(tmp_path):
-    from train.onnx_export import main as export_cli
+    from train.export.onnx_graph import main as export_cli
 
     os.makedirs(tmp_path / "run")
     r = CliRunner().invoke(export_cli, [str(tmp_path / "run"), "--onnx", str(tmp_path / "x.onnx")])

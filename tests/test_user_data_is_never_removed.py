@@ -52,14 +52,14 @@ def test_rm_refuses_names_that_only_look_like_our_temp_files(small_cache, name):
 
 
 def _pretrain_cfg(corpus, out, **kw):
-    from train.pretrain import PretrainConfig
+    from train.pretraining.pretrain import PretrainConfig
 
     small = dict(layers=1, hidden=16, heads=2, ffn=32, conv=16, clusters=4, steps=2, batch=2, crop_seconds=1.0, held_out=0.2)
     return PretrainConfig(str(corpus), str(out), **{**small, **kw})
 
 
 def test_pretraining_refuses_a_users_directory_and_the_corpus_itself(tmp_path):
-    from train.pretrain import pretrain
+    from train.pretraining.pretrain import pretrain
 
     corpus = build_corpus(str(tmp_path / "c"), n=5)
     user = tmp_path / "mine"

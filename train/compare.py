@@ -12,7 +12,7 @@ import click
 
 from store.oneline import OneLineCommand, cli_errors
 from train.config import ConfigError
-from train.paired import margin_for, paired_difference, per_clip, verdict
+from train.probe.paired import margin_for, paired_difference, per_clip, verdict
 
 
 def _json(path: str, required: bool, run_dir: str):
@@ -213,7 +213,7 @@ def compare_probes(probe_dirs: tuple[str, ...], as_json: bool, margin: float | N
 
 
 def paired_rows(probes: list[dict], margin: float | None) -> list[dict]:
-    """Each probe against the first by paired bootstrap of the per-clip difference (train.paired); [] when a probe keeps
+    """Each probe against the first by paired bootstrap of the per-clip difference (train.probe.paired); [] when a probe keeps
     no per-clip scores (made before they were kept: re-run it)."""
     clips = [per_clip(p) for p in probes]
     if len(probes) < 2 or any(c is None for c in clips):

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from store import Cache, fs
 
 #: The student sees crops of the waveform exactly as cached (before any teacher-side normalisation);
-#: its exported preprocessor_config.json says so (train.export).
+#: its exported preprocessor_config.json says so (train.export.student).
 STUDENT_INPUT_NORMALIZED = False
 
 

@@ -15,44 +15,10 @@ import sys
 import sysconfig
 import time
 
-import numpy as np
+from train.pretraining.speech_corpus import demo_corpus
 
 OUT = os.path.abspath(os.environ.get("DEMO_OUT", "demo-out"))
 HUB_TEACHER = "facebook/hubert-base-ls960"
-SENTENCES = [
-    "the cache is written once and read many times", "a small student learns from a large teacher",
-    "speech models are costly to train", "distillation keeps most of the quality", "every frame lasts twenty milliseconds",
-    "the teacher runs only once over the corpus", "layers four eight and twelve are the targets",
-    "random crops start at multiples of three hundred twenty samples", "resume after a crash and nothing is lost",
-    "the student has two transformer layers", "a shared cache serves many experiments", "checksums find damaged chunks",
-]
-
-
-def make_corpus(root: str, n: int = 48) -> str:
-    """Speech from espeak-ng when installed (22.05 kHz: exercises resampling), else voiced synthetic audio."""
-    if os.path.isdir(root) and os.listdir(root):
-        return "existing"
-    import soundfile as sf
-
-    espeak = shutil.which("espeak-ng")
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        spk, path = f"spk{i % 4}", os.path.join(root, f"spk{i % 4}", f"utt{i:03d}.wav")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        text = " ".join(rng.choice(SENTENCES, size=2, replace=False))
-        if espeak:
-            subprocess.run([espeak, "-v", ["en", "en-us", "en-gb", "en-sc"][i % 4], "-s", str(140 + 10 * (i % 5)), "-w", path, text],
-                           check=True, capture_output=True)
-        else:
-            sr, dur = 16000, rng.uniform(1.5, 4.0)
-            t = np.arange(int(sr * dur)) / sr
-            f0 = 110 + 40 * int(spk[-1]) + 20 * np.sin(2 * np.pi * 0.7 * t)
-            voiced = sum(np.sin(2 * np.pi * h * np.cumsum(f0) / sr) / h for h in range(1, 8))
-            envelope = (np.sin(2 * np.pi * 3.5 * t) > -0.3) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.4 * t) ** 2)
-            sf.write(path, (0.1 * voiced * envelope + 0.005 * rng.standard_normal(len(t))).astype(np.float32), sr)
-    return "espeak-ng speech" if espeak else "numpy-made voiced audio (install espeak-ng for speech)"
-
-
 def hub_reachable(name: str) -> bool:
     """Whether the hub serves `name`: extract.teacher's one quick connect first (no hub, no 5 s wait), then the model."""
     from extract.teacher import hub_reachable as hub_answers
@@ -104,7 +70,7 @@ def run(cmd: list[str]) -> str:
 def main() -> None:
     t0 = time.time()
     os.makedirs(OUT, exist_ok=True)
-    kind = make_corpus(os.path.join(OUT, "corpus"))
+    kind = demo_corpus(os.path.join(OUT, "corpus"))
     print(f"corpus: {os.path.join(OUT, 'corpus')} ({kind})")
     if hub_reachable(HUB_TEACHER):
         teacher, layers, steps, crop, batch = HUB_TEACHER, "4,8,12", 60, 32000, 4  # a 23M student on CPU: ~5 s/step

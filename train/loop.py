@@ -40,7 +40,7 @@ from train.config import ConfigError, TrainConfig, TrainingDiverged
 from train.data import CachedCrops, collate
 from train.decode import DeviceDecoder
 from train.design import resolve as resolve_design
-from train.export import export_student, plot_losses, write_json
+from train.export.student import export_student, plot_losses, write_json
 from train.follow import Follower
 from train.loss import distill_loss
 from train.model import Student, build_student, count_parameters, describe_parts, describe_random, init_from_teacher

@@ -12,7 +12,7 @@ import os
 from importlib import metadata
 
 from train.config import TrainConfig, save_config
-from train.export import write_json
+from train.export.student import write_json
 from train.sources import describe_cache
 
 
@@ -115,7 +115,7 @@ def record_end(out: str, record: dict, seconds: float, steps: int) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    from train.export import staged
+    from train.export.student import staged
 
     def save(tmp: str) -> None:
         with open(tmp, "w") as f:

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 pytest.importorskip("onnxruntime")
 
 from train.config import TrainConfig  # noqa: E402
+from train.export.onnx_graph import main as export_cli  # noqa: E402
 from train.loop import train  # noqa: E402
-from train.onnx_export import main as export_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,7 @@ def test_compare_runs_shows_teacher_targets_steps_and_partial_runs_and_refuses_m
 @pytest.mark.parametrize("design", [{}, {"preset": "small", "match": "1:1,2:3"}])
 def test_an_exported_student_loads_back_through_the_one_builder(cached, tmp_path, design):
     from train.design import resolve
-    from train.export import load_student
+    from train.export.student import load_student
     from train.model import build_student
 
     train(_quick(cached, tmp_path / "r", **design))

@@ -11,14 +11,14 @@ from tests.conftest import build_corpus
 
 
 def test_mfcc_frames_are_the_teachers_frames():
-    from train.pretrain import mfcc
+    from train.pretraining.pretrain import mfcc
 
     for n in (400, 401, 719, 720, 16000, 48_123):
         assert mfcc(np.zeros(n, np.float32) + 0.01).shape == ((n - 400) // 320 + 1, 39)
 
 
 def test_masks_are_spans_of_the_given_length():
-    from train.pretrain import PretrainConfig, masks
+    from train.pretraining.pretrain import PretrainConfig, masks
 
     m = masks(4, 200, PretrainConfig("c", "o"), np.random.default_rng(0)).numpy()
     assert m.any(1).all() and 0.2 < m.mean() < 0.8  # HuBERT's p = 0.08, length 10: about half
@@ -29,7 +29,7 @@ def test_masks_are_spans_of_the_given_length():
 def test_a_pretrained_teacher_is_saved_like_a_hub_model_found_again_and_extracted(tmp_path):
     pytest.importorskip("faiss")
     from extract import ExtractConfig, extract_features
-    from train.pretrain import PretrainConfig, pretrain
+    from train.pretraining.pretrain import PretrainConfig, pretrain
 
     corpus = build_corpus(str(tmp_path / "c"), n=6)
     cfg = PretrainConfig(corpus, str(tmp_path / "t"), layers=2, hidden=32, heads=2, ffn=64, conv=32, clusters=8, steps=3, batch=2,
@@ -52,7 +52,7 @@ def test_a_pretrained_teacher_is_saved_like_a_hub_model_found_again_and_extracte
 def test_the_espeak_corpus_writes_audio_and_every_label_file(tmp_path):
     import soundfile as sf
 
-    from train.speech_corpus import KEYWORDS, make_corpus
+    from train.pretraining.speech_corpus import KEYWORDS, make_corpus
 
     summary = make_corpus(str(tmp_path / "s"), 2, 3, 0, keywords_per_speaker=2)
     assert summary["utterances"] == 10 and make_corpus(str(tmp_path / "s"), 2, 3, 0, keywords_per_speaker=2) == summary
@@ -68,7 +68,7 @@ def test_the_espeak_corpus_writes_audio_and_every_label_file(tmp_path):
 
 
 def _tiny(corpus, out, **kw):
-    from train.pretrain import PretrainConfig
+    from train.pretraining.pretrain import PretrainConfig
 
     small = dict(layers=1, hidden=16, heads=2, ffn=32, conv=16, clusters=4, steps=2, batch=2, crop_seconds=1.0, held_out=0.2)
     return PretrainConfig(str(corpus), str(out), **{**small, **kw})
@@ -102,7 +102,7 @@ def test_small_corpora_are_one_line_each(tmp_path):
     import soundfile as sf
 
     from tests.conftest import write_wav
-    from train.pretrain import pretrain
+    from train.pretraining.pretrain import pretrain
 
     one = tmp_path / "one"
     write_wav(str(one / "a.wav"), 1.0)

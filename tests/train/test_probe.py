@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from extract import ExtractConfig, extract_features
 from store.oneline import UserError
-from train.probe import ProbeConfig, ProbeError, probe_features
-from train.probe_cli import main as probe_cli
+from train.probe.cli import main as probe_cli
+from train.probe.features import ProbeConfig, ProbeError, probe_features
 
 PITCH = {"low": 180.0, "mid": 420.0, "high": 900.0}
 
@@ -193,7 +193,7 @@ def test_out_that_holds_another_tools_run_is_refused_untouched(tones, tmp_path, 
 
 def test_character_errors_count_leading_and_trailing_spaces():
     """jiwer's default CER transform strips the hypothesis, which hid a probe's spaces at either end (CER biased down)."""
-    from train.probe_heads import _edits
+    from train.probe.heads import _edits
 
     assert _edits(list("ab c"), list(" ab c "), "char") == 2
     assert _edits(list("ab c"), list("ab  c"), "char") == 1
@@ -227,7 +227,7 @@ def test_the_upstream_parameter_count_leaves_out_pretrainings_mask_vector(tones)
     from transformers import HubertConfig, HubertModel
 
     from store import open_cache
-    from train.probe import upstream_parameters
+    from train.probe.features import upstream_parameters
 
     spec = open_cache(tones["cache"]).spec
     model = HubertModel(HubertConfig(**spec["teacher"]["config"]))
@@ -296,7 +296,7 @@ def test_compare_runs_pairs_probes_clip_by_clip(tones, tmp_path):
 
 
 def test_paired_verdicts_follow_the_interval():
-    from train.paired import verdict
+    from train.probe.paired import verdict
 
     assert verdict("PER", {"ci95": [-0.05, -0.01]}, 0.02) == "better"
     assert verdict("PER", {"ci95": [-0.015, -0.01]}, 0.02) == "better (and within ±0.02)"

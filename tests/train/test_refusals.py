@@ -75,26 +75,26 @@ def test_a_full_disk_while_exporting_is_one_line_and_resume_finishes(cached, tmp
 
     from transformers import HubertModel
 
-    import train.export
+    import train.export.student
 
     out = tmp_path / "r"
     args = ["--cache", cached["path"], "--out", str(out), "--steps", "2", "--batch-size", "3", "--max-crop-samples", "16000",
             "--num-workers", "0", "--quiet"]
-    real = train.export.save_file
+    real = train.export.student.save_file
 
     def full(tensors, path):  # the heads are written after the student: the disk fills between the two
         with open(path, "wb") as f:
             f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(train.export, "save_file", full)
+    monkeypatch.setattr(train.export.student, "save_file", full)
     r = CliRunner().invoke(train_cli, args)
     assert r.exit_code == 2 and "Traceback" not in r.output and "No space left on device" in r.output, r.output
     assert not [n for n in os.listdir(out) if ".tmp-" in n or ".old-" in n]
     assert not os.path.exists(out / "heads.safetensors") and os.path.exists(out / "ckpt.pt")
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "lo')  # and a metrics line cut short by the full disk
-    monkeypatch.setattr(train.export, "save_file", real)
+    monkeypatch.setattr(train.export.student, "save_file", real)
     r = CliRunner().invoke(train_cli, args + ["--resume"])
     assert r.exit_code == 0, r.output
     assert HubertModel.from_pretrained(str(out / "student")) is not None

@@ -1,5 +1,5 @@
-"""What a probe is asked to do (ProbeConfig) and how it refuses (ProbeError): shared by train.probe, which runs it, and
-train.probe_heads, which trains its heads; it imports neither."""
+"""What a probe is asked to do (ProbeConfig) and how it refuses (ProbeError): shared by train.probe.features, which runs it, and
+train.probe.heads, which trains its heads; it imports neither."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The probes' heads and how they are trained: SUPERB's featurizer (each layer layer-normed, then a learnable
 softmax-weighted sum over layers) with one linear layer, for classification or CTC; Adam with the epoch chosen on
-dev; bootstrap intervals over test utterances. train.probe feeds them a cache's layers and writes the probe dir.
+dev; bootstrap intervals over test utterances. train.probe.features feeds them a cache's layers and writes the probe dir.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from train.probe_config import TOKENS, ProbeConfig, ProbeError
+from train.probe.config import TOKENS, ProbeConfig, ProbeError
 
 
 class WeightedSum(nn.Module):

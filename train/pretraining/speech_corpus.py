@@ -1,4 +1,6 @@
-"""Speech made on this machine (espeak-ng): the corpora the teacher made here learns from and the probes score on.
+"""Speech made on this machine, the one place that makes it: the labelled espeak-ng corpora the teacher made here
+learns from and the probes score on (make_corpus), make demo's sentences (demo_corpus), make probe-demo's keywords
+(keyword_corpus), and numpy-made voiced audio for the benches (voiced_corpus).
 
 No corpus can be downloaded here, so espeak-ng speaks random word sequences in many voices: each "speaker" is an
 espeak voice (accent) with a voice variant (timbre), a base pitch and a base speed, jittered per utterance. Every
@@ -123,3 +125,92 @@ def make_corpus(root: str, n_speakers: int, per_speaker: int, seed: int, keyword
     with open(done, "w") as f:  # last: a corpus without it is unfinished and is made again
         json.dump(summary, f, indent=1)
     return summary
+
+
+SENTENCES = [
+    "the cache is written once and read many times", "a small student learns from a large teacher",
+    "speech models are costly to train", "distillation keeps most of the quality", "every frame lasts twenty milliseconds",
+    "the teacher runs only once over the corpus", "layers four eight and twelve are the targets",
+    "random crops start at multiples of three hundred twenty samples", "resume after a crash and nothing is lost",
+    "the student has two transformer layers", "a shared cache serves many experiments", "checksums find damaged chunks",
+]
+
+
+def demo_corpus(root: str, n: int = 48) -> str:
+    """make demo's corpus: two of SENTENCES per utterance, spoken by espeak-ng when installed (22.05 kHz: exercises
+    resampling), else voiced synthetic audio."""
+    if os.path.isdir(root) and os.listdir(root):
+        return "existing"
+    import soundfile as sf
+
+    espeak = shutil.which("espeak-ng")
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        spk, path = f"spk{i % 4}", os.path.join(root, f"spk{i % 4}", f"utt{i:03d}.wav")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        text = " ".join(rng.choice(SENTENCES, size=2, replace=False))
+        if espeak:
+            subprocess.run([espeak, "-v", ["en", "en-us", "en-gb", "en-sc"][i % 4], "-s", str(140 + 10 * (i % 5)), "-w", path, text],
+                           check=True, capture_output=True)
+        else:
+            sr, dur = 16000, rng.uniform(1.5, 4.0)
+            t = np.arange(int(sr * dur)) / sr
+            f0 = 110 + 40 * int(spk[-1]) + 20 * np.sin(2 * np.pi * 0.7 * t)
+            voiced = sum(np.sin(2 * np.pi * h * np.cumsum(f0) / sr) / h for h in range(1, 8))
+            envelope = (np.sin(2 * np.pi * 3.5 * t) > -0.3) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.4 * t) ** 2)
+            sf.write(path, (0.1 * voiced * envelope + 0.005 * rng.standard_normal(len(t))).astype(np.float32), sr)
+    return "espeak-ng speech" if espeak else "numpy-made voiced audio (install espeak-ng for speech)"
+
+
+def keyword_corpus(root: str) -> tuple[str, str]:
+    """make probe-demo's task, SUPERB's keyword spotting in miniature: the ten words in four espeak voices at three
+    rates (numpy-made word-like chirps without espeak-ng). Returns (labels TSV, what the audio is): VOICE/WORD-RATE.wav,
+    label WORD."""
+    import shutil as sh
+
+    import numpy as np
+    import soundfile as sf
+
+    labels = os.path.join(os.path.dirname(root), "keywords.tsv")
+    espeak = sh.which("espeak-ng")
+    if not (os.path.isdir(root) and os.listdir(root)):
+        rng = np.random.default_rng(0)
+        for v, voice in enumerate(("en", "en-us", "en-gb", "en-sc")):
+            os.makedirs(os.path.join(root, f"v{v}"), exist_ok=True)
+            for w, word in enumerate(KEYWORDS):
+                for rate in (130, 160, 190):
+                    path = os.path.join(root, f"v{v}", f"{word}-{rate}.wav")
+                    if espeak:
+                        subprocess.run([espeak, "-v", voice, "-s", str(rate), "-w", path, word], check=True, capture_output=True)
+                        continue
+                    t = np.arange(int(16000 * 0.5 * 160 / rate)) / 16000  # a word: its own two-formant chirp, voice-shifted
+                    f = (200 + 60 * w) * (1 + 0.1 * v) * (1 + 0.5 * t * (w % 3 - 1))
+                    x = np.sin(2 * np.pi * np.cumsum(f) / 16000) + 0.5 * np.sin(2 * np.pi * np.cumsum(f * (2 + w % 4)) / 16000)
+                    sf.write(path, (0.2 * x * np.hanning(len(t)) + 0.003 * rng.standard_normal(len(t))).astype(np.float32), 16000)
+    with open(labels, "w") as f:
+        for v in sorted(os.listdir(root)):
+            for name in sorted(os.listdir(os.path.join(root, v))):
+                f.write(f"{v}/{os.path.splitext(name)[0]}\t{name.split('-')[0]}\n")
+    return labels, "espeak-ng speech" if espeak else "numpy-made chirps (install espeak-ng for speech)"
+
+
+def voiced_corpus(root: str, n: int, seconds: tuple[float, float] = (2.0, 12.0), seed: int = 0) -> str:
+    """n utterances of numpy-made voiced audio with LibriSpeech-like lengths: the benches' speech-shaped audio when only
+    bytes and lengths matter (no espeak-ng needed)."""
+    import numpy as np
+    import soundfile as sf
+
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        path = os.path.join(root, f"s{i % 8}", f"u{i:05d}.flac")
+        if os.path.exists(path):
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        sr, dur = 16000, rng.uniform(*seconds)
+        t = np.arange(int(sr * dur)) / sr
+        f0 = 100 + 15 * (i % 8) + 25 * np.sin(2 * np.pi * 0.5 * t)
+        voiced = sum(np.sin(2 * np.pi * h * np.cumsum(f0) / sr) / h for h in range(1, 10))
+        env = (np.sin(2 * np.pi * 4 * t + i) > -0.2) * (0.4 + 0.6 * np.sin(2 * np.pi * 0.3 * t) ** 2)
+        sf.write(path, (0.08 * voiced * env + 0.003 * rng.standard_normal(len(t))).astype(np.float32), sr)
+    return root

@@ -27,9 +27,9 @@ import torch
 
 from store import open_cache
 from train.data import split_ids
-from train.labels import read_ids, read_labels
-from train.probe_config import FEATURES, TASKS, TOKENS, ProbeConfig, ProbeError
-from train.probe_heads import classify, ctc
+from train.probe.config import FEATURES, TASKS, TOKENS, ProbeConfig, ProbeError
+from train.probe.heads import classify, ctc
+from train.probe.labels import read_ids, read_labels
 
 __all__ = ["FEATURES", "TASKS", "TOKENS", "ProbeConfig", "ProbeError", "probe_features", "upstream_parameters"]
 

@@ -3,7 +3,7 @@
 No pretrained model can be downloaded here, and a random-weight teacher knows nothing, so nothing can be distilled
 from it. HuBERT's first iteration needs no teacher: cluster MFCC frames with k-means (100 clusters of 39-dim MFCC +
 deltas), then train the transformer to predict the cluster of masked frames from their context. This does the same
-at a CPU's scale: a `transformers.HubertModel` (a few layers, ~256 wide) on espeak-ng speech (train.speech_corpus),
+at a CPU's scale: a `transformers.HubertModel` (a few layers, ~256 wide) on espeak-ng speech (train.pretraining.speech_corpus),
 masked spans as in HuBERT (p = 0.08, 10 frames), the loss on masked and unmasked frames (HuBERT's alpha, 0.5 here:
 see PretrainConfig.alpha for why). MFCCs are taken with the teacher's
 own framing (400-sample windows every 320 samples), so frame k of the labels is frame k of the model.
@@ -12,7 +12,7 @@ The result is saved with `save_pretrained` (weights, config, feature extractor),
 path a user's facebook/hubert-base-ls960 takes, and it is made once: `pretrain.json` (written last) records what made
 it, and a second call with the same config returns the saved teacher.
 
-    python -m train.pretrain CORPUS_DIR OUT_DIR [--steps N]
+    python -m train.pretraining.pretrain CORPUS_DIR OUT_DIR [--steps N]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ RATE, WINDOW, HOP = 16000, 400, 320
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    corpus: str  # a directory of audio files (train.speech_corpus)
+    corpus: str  # a directory of audio files (train.pretraining.speech_corpus)
     out: str  # the teacher's directory (save_pretrained)
     layers: int = 6  # transformer blocks: layers 2, 4, 6 stand in for hubert-base's 4, 8, 12
     hidden: int = 256

@@ -1,4 +1,4 @@
-"""`probe-features`: a thin click layer over train.probe.probe_features()."""
+"""`probe-features`: a thin click layer over train.probe.features.probe_features()."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import click
 
 from store.oneline import OneLineCommand, cli_errors, parse_layers
-from train.probe import TASKS, TOKENS, ProbeConfig, probe_features
+from train.probe.features import TASKS, TOKENS, ProbeConfig, probe_features
 
 
 @click.command("probe-features", cls=OneLineCommand, context_settings={"show_default": True})
