@@ -77,7 +77,8 @@ def entropy_rows(cache) -> list[list]:
 
 def pca_int4_rows(src) -> list[list]:
     """Does rotating each layer onto its principal axes (fitted on the sample) lower int4's error? Measured here only."""
-    from store.modes import TARGET_MODES, fit_stats, stats_sample
+    from store.fidelity import stats_sample
+    from store.modes import TARGET_MODES, fit_stats
 
     fit, held = stats_sample(src.utterance_ids)
     held = held or fit
@@ -128,7 +129,7 @@ def main() -> None:
             if storage == "float32":
                 err = "exact"
             else:
-                from store.modes import fidelity
+                from store.fidelity import fidelity
 
                 held = src.utterance_ids[:16]
                 m = fidelity(storage, cache.stats[12] if cache.stats else None, [src.read(u, 12) for u in held])

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from store import fs
-from store.modes import flac_bytes
+from store.audio_modes import flac_bytes
 
 PARTS = 5_740  # LibriSpeech 960 h in 600 s parts
 

@@ -163,7 +163,7 @@ def build_extracted(root: str, corpus: str, teacher: str) -> str:
     from store import Cache
     from store.index import consolidate
     from store.layout import commit_path, part_name, plan_path
-    from store.verify import source_record
+    from store.source_files import source_record
 
     rels = sorted(os.path.relpath(os.path.join(d, f), corpus) for d, _, fs_ in os.walk(corpus) for f in fs_)
     mini = os.path.join(root, "mini")

@@ -22,7 +22,7 @@ from store.modes import TARGET_MODES, stats_digest
 
 
 def error_sums_before(x: np.ndarray, y: np.ndarray) -> dict:
-    """store.modes.error_sums as it was (a copy, for the side-by-side): norms of x, y and y - x over a decoded y."""
+    """store.fidelity.error_sums as it was (a copy, for the side-by-side): norms of x, y and y - x over a decoded y."""
     x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
     nx, ny = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
     rel = np.linalg.norm(y - x, axis=1) / np.maximum(nx, 1e-12)

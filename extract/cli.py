@@ -10,8 +10,9 @@ import click
 from extract.forecast import check_space
 from extract.run import ExtractConfig, extract_features
 from extract.run import dry_run as extract_dry_run
+from store.audio_modes import AUDIO_MODES
 from store.layout import CODECS
-from store.modes import AUDIO_MODES, TARGET_MODES
+from store.modes import TARGET_MODES
 from store.oneline import OneLineCommand, cli_errors, parse_layers
 from store.reader import default_cache_dir
 

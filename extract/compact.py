@@ -13,7 +13,8 @@ import sys
 from extract.errors import ExtractError
 from extract.pipeline import decode_item
 from store import fs
-from store.modes import TARGET_MODES, finite_stats, fit_and_measure, stats_sample
+from store.fidelity import finite_stats, fit_and_measure, stats_sample
+from store.modes import TARGET_MODES
 from store.reader import read_meta, read_stats
 from store.spec import differences
 
@@ -45,7 +46,7 @@ def _only_stats_differ(a: dict, b: dict) -> bool:
 
 
 def fit_with_teacher(teacher, utts: list, layers: list[int], mode: str) -> tuple[dict, dict]:
-    """One fp32 teacher forward per sampled utterance (store.modes.stats_sample), then store.modes.fit_and_measure."""
+    """One fp32 teacher forward per sampled utterance (store.fidelity.stats_sample), then store.fidelity.fit_and_measure."""
     by_id = {u.uid: u for u in utts}
     fit, held = stats_sample(list(by_id))
     frames = sum(teacher.num_frames(by_id[u].samples_at(teacher.sample_rate)) for u in fit)

@@ -16,7 +16,7 @@ from extract.audio import resampled_length
 from extract.corpora import BadFile, Entry, read_corpus, to_samples
 from extract.errors import ExtractError
 from store.progress import tracked
-from store.verify import same_stat, stat_key
+from store.source_files import same_stat, stat_key
 
 __all__ = ["BadFile", "KnownFiles", "MIN_SAMPLES", "PlanItem", "Utterance", "scan"]
 
@@ -80,7 +80,7 @@ def recorded_header(record: dict | None) -> Header | None:
 
 
 class KnownFiles:
-    """A cache's records of its source files, by path (store.verify.source_record). The scan takes an unchanged file's
+    """A cache's records of its source files, by path (store.source_files.source_record). The scan takes an unchanged file's
     header from its record (one stat, no open: a LibriSpeech-sized re-run opens no known file) and remembers the stat
     it saw, so that the check for changed sources (extract.run.retake) need not stat the file again."""
 
@@ -167,7 +167,7 @@ def scan(corpus: str, rate: int, min_samples: int = MIN_SAMPLES, max_seconds: fl
     """Read every header once per file (threads: it is I/O) and sort the corpus into good and bad entries.
 
     `known`: a cache's records of files; an unchanged file's header is taken from its record (same size, mtime, ctime
-    and inode: store.verify.same_stat), so only new or changed files are opened. `check_known`: the records' headers
+    and inode: store.source_files.same_stat), so only new or changed files are opened. `check_known`: the records' headers
     are read back from disk (untrusted) and windows are about to be planned from them (--segment-seconds: a forged
     rate or length makes new, wrong windows), so each is checked against the file's own header, which wins."""
     root, entries, bad = read_corpus(corpus)

@@ -17,8 +17,9 @@ import time
 import numpy as np
 
 from store import fs
+from store.audio_modes import AUDIO_MODES
 from store.layout import index_path, sources_path
-from store.modes import AUDIO_MODES, TARGET_MODES
+from store.modes import TARGET_MODES
 from store.registry import human_bytes
 
 AUDIO_BYTES = {"float32": 4, "int16": 2, "flac": 2, "none": 0}  # per sample, before the codec (FLAC: at most int16's)

@@ -22,7 +22,7 @@ from extract.teacher import Teacher
 from store import Layout, PartWriter
 from store.modes import STORABLE_MAX, TARGET_MODES
 from store.reader import read_meta, read_stats
-from store.verify import file_sha256_at, source_record, unchanged_since
+from store.source_files import file_sha256_at, source_record, unchanged_since
 
 LOOKAHEAD = 3  # batches decoded ahead of the teacher
 GPU_BATCH_SECONDS = 200.0  # padded audio per batch on a GPU

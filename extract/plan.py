@@ -15,7 +15,7 @@ from extract.corpus import BadFile, Utterance
 from extract.errors import ExtractError
 from store import Cache, fs, part_name
 from store.layout import is_attempt_name, plan_path, write_json_atomic
-from store.verify import file_sha256, same_stat
+from store.source_files import file_sha256, same_stat
 
 
 def _unchanged(record: dict) -> bool:

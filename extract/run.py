@@ -26,13 +26,15 @@ from extract.segments import check as check_segments
 from extract.segments import segment
 from extract.teacher import load_teacher
 from store import Cache, Layout, create_cache, default_cache_dir, fs
+from store.audio_modes import AUDIO_MODES
 from store.index import consolidate, uncommit
 from store.layout import CODECS, part_path
 from store.lock import exclusive
-from store.modes import AUDIO_MODES, TARGET_MODES, stats_digest
+from store.modes import TARGET_MODES, stats_digest
 from store.progress import silenced, tracked
+from store.source_files import header_key, lying_headers, source_changed
 from store.spec import fingerprint, validate_spec
-from store.verify import damaged_parts, header_key, lying_headers, source_changed
+from store.verify import damaged_parts
 
 MIN_SEGMENT_STEP = 0.02  # one frame of a 16 kHz, 320-hop teacher: a smaller step would repeat windows endlessly
 

@@ -9,10 +9,11 @@ import sys
 import click
 
 from store import fs
+from store.audio_modes import AUDIO_MODES
 from store.convert import check_convertible, convert_cache
 from store.errors import NotACacheError
 from store.hdf5 import export_hdf5, import_hdf5
-from store.modes import AUDIO_MODES, TARGET_MODES
+from store.modes import TARGET_MODES
 from store.oneline import OneLineGroup, cli_errors, one_line_errors, parse_layers
 from store.reader import default_cache_dir, open_cache
 from store.registry import check_removable, derived_from, describe, human_bytes, list_caches, remove_cache

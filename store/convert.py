@@ -11,11 +11,13 @@ import os
 
 import numpy as np
 
+from store.audio_modes import AUDIO_MODES
 from store.errors import CacheError
+from store.fidelity import fit_and_measure
 from store.index import consolidate
 from store.layout import plan_path, write_json_atomic
 from store.lock import exclusive
-from store.modes import AUDIO_MODES, TARGET_MODES, fit_and_measure, stats_digest
+from store.modes import TARGET_MODES, stats_digest
 from store.reader import Cache
 from store.writer import PartWriter, create_cache
 

@@ -14,8 +14,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from store import fs
+from store.fidelity import error_sums_problem
 from store.layout import commit_path, index_path, is_attempt_name, part_path, read_json, sources_path, write_json_atomic
-from store.modes import error_sums_problem
 
 READER_FIELDS = ("part", "dir", "ids", "frames", "samples", "skipped", "total_frames", "total_samples")
 OPTIONAL_FIELDS = ("recordings", "corpus", "audio_clipped", "error", "bytes")  # uid -> recording (segments only); the part's --corpus

@@ -10,17 +10,18 @@ import functools
 import os
 import threading
 from collections import OrderedDict
-from typing import NamedTuple
 
 import numpy as np
 import zarr
 
 from store import fs
+from store.audio_modes import FLAC_DIR, decode_audio, read_flac
 from store.chunks import ShardedRows, meta_problem
+from store.committed import Location, committed_parts
 from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
 from store.index import list_markers, marker_problem, read_index, read_markers
 from store.layout import Layout, commit_path, index_path, layer_key, part_path, plan_path, read_json
-from store.modes import FLAC_DIR, TARGET_MODES, decode_audio, merge_error_sums, part_arrays, read_flac, stats_from_json
+from store.modes import TARGET_MODES, part_arrays, stats_from_json
 from store.spec import FORMAT_VERSION
 
 _HANDLES_LOCK = threading.Lock()
@@ -61,17 +62,6 @@ def read_stats(path: str, meta: dict) -> dict | None:
 
 def default_cache_dir() -> str:
     return os.environ.get("DISTILCACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "distilcache")
-
-
-class Location(NamedTuple):
-    """Where one utterance's rows are: its part's attempt directory, then its rows in the layer arrays (feature frames)
-    and in the audio array (samples)."""
-
-    dir: str
-    first_frame: int
-    frames: int
-    first_sample: int
-    samples: int
 
 
 class Cache:
@@ -142,77 +132,12 @@ class Cache:
         self._index_exact = not direct and len(index) == len(markers)
         self._sources_exact: bool | None = None  # known once sources() has read sources.json
         self._seen = None if stamp is None else (stamp, direct)
-        self._where: dict[str, Location] = {}
-        self._position: dict[str, int] = {}
-        self._ids_by_dir: dict[str, list[str]] = {}
-        self.parts: list[str] = []
-        self.part_dirs: dict[str, str] = {}
-        self.part_rows: dict[str, tuple[int, int]] = {}  # part -> (frames, samples)
-        self.damaged: dict[str, str] = {}  # part -> why its marker cannot be used
-        self.duplicates: list[str] = []
-        self._skipped_in_parts: list[dict] = []
-        self._recordings: dict[str, str] = {}
-        self.part_corpus: dict[str, str] = {}  # part -> the --corpus input it came from
-        self.audio_clipped = 0
-        self.stored_error: dict[str, dict] = {}  # lossy modes: layer -> error sums over every part that records them
-        self.parts_with_error = 0
-        self.bytes = 0  # what the parts' markers say their shards hold; parts_with_bytes of them say it (older ones do not)
-        self.parts_with_bytes = 0
-        self.total_frames = self.total_samples = 0
-        first_corpus = self.provenance.get("corpus_input") or self.provenance.get("corpus") or "?"  # caches before per-part records
-        for part in sorted(markers):
-            marker = markers[part]
-            if isinstance(marker, str):
-                self.damaged[part] = marker
-                continue
-            if not self._counts_agree(marker):
-                self.damaged[part] = (f"{self.path}/commits/{part}.json: its frame counts disagree with its sample counts; "
-                                      "re-run extract-features with --repair to redo that part")
-                continue
-            self.parts.append(part)
-            self.part_dirs[part] = marker["dir"]
-            self.part_corpus[part] = marker.get("corpus") if isinstance(marker.get("corpus"), str) else first_corpus
-            self.audio_clipped += int(marker.get("audio_clipped") or 0)
-            if type(marker.get("bytes")) is int:
-                self.bytes += marker["bytes"]
-                self.parts_with_bytes += 1
-            if marker.get("error"):
-                self.parts_with_error += 1
-                for layer, sums in marker["error"].items():
-                    self.stored_error[layer] = merge_error_sums(self.stored_error.get(layer), sums)
-            self._skipped_in_parts.extend(marker.get("skipped", []))
-            recordings = marker.get("recordings")
-            if isinstance(recordings, dict):
-                self._recordings.update(recordings)
-            f0 = s0 = 0
-            for i, (uid, nf, ns) in enumerate(zip(marker["ids"], marker["frames"], marker["samples"], strict=True)):
-                if uid in self._where:
-                    self.duplicates.append(f"utterance '{uid}' is in parts {self._where[uid].dir} and {marker['dir']}")
-                self._where[uid] = Location(marker["dir"], f0, nf, s0, ns)
-                self._position[uid] = i  # its FLAC file's name, for --audio flac
-                self._ids_by_dir.setdefault(marker["dir"], []).append(uid)
-                f0, s0 = f0 + nf, s0 + ns
-            self.total_frames += f0
-            self.total_samples += s0
-            self.part_rows[part] = (f0, s0)
+        self.__dict__.update(vars(committed_parts(self.path, self.spec, self.provenance, markers)))
         self._part_of_dir = {d: p for p, d in self.part_dirs.items()}
         self.utterance_ids: list[str] = sorted(self._where)
         self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
         self._sources: dict[str, dict] | None = None
-
-    def _counts_agree(self, marker: dict) -> bool:
-        """Each utterance's frames are what the teacher's convs give its samples: a hand-shuffled frame list (sum kept)
-        would otherwise send every read to another utterance's rows."""
-        frame = self.spec.get("frame") or {}
-        window, hop = frame.get("window"), frame.get("hop")
-        if not (isinstance(window, int) and isinstance(hop, int) and hop > 0):
-            return True  # a spec without a frame rule (validate_spec refuses that for new caches): nothing to compare with
-        try:  # numpy: this runs for every utterance on every open
-            samples, frames = np.asarray(marker["samples"], dtype=np.int64), np.asarray(marker["frames"], dtype=np.int64)
-        except OverflowError:  # a hand-edited count beyond 2**63: no real part has it
-            return False
-        return bool(np.array_equal(frames, np.where(samples >= window, (samples - window) // hop + 1, 0)))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

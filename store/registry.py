@@ -8,7 +8,7 @@ import numpy as np
 
 from store import fs
 from store.errors import CacheError, FormatVersionError, NotACacheError
-from store.modes import error_summary
+from store.fidelity import error_summary
 from store.reader import Cache, default_cache_dir
 from store.spec import differences, fingerprint, validate_spec
 

@@ -54,7 +54,8 @@ def validate_spec(spec: dict) -> dict:
     layers = spec["layers"]
     if not layers or any(not isinstance(k, int) or k < 0 for k in layers) or len(set(layers)) != len(layers):
         raise SpecMismatchError(f"layers must be distinct non-negative integers, got {layers}")
-    from store.modes import AUDIO_MODES, TARGET_MODES
+    from store.audio_modes import AUDIO_MODES
+    from store.modes import TARGET_MODES
 
     if type(spec["dim"]) is not int or not 0 < spec["dim"] <= 1 << 16:
         raise SpecMismatchError(f"dim must be a positive whole number (at most {1 << 16}), got {spec['dim']!r}")

@@ -21,20 +21,12 @@ import zarr
 import zarr.errors
 
 from store import fs
+from store.audio_modes import FLAC_DIR, encode_audio, flac_bytes
 from store.chunks import encode_shard, encoder, shard_file
 from store.errors import NotACacheError, SpecMismatchError, StorageRangeError, WriteError
+from store.fidelity import merge_error_sums, residual_error_sums
 from store.layout import Layout, attempt_dir, commit_path, compressors, layer_key, part_path, read_json
-from store.modes import (
-    FLAC_DIR,
-    STORABLE_MAX,
-    TARGET_MODES,
-    encode_audio,
-    flac_bytes,
-    merge_error_sums,
-    part_arrays,
-    residual_error_sums,
-    stats_to_json,
-)
+from store.modes import STORABLE_MAX, TARGET_MODES, part_arrays, stats_to_json
 from store.spec import FORMAT_VERSION, fingerprint, validate_spec
 
 
@@ -144,7 +136,7 @@ class PartWriter:
         self._unsynced: list[str] = []  # FLAC files written, durable only at commit
         self.clipped = 0
         self.bytes = 0  # written by this attempt (shards, FLAC files): `feature-cache ls` sums them, no file walk
-        self.error: dict[int, dict] = {}  # lossy modes: layer -> store.modes.error_sums over this part's rows
+        self.error: dict[int, dict] = {}  # lossy modes: layer -> store.fidelity.error_sums over this part's rows
         # sha256 of every stored array's rows in order (and of the FLAC files): verify's check that the values are these,
         # in this order; a crc32c only says a chunk is what was written to it, not whose rows it holds
         self._digests: dict = {}  # array key (or FLAC_DIR) -> hashlib.sha256

@@ -108,7 +108,7 @@ def write_wav(path: str, seconds: float, rate: int = 16000, channels: int = 1, s
 
 
 def age_files(root: str, seconds: float = 3600) -> None:
-    """Set every file's mtime `seconds` back: a corpus written just before its extraction is racily clean (store.verify.racy)
+    """Set every file's mtime `seconds` back: a corpus written just before its extraction is racily clean (store.source_files.racy)
     and hashed again on every run; a real corpus is older than that."""
     import os
     import time

@@ -98,3 +98,18 @@ def test_every_module_is_on_the_map():
         scripts = tomllib.load(f)["project"]["scripts"]
     diagram = doc[doc.index("```"): doc.index("```", doc.index("```") + 3)]
     assert not [s for s in scripts if s not in diagram], [s for s in scripts if s not in diagram]
+
+
+def test_modules_and_functions_stay_small():
+    """Issue 37: no module over 400 lines, no function over 80, and every package opens with its docstring."""
+    big, long_functions, bare = [], [], []
+    for name, path in _modules().items():
+        source = open(path, encoding="utf-8").read()
+        tree = ast.parse(source)
+        if source.count("\n") > 400:
+            big.append(f"{name} ({source.count(chr(10))} lines)")
+        long_functions += [f"{name}.{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(tree)
+                           if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80]
+        if path.endswith("__init__.py") and not ast.get_docstring(tree):
+            bare.append(name)
+    assert not big and not long_functions and not bare, (big, long_functions, bare)

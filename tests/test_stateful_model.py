@@ -38,8 +38,8 @@ from extract import ExtractConfig, extract_features, load_teacher
 from extract.segments import parent, window_starts
 from store import SpecMismatchError, describe, open_cache, verify_cache
 from store.convert import convert_cache
+from store.fidelity import error_summary, error_sums, merge_error_sums
 from store.hdf5 import export_hdf5, import_hdf5
-from store.modes import error_summary, error_sums, merge_error_sums
 from store.oneline import UserError
 from tests.conftest import build_tiny_teacher
 from train.config import TrainConfig

@@ -115,10 +115,10 @@ def _fetcher() -> ThreadPoolExecutor:
 
 def source_audio(cache: Cache, uid: str) -> np.ndarray:
     """The teacher's input for `uid`, decoded again from its window of its source file; refused if the file changed
-    since extraction. The file is hashed once per process while it stays unchanged (store.verify.file_sha256)."""
+    since extraction. The file is hashed once per process while it stays unchanged (store.source_files.file_sha256)."""
     from extract.audio import load_audio
     from store import CorruptDataError
-    from store.verify import file_sha256
+    from store.source_files import file_sha256
 
     record = cache.source(uid)
     if not record:

@@ -13,7 +13,6 @@ from importlib import metadata
 
 from train.config import TrainConfig, save_config
 from train.export.student import write_json
-from train.sources import describe_cache
 
 
 def _versions() -> dict:
@@ -66,7 +65,7 @@ def resolved(cfg: TrainConfig, src, layers: list[int]) -> TrainConfig:
 
 def run_record(cfg: TrainConfig, src, layers: list[int], design) -> dict:
     """`cfg` resolved (resolved()): the teacher named is the one used, else the one the cache records."""
-    cache = describe_cache(src.cache) if src.cache is not None else None
+    cache = src.described
     return {
         "cache": cache,  # None: the teacher ran online
         "teacher": {"name": cfg.teacher or (src.cache.provenance.get("teacher") if src.cache is not None else None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from store import Cache, SpecMismatchError, default_cache_dir, list_caches, open_cache
@@ -16,6 +17,8 @@ DISTILHUBERT_LAYERS = (4, 8, 12)
 
 @dataclass
 class Sources:
+    """What a run trains on, gathered once by load_sources: the rest of the preparation reads this record only."""
+
     teacher_config: dict  # for the student's config
     layers: list[int]
     sample_rate: int
@@ -24,6 +27,8 @@ class Sources:
     valid: CachedCrops | None
     cache: Cache | None = None
     teacher: object | None = None  # extract.Teacher: online targets, or init weights
+    described: dict | None = None  # the cache, as the run's first line and run.json say it (None: online)
+    follow: Callable[[], list[str]] | None = None  # --follow: the ids each epoch re-reads
 
 
 def _short(digest: str) -> str:
@@ -198,7 +203,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
                    CachedCrops(cache, train_ids, layers, cfg.max_crop_samples, cfg.seed),
                    CachedCrops(judge, valid_ids, layers, cfg.max_crop_samples, cfg.seed, random_crop=False, ship_stored=False)
                    if valid_ids else None,
-                   cache, teacher)
+                   cache, teacher, describe_cache(cache), follow_ids(cache, cfg.corpus) if cfg.follow else None)
 
 
 def eval_cache(cfg: TrainConfig, cache: Cache, layers: list[int]) -> Cache:

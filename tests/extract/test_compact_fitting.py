@@ -8,7 +8,8 @@ import soundfile as sf
 from extract import ExtractConfig, extract_features
 from store import open_cache
 from store.errors import StatsError
-from store.modes import check_stats, fit_and_measure, fit_stats
+from store.fidelity import check_stats, fit_and_measure
+from store.modes import fit_stats
 from tests.conftest import build_corpus
 
 
@@ -89,7 +90,7 @@ def test_a_cache_fitted_on_silence_and_grown_with_speech_records_its_real_error(
 
     from store import describe
     from store.cli import main as cache_cli
-    from store.modes import error_summary, error_sums, merge_error_sums
+    from store.fidelity import error_summary, error_sums, merge_error_sums
 
     corpus = tmp_path / "c"
     for i in range(4):  # digital silence: the statistics are fitted here (their error on it is ~0)

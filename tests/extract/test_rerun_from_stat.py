@@ -184,6 +184,6 @@ def test_a_racily_clean_rewrite_is_hashed_again(tmp_path, tiny_teacher, racy):
     _give_records_the_files_stat(cache, path, (lambda st: st.st_mtime_ns) if racy else (lambda st: st.st_mtime_ns + 3 * 10**9))
     again = extract_features(_cfg(tiny_teacher, corpus, tmp_path))
     assert again.teacher_work == racy
-    from store.verify import file_sha256
+    from store.source_files import file_sha256
 
     assert (Cache(cache).source("spk0/utt00")["sha256"] == file_sha256(path)[1]) == racy

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from extract import ExtractConfig, extract_features
 from store import open_cache, verify_cache
 from store.cli import main as cache_cli
-from store.modes import TARGET_MODES, fidelity, fit_stats
+from store.fidelity import fidelity
+from store.modes import TARGET_MODES, fit_stats
 from tests.conftest import build_corpus, write_wav
 
 
