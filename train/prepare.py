@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from store.oneline import UserError
 from train import distributed
 from train.checkpoint import RESUMABLE_CHANGES, CheckpointError, load_checkpoint, restore, resume_differences, set_rng_state
 from train.codebook_loss import code_predictor
@@ -24,9 +25,17 @@ from train.sources import Sources, load_sources
 from train.targets import TargetSource, make_source
 
 
-def run_identity(cfg: TrainConfig, src, layers: list[int]) -> dict:
+def design_values(design) -> dict:
+    """The design as TrainConfig's keys, resolved (0 and "" replaced by what was built): what config.json records and
+    what --resume compares."""
+    return {"student_layers": design.layers, "student_width": design.width, "student_heads": design.heads,
+            "student_ffn": design.ffn, "match": ",".join(f"{s}:{t}" for s, t in design.match)}
+
+
+def run_identity(cfg: TrainConfig, src, layers: list[int], design) -> dict:
     """Everything that decides what is trained: a resumed run must match it (checkpoint.RESUMABLE_CHANGES may differ)."""
     keep = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+    keep.update(design_values(design))  # resolved: a rerun from the run's config.json (which says 768, not 0) resumes
     if keep["loss"] == "l1-cos":  # checkpoints from before --loss existed trained with it and resume
         del keep["loss"]
     ids = "\n".join(src.train.ids).encode()
@@ -34,6 +43,17 @@ def run_identity(cfg: TrainConfig, src, layers: list[int]) -> dict:
     return {**keep, "layers": list(layers), "cache_fingerprint": src.cache.fingerprint if src.cache else None,
             "teacher_digest": src.teacher.digest if src.teacher else None, "train_ids": train_ids,
             "betas": list(cfg.betas)}
+
+
+def saved_identity(saved: dict, teacher_config: dict) -> dict:
+    """A checkpoint's identity with its design resolved as run_identity resolves this run's: checkpoints written before
+    the design was resolved kept the flags as given (0: the preset's), which resolve to the same design."""
+    try:
+        design = resolve_design(saved["preset"], saved["student_layers"], saved["student_width"], saved["student_heads"],
+                                saved["student_ffn"], saved["match"], teacher_config)
+    except (KeyError, TypeError, ValueError, UserError):
+        return saved  # not comparable as a design: resume_differences names what differs
+    return {**saved, **design_values(design)}
 
 
 @dataclass
@@ -72,18 +92,18 @@ def prepare(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) ->
     layers = src.layers
     if src.teacher is not None and cfg.cache is None:
         src.teacher.to(device)  # Teacher.to keeps fp32 exact on the device (TF32 off), as in extraction
-    identity = run_identity(cfg, src, layers)
+    design = resolve_design(cfg.preset, cfg.student_layers, cfg.student_width, cfg.student_heads, cfg.student_ffn, cfg.match,
+                            src.teacher_config)
+    identity = run_identity(cfg, src, layers, design)
     ckpt = load_checkpoint(cfg.out) if cfg.resume else None
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "ckpt.pt")):
         raise ConfigError(f"{cfg.out}: holds a checkpoint; pass --resume to continue it, or choose another --out")
-    if ckpt and resume_differences(ckpt["identity"], identity):
-        diff = resume_differences(ckpt["identity"], identity)
+    diff = resume_differences(saved_identity(ckpt["identity"], src.teacher_config), identity) if ckpt else []
+    if diff:
         raise ConfigError(f"--resume {cfg.out}: this run would train something else ({'; '.join(diff[:3])}"
                           f"{f'; and {len(diff) - 3} more' if len(diff) > 3 else ''}); use the checkpoint's settings or another --out")
     if ranks.main:
         os.makedirs(cfg.out, exist_ok=True)
-    design = resolve_design(cfg.preset, cfg.student_layers, cfg.student_width, cfg.student_heads, cfg.student_ffn, cfg.match,
-                            src.teacher_config)
     model = student_for(cfg, design, src, layers, ckpt)
     notes = [recipe.without_cuda] if recipe.without_cuda and amp_dtype is None else []
     if not ckpt and cfg.init == "teacher":
@@ -97,7 +117,7 @@ def prepare(cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) ->
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = restore_run(cfg, ckpt, model, optimizer, scaler, recipe) if ckpt else 0
     # resolved config.json and run.json (rank 0): what this run trains on, said again after the first step
-    record = write_run_dir_records(cfg, src, layers, design) if ranks.main else None
+    record = write_run_dir_records(cfg, src, layers, design, str(device), precision) if ranks.main else None
     if record is not None:
         notes.insert(0, first_line(record))
     if not src.train.ids:

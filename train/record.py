@@ -1,7 +1,8 @@
 """What a run dir says it holds: run.json and a resolved config.json, written before the first step.
 
-config.json holds the flags as resolved (the cache's path, not `--cache` with no value; the layers and teacher actually
-used), so `train-student --config RUN/config.json` reruns the same thing. run.json says what was trained on.
+config.json holds the flags as resolved (the cache's path, not `--cache` with no value; the layers, teacher, student
+sizes, device and precision actually used, never 0 or "auto"), so `train-student --config RUN/config.json` reruns the
+same thing. run.json says what was trained on.
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ def _amount(crops) -> dict:
     return {"utterances": len(crops.ids), "hours": round(samples / rate / 3600, 4), "ids_sha256": digest}
 
 
-def resolved(cfg: TrainConfig, src, layers: list[int]) -> TrainConfig:
+def resolved(cfg: TrainConfig, src, layers: list[int], design, device: str, precision: str) -> TrainConfig:
+    """What was used: the cache's path, the layers, the teacher, the design's sizes (not 0), the device and precision
+    (not "auto")."""
     teacher = cfg.teacher or (src.teacher.name if src.teacher is not None else None)
-    return dataclasses.replace(cfg, cache=src.cache.path if src.cache is not None else None, layers=tuple(layers), teacher=teacher)
+    return dataclasses.replace(cfg, cache=src.cache.path if src.cache is not None else None, layers=tuple(layers), teacher=teacher,
+                               student_layers=design.layers, student_width=design.width, student_heads=design.heads,
+                               student_ffn=design.ffn, match=",".join(f"{s}:{t}" for s, t in design.match), device=device,
+                               precision=precision)
 
 
 def run_record(cfg: TrainConfig, src, layers: list[int], design) -> dict:
@@ -93,8 +99,8 @@ def first_line(record: dict) -> str:
 HELD_OUT_IDS = "held_out_ids.txt"  # beside run.json: the held-out utterances by id, one a line
 
 
-def write_run_dir_records(cfg: TrainConfig, src, layers: list[int], design) -> dict:
-    used = resolved(cfg, src, layers)
+def write_run_dir_records(cfg: TrainConfig, src, layers: list[int], design, device: str, precision: str) -> dict:
+    used = resolved(cfg, src, layers, design, device, precision)
     record = run_record(used, src, layers, design)
     if src.valid is not None:
         ids = sorted(src.valid.ids)

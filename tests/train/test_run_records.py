@@ -74,3 +74,24 @@ def test_run_json_says_what_code_ran_how_long_and_on_which_held_out_ids(cached, 
     import hashlib
 
     assert hashlib.sha256("\n".join(sorted(held)).encode()).hexdigest()[:16] == record["held_out"]["ids_sha256"]
+
+
+def test_config_json_says_what_was_used_and_reruns_it(cached, tmp_path):
+    """config.json holds the student's sizes, the device and the precision that were used (never 0, "" or "auto"), and
+    `--config RUN/config.json --resume` continues the run; a checkpoint that kept the flags as typed (0: the preset's)
+    resumes too, while a design that really differs is refused."""
+    from train.checkpoint import load_checkpoint, save_checkpoint
+    from train.config import ConfigError
+
+    out = tmp_path / "run"
+    train(_cfg(out, cache=cached["path"], steps=4, stop_after=2, match="2:3,1:1"))
+    config = json.load(open(out / "config.json"))
+    assert (config["student_layers"], config["device"], config["precision"], config["match"]) == (2, "cpu", "fp32", "1:1,2:3")
+    assert min(config["student_width"], config["student_heads"], config["student_ffn"]) > 0
+    ckpt = load_checkpoint(str(out))  # as an older run wrote it: the design's flags as typed
+    ckpt["identity"].update(student_layers=0, student_width=0, student_heads=0, student_ffn=0, match="2:3,1:1")
+    save_checkpoint(str(out), ckpt)
+    with pytest.raises(ConfigError, match="student_layers: checkpoint has 2, now 3"):
+        train(load_config(str(out / "config.json"), {"resume": True, "stop_after": 3, "student_layers": 3, "match": "1:1,3:3"}))
+    train(load_config(str(out / "config.json"), {"resume": True, "stop_after": 0}))
+    assert json.load(open(out / "eval.json"))["step"] == 4
