@@ -321,3 +321,15 @@ def test_the_probe_line_says_chance_and_sizes_and_warns_of_small_tests(tones, tm
     assert r.exit_code == 0, r.output
     assert "chance 0." in r.stdout and "train/dev/test " in r.stdout
     assert "the test split holds" in r.stderr and "under 100" in r.stderr
+
+
+def test_probe_features_shows_its_epochs_unless_quiet(tones, tmp_path, monkeypatch):
+    """Issue 35 item 11: a bar per seed over its epochs, with the dev scores, on stderr; --quiet silences it."""
+    monkeypatch.setenv("DISTILCACHE_PROGRESS", "1")  # as on a terminal
+    args = ["--cache", tones["cache"], "--task", "classify", "--labels", str(tones["root"] / "labels.tsv"), "--epochs", "3"]
+    shown = CliRunner().invoke(probe_cli, [*args, "--out", str(tmp_path / "a")])
+    assert shown.exit_code == 0, shown.output
+    assert "probe seed 0:   0%|" in shown.stderr and "dev_error=" in shown.stderr and "epoch/s" in shown.stderr
+    quiet = CliRunner().invoke(probe_cli, [*args, "--out", str(tmp_path / "b"), "--quiet"])
+    assert quiet.exit_code == 0 and "dev_error=" not in quiet.stderr and "epoch/s" not in quiet.stderr
+    assert json.load(open(tmp_path / "a" / "result.json"))["value"] == json.load(open(tmp_path / "b" / "result.json"))["value"]

@@ -41,11 +41,12 @@ from train.probe.features import TASKS, TOKENS, ProbeConfig, probe_features
 @click.option("--memory-gb", type=float, default=4.0,
               help="ctc: features kept in memory up to this many GB, else read from the cache per batch (memory flat)")
 @click.option("--verbose", is_flag=True, help="list every id left out")
+@click.option("--quiet", is_flag=True, help="no progress bar (one per seed, over its epochs, with the dev scores)")
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: result.json's content")
 @cli_errors(kept="nothing was changed")
-def main(layers, as_json, **flags) -> None:
+def main(layers, as_json, quiet, **flags) -> None:
     """Train a SUPERB-style probe on a cache's frozen layers and report its test metric with a 95% interval."""
-    result = probe_features(ProbeConfig(layers=parse_layers(layers) if layers else (), **flags))
+    result = probe_features(ProbeConfig(layers=parse_layers(layers) if layers else (), progress=not quiet, **flags))
     lo, hi = result["ci95"]
     click.echo(json.dumps({k: result[k] for k in ("task", "metric", "value", "ci95")} | {"test": result["split"]["test"]}), err=True)
     seeds, (low, high) = result["seeds"], result["value_range"]

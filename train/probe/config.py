@@ -44,6 +44,7 @@ class ProbeConfig:
     bootstrap: int = 1000
     memory_gb: float = 4.0  # ctc: features kept in memory up to this, else read from the cache per batch (memory flat)
     verbose: bool = False
+    progress: bool = True  # a bar per seed over its epochs, with the dev scores (stderr, on a terminal)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

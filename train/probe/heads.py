@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from store.progress import bar
 from train.probe.config import TOKENS, ProbeConfig, ProbeError
 
 
@@ -57,6 +58,24 @@ def _bootstrap(errors: np.ndarray, totals: np.ndarray, n: int, seed: int) -> lis
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
+def _epoch(model: nn.Module, opt, cfg: ProbeConfig, n: int, loss_of, dev_score, log, seed: int, epoch: int, rng) -> tuple:
+    """One pass over the training split in a random order, then the dev score: (dev loss, dev error)."""
+    order, total, count = rng.permutation(n), 0.0, 0
+    model.train()
+    for i in range(0, n, cfg.batch_size):
+        loss = loss_of(order[i : i + cfg.batch_size])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n_batch = len(order[i : i + cfg.batch_size])
+        total, count = total + loss.item() * n_batch, count + n_batch
+    model.eval()
+    with torch.no_grad():
+        error, dev_loss = dev_score()
+    log({"seed": seed, "epoch": epoch, "loss": total / max(count, 1), "dev_error": error, "dev_loss": dev_loss})
+    return dev_loss, error
+
+
 def _train_loop(model: nn.Module, cfg: ProbeConfig, n: int, loss_of, dev_score, log, seed: int) -> dict:
     """Adam over the training split; after every epoch the dev score (error, loss). cfg.selection decides which ranks the
     epochs: "error" (1 - accuracy, or the error rate; the loss breaks its ties) or "loss" (the error breaks its ties).
@@ -67,26 +86,17 @@ def _train_loop(model: nn.Module, cfg: ProbeConfig, n: int, loss_of, dev_score, 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     rng = np.random.default_rng(seed)
     best, best_state, best_epoch, epoch = (float("inf"), float("inf")), None, 0, 0
-    for epoch in range(1, cfg.epochs + 1):
-        order, total, count = rng.permutation(n), 0.0, 0
-        model.train()
-        for i in range(0, n, cfg.batch_size):
-            loss = loss_of(order[i : i + cfg.batch_size])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            n_batch = len(order[i : i + cfg.batch_size])
-            total, count = total + loss.item() * n_batch, count + n_batch
-        model.eval()
-        with torch.no_grad():
-            error, dev_loss = dev_score()
-        log({"seed": seed, "epoch": epoch, "loss": total / max(count, 1), "dev_error": error, "dev_loss": dev_loss})
-        rank = (error, dev_loss) if cfg.selection == "error" else (dev_loss, error)
-        if rank < best:
-            best, best_epoch = rank, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= cfg.patience:
-            break
+    with bar(cfg.epochs, f"probe seed {seed}", "epoch", cfg.progress) as progress:  # minutes at LibriSpeech size
+        for epoch in range(1, cfg.epochs + 1):
+            dev = _epoch(model, opt, cfg, n, loss_of, dev_score, log, seed, epoch, rng)
+            rank = dev if cfg.selection == "loss" else dev[::-1]
+            if rank < best:
+                best, best_epoch = rank, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            progress.update(1)
+            progress.set_postfix(dev_error=f"{dev[1]:.3f}", dev_loss=f"{dev[0]:.3f}", best_epoch=best_epoch)
+            if epoch - best_epoch >= cfg.patience:
+                break
     model.load_state_dict(best_state)
     model.eval()
     at_cap = best_epoch == cfg.epochs
