@@ -120,3 +120,58 @@ def test_every_link_to_a_heading_finds_it():
             if not os.path.exists(path) or anchor not in slugs(path):
                 broken.append(f"{os.path.relpath(doc, root)} -> {target}#{anchor}")
     assert not broken, broken
+
+
+def _effective_defaults() -> dict[str, tuple[object, tuple | None]]:
+    """option -> (default as used, choices or None), over every command: click's default, else TrainConfig's (train-student
+    leaves its flags None so that --config files apply), else ProbeConfig's."""
+    import dataclasses
+
+    from train.config import TrainConfig
+    from train.probe.config import ProbeConfig
+
+    configs = {f.name: f.default for c in (ProbeConfig, TrainConfig) for f in dataclasses.fields(c)}
+    found: dict[str, tuple[object, tuple | None]] = {}
+
+    def walk(cmd: click.Command) -> None:
+        for p in cmd.params:
+            for o in (o for o in p.opts if o.startswith("--")):
+                default = p.default if p.default is not None else configs.get(p.name)
+                choices = tuple(p.type.choices) if isinstance(p.type, click.Choice) else None
+                found.setdefault(o, (default, choices))
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    for cmd in (extract_cli, train_cli, cache_cli, compare_cli, probe_cli, export_cli):
+        walk(cmd)
+    return found
+
+
+def test_cli_md_states_each_options_default_and_choices_as_the_code_has_them():
+    """Issue 35: docs/cli.md cannot drift from the code: every `--opt a|b|c` it writes lists exactly the option's choices,
+    every `[--opt NUMBER]` of a synopsis and every default cell of an options table is the default the code uses."""
+    text = open(os.path.join(ROOT, "docs", "cli.md")).read()
+    options = _effective_defaults()
+    wrong = []
+    for name, listed in re.findall(r"(--[a-z][a-z0-9-]*)[ =]([a-z0-9.-]+(?:\\?\|[a-z0-9.-]+)+)", text):
+        choices = options.get(name, (None, None))[1]
+        if choices is not None and set(listed.replace("\\|", "|").split("|")) != set(choices):
+            wrong.append(f"{name} {listed}: the code's choices are {'|'.join(choices)}")
+    for name, number in re.findall(r"\[(--[a-z][a-z0-9-]*) ([0-9][0-9.e]*)\]", text):
+        default = options.get(name, (None, None))[0]
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and float(number) != float(default):
+            wrong.append(f"[{name} {number}]: the code's default is {default}")
+    for row in re.findall(r"^\| `(--[a-z][a-z0-9-]*)[^`]*` \| ([^|]+) \|", text, re.M):
+        name, cell = row[0], row[1].strip()
+        default = options.get(name, (None, None))[0]
+        if isinstance(default, (int, float, str)) and default != "" and not isinstance(default, bool) and re.fullmatch(r"[\w.-]+", cell):
+            if str(default) != cell and not (isinstance(default, (int, float)) and _number(cell) == default):
+                wrong.append(f"| {name} | {cell} |: the code's default is {default!r}")
+    assert not wrong, wrong
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
