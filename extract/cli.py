@@ -49,6 +49,9 @@ def parse_extract_layers(value: str) -> tuple[int, ...] | str:
 @click.option("--segment-overlap", type=click.FloatRange(min=0), default=0.0, help="seconds shared by neighbouring windows")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="start a dask LocalCluster with N worker processes")
 @click.option("--scheduler", default=None, help="address of an existing dask scheduler (tcp://host:8786)")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="only ids, or ids under folders, matching GLOB (repeatable): --include 'train-*' takes LibriSpeech's training "
+                   "folders, not dev-*/test-*; recorded as part of the corpus")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", help="bad input files")
 @click.option("--allow-pickle", is_flag=True, help="allow non-safetensors teacher weights (trusted teachers only)")
 @click.option("--repair", is_flag=True, help="check every committed chunk's crc32c too (not only that every file is there) "
@@ -59,10 +62,11 @@ def parse_extract_layers(value: str) -> tuple[int, ...] | str:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @cli_errors(kept="every committed part is kept; re-run the same command to continue")
 def main(teacher, corpus, layers, cache_dir, revision, device, dtype, storage_dtype, audio, codec, batch_seconds, part_seconds,
-         max_seconds, segment_seconds, segment_overlap, workers, scheduler, on_error, allow_pickle, repair, dry_run, as_json,
+         max_seconds, segment_seconds, segment_overlap, workers, scheduler, include, on_error, allow_pickle, repair, dry_run, as_json,
          quiet) -> None:
     """Run TEACHER once over CORPUS and cache its LAYERS; prints the cache path last."""
-    cfg = ExtractConfig(teacher=teacher, corpus=corpus, layers=parse_extract_layers(layers), cache_dir=cache_dir, revision=revision,
+    cfg = ExtractConfig(teacher=teacher, corpus=corpus, include=include, layers=parse_extract_layers(layers), cache_dir=cache_dir,
+                        revision=revision,
                         device=device, dtype=dtype, storage_dtype=storage_dtype, audio=audio, codec=codec, batch_seconds=batch_seconds,
                         part_seconds=part_seconds, max_seconds=max_seconds,
                         segment_seconds=segment_seconds or 0.0, segment_overlap=segment_overlap, on_error=on_error, workers=workers,

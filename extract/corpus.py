@@ -163,14 +163,15 @@ def _resolve(e: Entry, info, rate: int, min_samples: int, max_seconds: float) ->
 
 
 def scan(corpus: str, rate: int, min_samples: int = MIN_SAMPLES, max_seconds: float = 0,
-         known: KnownFiles | None = None, check_known: bool = False) -> tuple[str, list[Utterance], list[BadFile]]:
+         known: KnownFiles | None = None, check_known: bool = False,
+         include: tuple[str, ...] = ()) -> tuple[str, list[Utterance], list[BadFile]]:
     """Read every header once per file (threads: it is I/O) and sort the corpus into good and bad entries.
 
     `known`: a cache's records of files; an unchanged file's header is taken from its record (same size, mtime, ctime
     and inode: store.source_files.same_stat), so only new or changed files are opened. `check_known`: the records' headers
     are read back from disk (untrusted) and windows are about to be planned from them (--segment-seconds: a forged
     rate or length makes new, wrong windows), so each is checked against the file's own header, which wins."""
-    root, entries, bad = read_corpus(corpus)
+    root, entries, bad = read_corpus(corpus, include)
     if not entries and not bad:
         raise ExtractError(f"--corpus {corpus}: no audio files found (formats: {', '.join(sorted(sf.available_formats()))})")
     paths = sorted({e.path for e in entries})

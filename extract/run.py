@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from extract.compact import existing_stats, fit_with_teacher
-from extract.corpora import MAX_SECONDS
+from extract.corpora import MAX_SECONDS, evaluation_folders
 from extract.corpus import KnownFiles, scan
 from extract.errors import ExtractError
 from extract.forecast import check_space, first_line, forecast, seconds_per_audio_second, todo_figures
@@ -43,6 +43,7 @@ MIN_SEGMENT_STEP = 0.02  # one frame of a 16 kHz, 320-hop teacher: a smaller ste
 class ExtractConfig:
     teacher: str  # hub name or local directory
     corpus: str  # directory, fairseq TSV, Kaldi data dir or lhotse manifest (extract/corpora)
+    include: tuple[str, ...] = ()  # globs: only ids, or ids under folders, matching one ('train-*'); part of the corpus's identity
     layers: tuple[int, ...] | str = (4, 8, 12)  # DistilHuBERT's targets; "all": every hidden layer 0..L (probes)
     cache_dir: str | None = None  # default: $DISTILCACHE_HOME or ~/.cache/distilcache
     revision: str | None = None  # hub revision of the teacher
@@ -64,6 +65,9 @@ class ExtractConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.include, str) or not all(isinstance(g, str) and g.strip() and "\x00" not in g for g in self.include):
+            raise ExtractError(f"--include {self.include!r}: give one or more globs, e.g. --include 'train-*'")
+        object.__setattr__(self, "include", tuple(self.include))
         if self.on_error not in ("fail", "skip"):
             raise ExtractError(f"--on-error {self.on_error}: choose fail or skip")
         if isinstance(self.layers, str) and self.layers != "all":
@@ -141,7 +145,7 @@ def corpus_of(cfg: ExtractConfig, teacher, known: KnownFiles | None = None) -> t
     """(corpus root, utterances or windows, bad entries): headers only, no teacher work. Files a cache already holds,
     unchanged since, are recognised from their stat and not opened (extract.corpus.scan)."""
     root, utts, bad = scan(cfg.corpus, teacher.sample_rate, teacher.window, 0 if cfg.segment_seconds else cfg.max_seconds, known,
-                           check_known=bool(cfg.segment_seconds))  # windows are planned from headers: records are checked
+                           check_known=bool(cfg.segment_seconds), include=cfg.include)  # windows planned from headers: checked
     if cfg.segment_seconds:
         utts = segment(utts, cfg.segment_seconds, cfg.segment_overlap)
     return root, utts, bad
@@ -205,6 +209,11 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
     found = existing_cache(cache_root, fp)
     known = KnownFiles(found.sources() if found else None)
     root, utts, bad = corpus_of(cfg, teacher, known)
+    held_out_named = [] if cfg.include else evaluation_folders(u.uid for u in utts)
+    if held_out_named:
+        print(f"note: --corpus {cfg.corpus} holds {', '.join(f + '/' for f in held_out_named)} (held-out sets, by their names): "
+              "they are cached with the rest, and train-student on this corpus trains on them; --include 'train-*' takes only "
+              "the training folders", file=sys.stderr)
     if bad and cfg.on_error == "fail":
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
         raise ExtractError(f"{len(bad)} bad file(s) or entries in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
@@ -223,7 +232,7 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
     ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, found.layout if found else layout, found)
     check_space(ahead, cache_root, cfg.storage_dtype, cfg.audio)  # refused before any teacher work if it cannot fit
     cfg, probe = checked_batching(cfg, teacher, spec["layers"])
-    corpus_input = corpus_identity(cfg.corpus)
+    corpus_input = corpus_identity(cfg.corpus, cfg.include)
     provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "corpus_input": corpus_input, "batching_probe": probe}
     stats = None
     if TARGET_MODES[cfg.storage_dtype].needs_stats:  # fit on a sample first (or keep the existing cache's), then one pass
@@ -258,10 +267,12 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
                    len(pending), len(cache.parts), round(time.time() - t0, 2), bool(pending), cache.audio_clipped)
 
 
-def corpus_identity(corpus: str) -> str:
+def corpus_identity(corpus: str, include: tuple[str, ...] = ()) -> str:
     """What a part records as its corpus: the --corpus input itself (directory or manifest), resolved, so that a dev set,
-    a Kaldi segment list or lhotse cuts of the same files are told apart from the training corpus."""
-    return os.path.realpath(corpus)
+    a Kaldi segment list or lhotse cuts of the same files are told apart from the training corpus; with --include, the
+    globs too (LibriSpeech's train-* folders are another corpus than the whole root)."""
+    path = os.path.realpath(corpus)
+    return f"{path} [include {','.join(include)}]" if include else path
 
 
 def remove_orphans(cache: Cache) -> None:

@@ -166,6 +166,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
         teacher.check_layers(layers)
         _, utts, _ = scan(cfg.corpus, teacher.sample_rate, teacher.window)
         by_id = {u.uid: u for u in utts}
+        warn_held_out_named(by_id)
         train_ids, valid_ids = split_ids(sorted(by_id), cfg.valid_fraction, lambda u: by_id[u].recording or u)
 
         def crops(ids, random_crop):
@@ -190,6 +191,7 @@ def load_sources(cfg: TrainConfig) -> Sources:
                                 f"--teacher {teacher.name} has {_short(teacher.digest)}; use the cache's teacher or extract a new cache")
     check_complete(cache, cfg.allow_partial or cfg.follow)
     ids = subset_ids(cache, cfg.corpus) if cfg.corpus else one_corpus(cache)
+    warn_held_out_named(ids)
     train_ids, valid_ids = split_ids(ids, cfg.valid_fraction, cache.recording if cache.has_recordings else None,
                                      fallback=not cfg.follow)
     pre = cache.spec["preprocessing"]
@@ -214,3 +216,14 @@ def eval_cache(cfg: TrainConfig, cache: Cache, layers: list[int]) -> Cache:
         raise SpecMismatchError(f"--eval-cache {cfg.eval_cache}: holds another teacher's targets or lacks layers "
                                 f"{','.join(map(str, layers))}; give a cache of the same teacher with those layers")
     return judge
+
+
+def warn_held_out_named(ids) -> None:
+    """One line when the training utterances include folders named like held-out sets (LibriSpeech's dev-*, test-*)."""
+    from extract.corpora import evaluation_folders
+
+    named = evaluation_folders(ids)
+    if named:
+        print(f"warning: training on utterances under {', '.join(f + '/' for f in named)} (held-out sets, by their names); train "
+              "on a subset with --corpus DIR/train-..., or cache only the training folders (extract-features --include 'train-*')",
+              file=sys.stderr)

@@ -8,16 +8,19 @@ headers and resolves the windows to samples.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 
 from extract.corpora.entries import MAX_SECONDS, NUL_PATH, BadFile, Entry, absolute, bad_times, duplicates, to_samples
 from extract.errors import ExtractError
 
-__all__ = ["MAX_SECONDS", "BadFile", "Entry", "absolute", "bad_times", "duplicates", "read_corpus", "to_samples"]
+__all__ = ["MAX_SECONDS", "BadFile", "Entry", "absolute", "bad_times", "duplicates", "evaluation_folders", "included", "read_corpus",
+           "to_samples"]
 
 
-def read_corpus(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
-    """(root, entries, bad entries) of any supported corpus input; root is what ids are relative to."""
+def read_corpus(corpus: str, include: tuple[str, ...] = ()) -> tuple[str, list[Entry], list[BadFile]]:
+    """(root, entries, bad entries) of any supported corpus input; root is what ids are relative to. `include`
+    (--include globs) keeps only the entries whose id, or a folder of it, matches one of them."""
     from extract.corpora import directory, kaldi, lhotse_manifest, tsv
 
     if not os.path.exists(corpus):
@@ -29,5 +32,33 @@ def read_corpus(corpus: str) -> tuple[str, list[Entry], list[BadFile]]:
             entries = [e for e in entries if "\x00" not in e.path]
             bad = bad + [BadFile(e.where, NUL_PATH, e.uid) for e in nul]
             entries, dup = duplicates(entries)
+            if include:
+                entries, bad = taken(entries, bad + dup, include, corpus)
+                return root, entries, bad
             return root, entries, bad + dup
     raise ExtractError(f"--corpus {corpus}: not a directory, TSV, Kaldi data dir or lhotse manifest")
+
+
+def included(uid: str, include: tuple[str, ...]) -> bool:
+    """Whether an id (a path under the corpus without extension, or a manifest's id) or one of its folders matches a
+    glob: 'train-*' takes train-clean-100/103/1240/103-1240-0000 by its first folder."""
+    parts = uid.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(p, glob) for glob in include for p in prefixes)
+
+
+def taken(entries: list[Entry], bad: list[BadFile], include: tuple[str, ...], corpus: str) -> tuple[list[Entry], list[BadFile]]:
+    """The entries (and bad entries) --include takes; one line when it takes none."""
+    kept = [e for e in entries if included(e.uid, include)]
+    if entries and not kept:
+        raise ExtractError(f"--include {' --include '.join(include)}: matches none of the {len(entries)} utterances of --corpus "
+                           f"{corpus}; a glob matches an id (its path under the corpus, no extension) or one of its folders, "
+                           "e.g. --include 'train-*'")
+    return kept, [b for b in bad if b.uid is None or included(b.uid, include)]
+
+
+def evaluation_folders(ids) -> list[str]:
+    """The top folders of these ids named like held-out sets (dev*, test*, eval*, valid*): LibriSpeech unpacks
+    train-*, dev-* and test-* side by side, and a corpus of all three would train on its own test sets."""
+    tops = {uid.split("/", 1)[0] for uid in ids if "/" in uid}
+    return sorted(t for t in tops if t.lower().startswith(("dev", "test", "eval", "valid")))
