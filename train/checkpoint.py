@@ -37,7 +37,7 @@ def save_checkpoint(run_dir: str, state: dict) -> str:
 #: What a resumed run may change: how it is watched and run, not what is trained (docs/cli.md).
 RESUMABLE_CHANGES = ("out", "cache_dir", "teacher", "eval_interval", "eval_max_utterances", "log_interval", "checkpoint_interval",
                      "stop_after", "num_workers", "device", "precision", "progress", "resume", "allow_partial", "allow_pickle",
-                     "cache", "eval_cache")
+                     "cache", "eval_cache", "storage")  # storage: a selector of the cache, whose fingerprint is compared
 
 
 def load_checkpoint(run_dir: str) -> dict | None:

@@ -16,6 +16,9 @@ from train.loop import train
 @click.command("train-student", cls=OneLineCommand, context_settings={"show_default": True})
 @click.option("--cache", is_flag=False, flag_value="", default=None,
               help="cache path or fingerprint; with no value, find the cache of --teacher/--layers. Omit to run the teacher online")
+@click.option("--storage", type=click.Choice(["float16", "bfloat16", "float32", "int8", "int4", "pq", "rvq16", "rvq8"]), default=None,
+              help="with --cache and no value: take the cache stored this way (several caches of one teacher: float16 and its "
+              "int8/pq/rvq copies); with --corpus and --layers, chooses without a fingerprint")
 @click.option("--out", required=True, help="run dir: checkpoints, metrics.jsonl, loss.png, eval.json, student/")
 @click.option("--teacher", default=None, help="teacher (init weights; online targets); default: the cache's")
 @click.option("--corpus", default=None, type=click.Path(exists=True), help="online mode corpus; with --cache: only these ids")

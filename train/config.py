@@ -36,6 +36,7 @@ def default_workers() -> int:
 class TrainConfig:
     out: str = "runs/distilhubert"  # run dir: checkpoints, metrics.jsonl, loss.png, student/
     cache: str | None = None  # path or fingerprint; "" = find it from teacher+layers; None = online teacher
+    storage: str = ""  # with cache "": take the cache stored in this mode (float16, int8, rvq8, ...); with a path: it must be
     cache_dir: str | None = None  # cache root [default: $DISTILCACHE_HOME or ~/.cache/distilcache]
     teacher: str | None = None  # for init (and online mode); default: the teacher recorded in the cache
     corpus: str | None = None  # online mode; with a cache: restrict training to these utterances
@@ -127,6 +128,13 @@ class TrainConfig:
             if self.layers and sorted(t for _, t in pairs) != sorted(self.layers):
                 raise ConfigError(f"--match {self.match} predicts teacher layers {','.join(str(t) for _, t in pairs)}, but --layers "
                                   f"says {','.join(map(str, self.layers))}; leave --layers out (--match sets them)")
+        if self.storage:
+            from store.modes import TARGET_MODES
+
+            if self.storage not in TARGET_MODES:
+                raise ConfigError(f"--storage {self.storage}: choose {', '.join(TARGET_MODES)}")
+            if self.cache is None:
+                raise ConfigError("--storage chooses among caches: give --cache (with no value to find one)")
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss {self.loss}: choose {' or '.join(LOSSES)}")
         if self.loss == "codebook-ce" and self.cache is None:

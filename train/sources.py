@@ -36,23 +36,60 @@ def _short(digest: str) -> str:
 
 
 def find_cache_for(cfg: TrainConfig, layers: list[int], digest: str) -> Cache:
-    """`--cache` with no value: the cache of this teacher holding the layers, with the most utterances."""
+    """`--cache` with no value: the cache of this teacher holding the layers, narrowed by --storage and --corpus; exact
+    storage first, then the most utterances. Candidates that still differ in what they hold (segmenting, corpora) are
+    refused with each one described as `feature-cache ls` does, and the selectors that would choose."""
+    root = cfg.cache_dir or default_cache_dir()
     fits = [c for c in list_caches(cfg.cache_dir) if c.spec["teacher"]["digest"] == digest and set(layers) <= set(c.layers)]
     if not fits:
-        raise SpecMismatchError(f"no cache under {cfg.cache_dir or default_cache_dir()} for --teacher {cfg.teacher} with layers "
+        raise SpecMismatchError(f"no cache under {root} for --teacher {cfg.teacher} with layers "
                                 f"{','.join(map(str, layers))}; run extract-features with them first (feature-cache ls lists caches)")
-    kinds = {json.dumps(c.spec["preprocessing"].get("segments"), sort_keys=True) for c in fits}
-    if len(kinds) > 1:  # full-context and crop-consistent targets are different experiments: never pick one silently
-        listed = "; ".join(f"{c.path} ({_segments(c)})" for c in fits)
-        raise SpecMismatchError(f"--cache: {len(fits)} caches of --teacher {cfg.teacher} fit, segmented differently ({listed}); "
-                                "give --cache PATH or FINGERPRINT")
+    for asked, keep in ((cfg.storage, lambda c: c.spec["storage_dtype"] == cfg.storage),
+                        (cfg.corpus, lambda c: _holds(c, cfg.corpus))):
+        if asked:
+            chosen = [c for c in fits if keep(c)]
+            if not chosen:
+                raise SpecMismatchError(f"--cache: none of the {len(fits)} caches of --teacher {cfg.teacher} with layers "
+                                        f"{','.join(map(str, layers))} under {root} fits {_selector(cfg, asked)} ({_listed(fits)})")
+            fits = chosen
+    if len({json.dumps(c.spec["preprocessing"].get("segments"), sort_keys=True) for c in fits}) > 1:
+        refuse_ambiguous(cfg, fits, "segmented differently (full-context and crop-consistent targets are different experiments)")
     best = max(map(_exactness, fits))
     top = [c for c in fits if _exactness(c) == best]  # exact storage first: a derived int8/int4/pq copy only when alone
     if len({json.dumps(sorted(c.corpora()), sort_keys=True) for c in top}) > 1:
-        listed = "; ".join(f"{c.fingerprint} ({', '.join(c.corpora()) or 'empty'})" for c in top)
-        raise SpecMismatchError(f"--cache: {len(top)} caches of --teacher {cfg.teacher} fit, holding different corpora ({listed}); "
-                                "give --cache PATH or FINGERPRINT")
+        refuse_ambiguous(cfg, top, "holding different corpora")
     return max(top, key=len)
+
+
+def refuse_ambiguous(cfg: TrainConfig, fits: list[Cache], why: str) -> None:
+    raise SpecMismatchError(f"--cache: {len(fits)} caches of --teacher {cfg.teacher} fit, {why}: {_listed(fits)}; choose with "
+                            "--storage MODE, --corpus DIR or --layers, or give --cache PATH")
+
+
+def _selector(cfg: TrainConfig, asked: str) -> str:
+    return f"--storage {asked}" if asked == cfg.storage else f"--corpus {asked}"
+
+
+def _holds(cache: Cache, corpus: str) -> bool:
+    """Whether the cache holds utterances of --corpus (an unreadable --corpus is the corpus reader's one line)."""
+    try:
+        return bool(subset_ids(cache, corpus))
+    except SpecMismatchError:
+        return False
+
+
+def _listed(caches: list[Cache]) -> str:
+    """Each cache as `feature-cache ls` shows it, on the one line a refusal is."""
+    return "; ".join(f"{c.fingerprint} ({describe_candidate(c)})" for c in caches)
+
+
+def describe_candidate(c: Cache) -> str:
+    from store.registry import human_bytes
+
+    corpora = ", ".join(c.corpora()) or "no utterances"
+    derived = c.spec.get("derived_from", {}).get("fingerprint")
+    return (f"{c.spec['storage_dtype']} targets, {c.audio_mode} audio, layers {','.join(map(str, c.layers))}, {_segments(c)}, "
+            f"corpus {corpora}, {len(c)} utterances, {human_bytes(c.bytes)}" + (f", derived from {derived}" if derived else ""))
 
 
 def _exactness(cache: Cache) -> tuple:
@@ -176,6 +213,9 @@ def load_sources(cfg: TrainConfig) -> Sources:
         return Sources(teacher.config.to_dict(), layers, teacher.sample_rate, teacher.do_normalize, crops(train_ids, True),
                        crops(valid_ids, False) if valid_ids else None, None, teacher)
     cache = open_cache(cfg.cache, cfg.cache_dir) if cfg.cache else find_cache_for(cfg, layers, teacher.digest)
+    if cfg.storage and cache.spec["storage_dtype"] != cfg.storage:
+        raise SpecMismatchError(f"--cache {cfg.cache} stores {cache.spec['storage_dtype']} targets, not --storage {cfg.storage}; "
+                                "drop --storage, or give --cache with no value to find the cache stored that way")
     layers = sorted(asked or cache.layers)
     missing = sorted(set(layers) - set(cache.layers))
     if missing:

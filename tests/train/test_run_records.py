@@ -11,6 +11,7 @@ from extract import ExtractConfig, extract_features
 from store import SpecMismatchError
 from store.cli import main as cache_cli
 from tests.conftest import build_corpus
+from train.cli import main as train_cli
 from train.config import TrainConfig, load_config
 from train.loop import train
 
@@ -95,3 +96,43 @@ def test_config_json_says_what_was_used_and_reruns_it(cached, tmp_path):
         train(load_config(str(out / "config.json"), {"resume": True, "stop_after": 3, "student_layers": 3, "match": "1:1,3:3"}))
     train(load_config(str(out / "config.json"), {"resume": True, "stop_after": 0}))
     assert json.load(open(out / "eval.json"))["step"] == 4
+
+
+def test_caches_are_chosen_by_what_they_hold_never_by_fingerprint(tmp_path, tiny_teacher):
+    """Issue 35 item 3: several caches of one teacher (float16, its int8 and int4 copies, another corpus): --cache with no
+    value lists each candidate as `feature-cache ls` does when it cannot choose, and --storage / --corpus choose."""
+    from train.sources import load_sources
+
+    a, b = build_corpus(str(tmp_path / "a"), n=4), str(tmp_path / "b")
+    build_corpus(str(tmp_path / "b"), n=4, seed=5)
+    kw = dict(layers=(1, 3), cache_dir=str(tmp_path / "k"), progress=False)
+    base = extract_features(ExtractConfig(tiny_teacher, a, **kw))
+    other = extract_features(ExtractConfig(tiny_teacher, b, **kw, audio="int16"))  # another spec: its own cache
+    for storage in ("int8", "int4"):
+        assert CliRunner().invoke(cache_cli, ["convert", base.path, "--storage", storage]).exit_code == 0
+
+    def cfg(**more):
+        return _cfg(tmp_path / "run", cache="", teacher=tiny_teacher, cache_dir=str(tmp_path / "k"), layers=(1, 3), **more)
+
+    with pytest.raises(SpecMismatchError, match="2 caches of --teacher .* fit, holding different corpora") as refused:
+        load_sources(cfg())
+    said = str(refused.value)  # the exact caches of each corpus, each described
+    described = f"(float16 targets, float32 audio, layers 1,3, whole utterances, corpus {os.path.realpath(a)}, 4 utterances"
+    assert f"{base.fingerprint} {described}" in said
+    assert f"{other.fingerprint} (float16 targets" in said and "choose with --storage MODE, --corpus DIR or --layers" in said
+    assert "\n" not in said
+    chosen = load_sources(cfg(storage="int4")).cache
+    assert chosen.spec["storage_dtype"] == "int4" and chosen.spec["derived_from"]["fingerprint"] == base.fingerprint
+    assert load_sources(cfg(corpus=b)).cache.fingerprint == other.fingerprint
+    assert load_sources(cfg(corpus=a)).cache.fingerprint == base.fingerprint  # exact first among a's float16, int8, int4
+    with pytest.raises(SpecMismatchError, match=r"none of the 4 caches .* fits --storage pq \(") as none:
+        load_sources(cfg(storage="pq"))
+    assert "(int8 targets" in str(none.value) and "(int4 targets" in str(none.value)
+    with pytest.raises(SpecMismatchError, match="stores float16 targets, not --storage int8"):
+        load_sources(_cfg(tmp_path / "run", cache=base.path, storage="int8"))
+    r = CliRunner().invoke(train_cli, ["--cache", "--teacher", tiny_teacher, "--cache-dir", str(tmp_path / "k"), "--storage", "int8",
+                                       "--layers", "1,3",
+                                       "--corpus", a, "--out", str(tmp_path / "cli"), "--steps", "1", "--batch-size", "2",
+                                       "--max-crop-samples", "8000", "--num-workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.load(open(tmp_path / "cli" / "run.json"))["cache"]["storage"] == "int8"
