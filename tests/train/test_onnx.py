@@ -30,6 +30,10 @@ def test_the_onnx_student_equals_pytorch_on_two_lengths_and_int8_is_measured(run
     r = CliRunner().invoke(export_cli, [str(run_dir), "--onnx", str(out), "--quantize", "int8"])
     assert r.exit_code == 0, r.output
     assert "matches PyTorch" in r.stdout and "int8" in r.stdout and os.path.exists(tmp_path / "s.int8.onnx")
+    noise = ("[torch.onnx]", "pre-processing before quantization", "Loading weights", '{"onnx"')  # issue 35 item 19
+    assert not [n for n in noise if n in r.output], r.output  # the libraries' own lines, and our JSON, only with --verbose
+    told = CliRunner().invoke(export_cli, [str(run_dir), "--onnx", str(tmp_path / "v.onnx"), "--verbose"])
+    assert told.exit_code == 0 and "[torch.onnx]" in told.output and '{"onnx"' in told.stderr
     model = HubertModel.from_pretrained(str(run_dir / "student")).eval()
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch, n in ((1, 12_345), (2, 40_000)):

@@ -329,6 +329,7 @@ def test_probe_features_shows_its_epochs_unless_quiet(tones, tmp_path, monkeypat
     args = ["--cache", tones["cache"], "--task", "classify", "--labels", str(tones["root"] / "labels.tsv"), "--epochs", "3"]
     shown = CliRunner().invoke(probe_cli, [*args, "--out", str(tmp_path / "a")])
     assert shown.exit_code == 0, shown.output
+    assert '{"task"' not in shown.stderr  # a JSON summary on stderr was noise: --json prints result.json on stdout
     assert "probe seed 0:   0%|" in shown.stderr and "dev_error=" in shown.stderr and "epoch/s" in shown.stderr
     quiet = CliRunner().invoke(probe_cli, [*args, "--out", str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0 and "dev_error=" not in quiet.stderr and "epoch/s" not in quiet.stderr

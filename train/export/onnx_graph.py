@@ -114,7 +114,7 @@ def _timed(run, x) -> float:
     return time.perf_counter() - t
 
 
-def export_onnx(run_dir: str, out: str, quantize: str | None = None, opset: int = 18) -> dict:
+def export_onnx(run_dir: str, out: str, quantize: str | None = None, opset: int = 18, verbose: bool = False) -> dict:
     """Write OUT (fp32) and, with quantize="int8", OUT's .int8.onnx beside it; returns what was measured."""
     try:
         import onnxruntime as ort
@@ -138,7 +138,8 @@ def export_onnx(run_dir: str, out: str, quantize: str | None = None, opset: int 
         try:
             torch.onnx.export(model, (torch.zeros(1, CHECK_LENGTHS[0]),), tmp, input_names=["waveform"],
                               output_names=["last_hidden_state", "hidden_states"], opset_version=opset, dynamo=True,
-                              dynamic_shapes={"waveform": {0: torch.export.Dim("batch", max=4096), 1: samples}}, external_data=False)
+                              dynamic_shapes={"waveform": {0: torch.export.Dim("batch", max=4096), 1: samples}}, external_data=False,
+                              verbose=None if verbose else False)  # its "[torch.onnx] ..." step lines only with --verbose
         finally:
             logging.disable(logging.NOTSET)
     report = {"onnx": out, "opset": opset, "checked_lengths": list(CHECK_LENGTHS)}
@@ -169,7 +170,7 @@ def export_onnx(run_dir: str, out: str, quantize: str | None = None, opset: int 
     session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
     report["onnx_s_per_audio_s"] = _seconds_per_audio_second(lambda x: session.run(None, {"waveform": x}))
     if quantize == "int8":
-        report.update(_int8(out, model, ort))
+        report.update(_int8(out, model, ort, verbose))
     return report
 
 
@@ -177,12 +178,17 @@ def _int8_name(out: str) -> str:
     return out[: -len(".onnx")] + ".int8.onnx" if out.endswith(".onnx") else out + ".int8.onnx"
 
 
-def _int8(out: str, model: torch.nn.Module, ort) -> dict:
+def _int8(out: str, model: torch.nn.Module, ort, verbose: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     q = _int8_name(out)
     # MatMul (the transformer) only: onnxruntime's ConvInteger made the CNN 2.6x slower than fp32 here (docs/benchmarks.md)
-    quantize_dynamic(out, q, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    if not verbose:  # its advice to pre-process the graph (a root-logger warning) is for its own users, not ours
+        logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(out, q, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    finally:
+        logging.disable(logging.NOTSET)
     if not _ours(q):
         _mark(q)
     session = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
@@ -201,11 +207,14 @@ def _int8(out: str, model: torch.nn.Module, ort) -> dict:
 @click.option("--onnx", "onnx_out", required=True, help="where to write the ONNX graph (fp32)")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="also write an int8 (dynamic quantization) copy")
 @click.option("--opset", type=click.IntRange(*OPSETS), default=OPSETS[0], help="ONNX opset of the graph")
+@click.option("--verbose", is_flag=True, help="also torch.onnx's and onnxruntime's own messages, and the measured report as JSON "
+              "on stderr")
 @cli_errors(kept="nothing was changed")
-def main(run_dir: str, onnx_out: str, quantize: str | None, opset: int) -> None:
+def main(run_dir: str, onnx_out: str, quantize: str | None, opset: int, verbose: bool) -> None:
     """Export RUN_DIR's student to ONNX (dynamic length), checked against PyTorch; optionally int8."""
-    r = export_onnx(run_dir, onnx_out, quantize, opset)
-    click.echo(json.dumps(r), err=True)
+    r = export_onnx(run_dir, onnx_out, quantize, opset, verbose)
+    if verbose:
+        click.echo(json.dumps(r), err=True)
     click.echo(f"{r['onnx']}: matches PyTorch to {r['max_rel_error']:.2g} (relative); {r['onnx_s_per_audio_s'] * 1000:.2f} ms per "
                f"audio second (PyTorch {r['torch_s_per_audio_s'] * 1000:.2f} ms)")
     if quantize:

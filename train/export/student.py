@@ -23,6 +23,9 @@ def export_student(model: Student, out_dir: str, layers: list[int], sample_rate:
     Every output is staged and renamed into place: a full disk mid-export leaves no half-written student that
     loads, no temporary file, and the checkpoint to resume from."""
     from transformers import Wav2Vec2FeatureExtractor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar is not this command's line
 
     def student(tmp: str) -> None:
         model.encoder.save_pretrained(tmp)
@@ -44,8 +47,11 @@ def load_student(run_dir: str) -> Student:
     that is not a distilcache export, or whose parts disagree, is one line."""
     from safetensors.torch import load_file
     from transformers import HubertModel
+    from transformers.utils import logging as hf_logging
 
     from train.checkpoint import CheckpointError
+
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar: not the caller's line
     from train.design import Design
     from train.model import build_student
 

@@ -48,7 +48,6 @@ def main(layers, as_json, quiet, **flags) -> None:
     """Train a SUPERB-style probe on a cache's frozen layers and report its test metric with a 95% interval."""
     result = probe_features(ProbeConfig(layers=parse_layers(layers) if layers else (), progress=not quiet, **flags))
     lo, hi = result["ci95"]
-    click.echo(json.dumps({k: result[k] for k in ("task", "metric", "value", "ci95")} | {"test": result["split"]["test"]}), err=True)
     seeds, (low, high) = result["seeds"], result["value_range"]
     epochs = [r["best_epoch"] for r in seeds]
     chosen = f"epoch {epochs[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds (range {low:.4f}-{high:.4f}; epochs {epochs})"
