@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build. No -q: pip's bars show the downloads' progress
 	$(PY) -m pip install --progress-bar on torch==2.13.0
 	$(PY) -m pip install --progress-bar on -e '.[test]'
+	# s3prl's distiller upstream, for the s3prl export test (issue 36): --no-deps, because s3prl requires torchaudio,
+	# which has no build for torch 2.13; the distiller upstream does not import it (its needs are in .[s3prl])
+	$(PY) -m pip install --progress-bar on --no-deps s3prl==0.4.18
 	touch $@
 
 lint: install

@@ -1,8 +1,9 @@
 """Which codebook quantiser for the ≤16-byte storage modes: faiss's residual quantiser (beam widths 1, 4, 8) against its
-additive LSQ and a product quantiser of the same bytes, on rows with a layer's structure (a low-rank part and some noise,
-standardised) or on a teacher's own cached layer (--cache).
+additive LSQ, a product quantiser of the same bytes, and icefall's own quantiser (multi-quantization, trained by
+gradient descent; measured when installed: pip install multi-quantization), on rows with a layer's structure (a
+low-rank part and some noise, standardised) or on a teacher's own cached layer (--cache).
 
-    python -m bench.codebook_choice [--books 8] [--cache PATH --layer K]
+    python -m bench.codebook_choice [--books 8] [--cache PATH --layer K] [--mq-iters 10000]
 
 Prints, per quantiser: rel L2 on held-out rows, fit seconds, and encoding µs per row, measured side by side in one run.
 """
@@ -39,6 +40,8 @@ def main() -> None:
     ap.add_argument("--books", type=int, default=8)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--layer", type=int, default=4)
+    ap.add_argument("--mq-iters", type=int, default=10_000, help="multi-quantization: iterations of each of its two phases "
+                    "(its default 10,000, tuned for 256-wide rows in batches of 600)")
     args = ap.parse_args()
     x = rows(args.cache, args.layer)
     cut = int(0.8 * len(x))
@@ -49,6 +52,12 @@ def main() -> None:
     if d % m == 0:
         quantisers["pq (same bytes)"] = lambda: faiss.ProductQuantizer(d, m, 8)
     print(f"{len(train)} fitting rows, {len(held)} held out, {d} wide, {m} bytes a row ({'cache' if args.cache else 'low-rank + noise'})")
+    try:
+        import multi_quantization  # noqa: F401
+
+        quantisers["multi-quantization"] = lambda: _Icefall(d, m, args.mq_iters)
+    except ImportError:
+        print("multi-quantization is not installed: pip install multi-quantization to measure icefall's quantiser too")
     for name, make in quantisers.items():
         q = make()
         t = time.perf_counter()
@@ -58,6 +67,37 @@ def main() -> None:
         codes = q.compute_codes(held)
         enc = (time.perf_counter() - t) / len(held) * 1e6
         print(f"{name:16} rel L2 {rel(q.decode(codes), held):.4f}   fit {fit:6.1f} s   encode {enc:7.1f} µs/row")
+
+
+class _Icefall:
+    """multi_quantization's QuantizerTrainer behind faiss's train / compute_codes / decode, trained as its docstring says:
+    minibatches of 600 rows (a different draw each step), two phases of `iters` steps."""
+
+    def __init__(self, d: int, m: int, iters: int):
+        self.d, self.m, self.iters = d, m, iters
+
+    def train(self, x: np.ndarray) -> None:
+        import torch
+        from multi_quantization import QuantizerTrainer
+
+        rng = np.random.default_rng(0)
+        trainer = QuantizerTrainer(dim=self.d, bytes_per_frame=self.m, device=torch.device("cpu"), phase_one_iters=self.iters,
+                                   phase_two_iters=self.iters)
+        while not trainer.done():
+            trainer.step(torch.from_numpy(x[rng.integers(0, len(x), 600)]))
+        self.quantizer = trainer.get_quantizer()
+
+    def compute_codes(self, x: np.ndarray):
+        import torch
+
+        with torch.no_grad():
+            return self.quantizer.encode(torch.from_numpy(x))
+
+    def decode(self, codes) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.quantizer.decode(codes).numpy()
 
 
 def _rq(faiss, d: int, m: int, beam: int):

@@ -159,7 +159,8 @@ def build_extracted(root: str, corpus: str, teacher: str) -> str:
     import hashlib
 
     from extract.corpus import scan
-    from extract.run import ExtractConfig, corpus_identity, extract_features
+    from extract.corpora import corpus_identity
+    from extract.run import ExtractConfig, extract_features
     from store import Cache
     from store.index import consolidate
     from store.layout import commit_path, part_name, plan_path

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from extract.compact import existing_stats, fit_with_teacher
-from extract.corpora import MAX_SECONDS, evaluation_folders
+from extract.corpora import MAX_SECONDS, corpus_identity, note_held_out_folders
 from extract.corpus import KnownFiles, scan
 from extract.errors import ExtractError
 from extract.forecast import check_space, first_line, forecast, seconds_per_audio_second, todo_figures
@@ -209,11 +209,8 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
     found = existing_cache(cache_root, fp)
     known = KnownFiles(found.sources() if found else None)
     root, utts, bad = corpus_of(cfg, teacher, known)
-    held_out_named = [] if cfg.include else evaluation_folders(u.uid for u in utts)
-    if held_out_named:
-        print(f"note: --corpus {cfg.corpus} holds {', '.join(f + '/' for f in held_out_named)} (held-out sets, by their names): "
-              "they are cached with the rest, and train-student on this corpus trains on them; --include 'train-*' takes only "
-              "the training folders", file=sys.stderr)
+    if not cfg.include:
+        note_held_out_folders(cfg.corpus, [u.uid for u in utts])
     if bad and cfg.on_error == "fail":
         lines = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
         raise ExtractError(f"{len(bad)} bad file(s) or entries in {cfg.corpus}, no teacher work done (or use --on-error skip):\n{lines}")
@@ -265,14 +262,6 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
     return Summary(path, cache.fingerprint, len(cache), cache.total_frames,
                    round(cache.total_samples / teacher.sample_rate / 3600, 4), cache.skipped,
                    len(pending), len(cache.parts), round(time.time() - t0, 2), bool(pending), cache.audio_clipped)
-
-
-def corpus_identity(corpus: str, include: tuple[str, ...] = ()) -> str:
-    """What a part records as its corpus: the --corpus input itself (directory or manifest), resolved, so that a dev set,
-    a Kaldi segment list or lhotse cuts of the same files are told apart from the training corpus; with --include, the
-    globs too (LibriSpeech's train-* folders are another corpus than the whole root)."""
-    path = os.path.realpath(corpus)
-    return f"{path} [include {','.join(include)}]" if include else path
 
 
 def remove_orphans(cache: Cache) -> None:

@@ -235,6 +235,10 @@ def load_teacher(name: str, revision: str | None = None, device: str = "auto", c
 
     if compute_dtype not in DTYPES:
         raise ExtractError(f"--dtype {compute_dtype}: choose one of {', '.join(DTYPES)}")
+    if name.endswith(".ckpt") and os.path.isfile(name):  # s3prl's distiller checkpoint (e.g. the published DistilHuBERT)
+        from extract.s3prl_distiller import converted_teacher
+
+        name = converted_teacher(name, allow_pickle)
     config, offline = _load_config(name, revision)
     if not hasattr(config, "conv_stride") or not hasattr(config, "num_hidden_layers"):
         raise ExtractError(f"--teacher {name}: a {config.model_type} model is not a speech encoder with a conv feature extractor")

@@ -59,13 +59,15 @@ def small_cache(tmp_path):
 # ---- tiny teachers and corpora for extract/train tests ------------------------------------
 
 
-def build_tiny_teacher(directory: str, norm: str = "group", layers: int = 3, hidden: int = 32, seed: int = 0) -> str:
-    """A HuBERT-shaped teacher saved like a hub checkpoint (safetensors + configs)."""
+def build_tiny_teacher(directory: str, norm: str = "group", layers: int = 3, hidden: int = 32, seed: int = 0,
+                       conv: int | None = None) -> str:
+    """A HuBERT-shaped teacher saved like a hub checkpoint (safetensors + configs); `conv`: its CNN's width (the hidden
+    size when not given; HuBERT-base's is 512 under 768)."""
     import torch
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
     cfg = HubertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
-                       conv_dim=(hidden,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                       conv_dim=(conv or hidden,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
                        feat_extract_norm=norm, do_stable_layer_norm=norm == "layer", conv_bias=norm == "layer")
     torch.manual_seed(seed)
     HubertModel(cfg).save_pretrained(directory)

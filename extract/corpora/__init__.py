@@ -14,8 +14,8 @@ import os
 from extract.corpora.entries import MAX_SECONDS, NUL_PATH, BadFile, Entry, absolute, bad_times, duplicates, to_samples
 from extract.errors import ExtractError
 
-__all__ = ["MAX_SECONDS", "BadFile", "Entry", "absolute", "bad_times", "duplicates", "evaluation_folders", "included", "read_corpus",
-           "to_samples"]
+__all__ = ["MAX_SECONDS", "BadFile", "Entry", "absolute", "bad_times", "corpus_identity", "duplicates", "evaluation_folders",
+           "included", "note_held_out_folders", "read_corpus", "to_samples"]
 
 
 def read_corpus(corpus: str, include: tuple[str, ...] = ()) -> tuple[str, list[Entry], list[BadFile]]:
@@ -62,3 +62,22 @@ def evaluation_folders(ids) -> list[str]:
     train-*, dev-* and test-* side by side, and a corpus of all three would train on its own test sets."""
     tops = {uid.split("/", 1)[0] for uid in ids if "/" in uid}
     return sorted(t for t in tops if t.lower().startswith(("dev", "test", "eval", "valid")))
+
+
+def note_held_out_folders(corpus: str, ids: list[str]) -> None:
+    """One line when a corpus extracted whole holds folders named like held-out sets: a cache of it trains on them."""
+    import sys
+
+    named = evaluation_folders(ids)
+    if named:
+        print(f"note: --corpus {corpus} holds {', '.join(f + '/' for f in named)} (held-out sets, by their names): they are "
+              "cached with the rest, and train-student on this corpus trains on them; --include 'train-*' takes only the "
+              "training folders", file=sys.stderr)
+
+
+def corpus_identity(corpus: str, include: tuple[str, ...] = ()) -> str:
+    """What a part records as its corpus: the --corpus input itself (directory or manifest), resolved, so that a dev set,
+    a Kaldi segment list or lhotse cuts of the same files are told apart from the training corpus; with --include, the
+    globs too (LibriSpeech's train-* folders are another corpus than the whole root)."""
+    path = os.path.realpath(corpus)
+    return f"{path} [include {','.join(include)}]" if include else path

@@ -204,14 +204,26 @@ def _int8(out: str, model: torch.nn.Module, ort, verbose: bool = False) -> dict:
 
 @click.command("export-student", cls=OneLineCommand, context_settings={"show_default": True})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--onnx", "onnx_out", required=True, help="where to write the ONNX graph (fp32)")
+@click.option("--onnx", "onnx_out", default=None, help="where to write the ONNX graph (fp32)")
+@click.option("--s3prl", "s3prl_out", default=None, help="where to write the checkpoint s3prl's distiller_local upstream loads "
+              "(SUPERB: run_downstream.py -u distiller_local -k FILE)")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="also write an int8 (dynamic quantization) copy")
 @click.option("--opset", type=click.IntRange(*OPSETS), default=OPSETS[0], help="ONNX opset of the graph")
 @click.option("--verbose", is_flag=True, help="also torch.onnx's and onnxruntime's own messages, and the measured report as JSON "
               "on stderr")
 @cli_errors(kept="nothing was changed")
-def main(run_dir: str, onnx_out: str, quantize: str | None, opset: int, verbose: bool) -> None:
-    """Export RUN_DIR's student to ONNX (dynamic length), checked against PyTorch; optionally int8."""
+def main(run_dir: str, onnx_out: str | None, s3prl_out: str | None, quantize: str | None, opset: int, verbose: bool) -> None:
+    """Export RUN_DIR's student to ONNX (dynamic length, checked against PyTorch; optionally int8) and/or to s3prl."""
+    if not (onnx_out or s3prl_out):
+        raise click.UsageError("give --onnx OUT.onnx, --s3prl OUT.ckpt, or both")
+    if s3prl_out:
+        from train.export.s3prl_ckpt import export_s3prl
+
+        written = export_s3prl(run_dir, s3prl_out)
+        click.echo(f"{written['s3prl']}: s3prl distiller checkpoint, {written['layers']} layers, predicting teacher layers "
+                   f"{','.join(map(str, written['pred_layer_id']))} (run_downstream.py -u distiller_local -k {written['s3prl']})")
+        if not onnx_out:
+            return
     r = export_onnx(run_dir, onnx_out, quantize, opset, verbose)
     if verbose:
         click.echo(json.dumps(r), err=True)
