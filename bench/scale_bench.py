@@ -158,8 +158,8 @@ def build_extracted(root: str, corpus: str, teacher: str) -> str:
     """The cache a full extraction of `corpus` would leave, by copying one real part (see the module docstring)."""
     import hashlib
 
-    from extract.corpus import scan
     from extract.corpora import corpus_identity
+    from extract.corpus import scan
     from extract.run import ExtractConfig, extract_features
     from store import Cache
     from store.index import consolidate
