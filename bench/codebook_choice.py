@@ -3,7 +3,7 @@ additive LSQ, a product quantiser of the same bytes, and icefall's own quantiser
 gradient descent; measured when installed: pip install multi-quantization), on rows with a layer's structure (a
 low-rank part and some noise, standardised) or on a teacher's own cached layer (--cache).
 
-    python -m bench.codebook_choice [--books 8] [--cache PATH --layer K] [--mq-iters 10000]
+    python -m bench.codebook_choice [--books 8] [--cache PATH --layer K] [--mq-iters 10000] [--only NAME,...]
 
 Prints, per quantiser: rel L2 on held-out rows, fit seconds, and encoding µs per row, measured side by side in one run.
 """
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=4)
     ap.add_argument("--mq-iters", type=int, default=10_000, help="multi-quantization: iterations of each of its two phases "
                     "(its default 10,000, tuned for 256-wide rows in batches of 600)")
+    ap.add_argument("--only", default="", help="comma-separated quantiser names to measure (the rows are the same every run)")
     args = ap.parse_args()
     x = rows(args.cache, args.layer)
     cut = int(0.8 * len(x))
@@ -59,6 +60,8 @@ def main() -> None:
     except ImportError:
         print("multi-quantization is not installed: pip install multi-quantization to measure icefall's quantiser too")
     for name, make in quantisers.items():
+        if args.only and name not in args.only.split(","):
+            continue
         q = make()
         t = time.perf_counter()
         q.train(train)

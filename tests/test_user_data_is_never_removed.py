@@ -83,7 +83,7 @@ def test_pretraining_refuses_a_users_directory_and_the_corpus_itself(tmp_path):
 
 def test_an_interrupted_pretrainings_staging_dir_is_removed_and_only_ours(tmp_path, monkeypatch):
     pytest.importorskip("faiss")
-    from train import pretrain as module
+    from train.pretraining import pretrain as module
 
     corpus = build_corpus(str(tmp_path / "c"), n=5)
     lookalike = tmp_path / ".t.staging-users"  # our prefix, no mark: not ours

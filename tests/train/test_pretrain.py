@@ -77,7 +77,7 @@ def _tiny(corpus, out, **kw):
 def test_the_held_out_utterances_are_not_in_the_clusters_fit(tmp_path, monkeypatch):
     """The MFCC standardisation and k-means were fitted on every utterance, the held-out ones included."""
     pytest.importorskip("faiss")
-    from train import pretrain as module
+    from train.pretraining import pretrain as module
 
     fitted = {}
     real = module.cluster_labels
