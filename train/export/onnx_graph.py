@@ -77,15 +77,9 @@ def _ours(path: str) -> bool:
 def check_target(run_dir: str, out: str) -> None:
     """Refuse an --onnx target that would overwrite what is not ours: a directory, anything inside the run's student/,
     an existing file that is not a graph written here (the student's own weights, say)."""
-    target = os.path.realpath(out)
-    student = os.path.realpath(os.path.join(run_dir, "student"))
-    if os.path.isdir(target):
-        raise ExportError(f"--onnx {out}: is a directory; give a file name, e.g. {os.path.join(out, 'student.onnx')}")
-    if target == student or target.startswith(student + os.sep):
-        raise ExportError(f"--onnx {out}: is inside the run's student/ (the exported student); give a path outside it")
-    if os.path.exists(target) and not _ours(target):
-        raise ExportError(f"--onnx {out}: exists and is not an ONNX graph written by export-student; nothing was overwritten: "
-                          "give a new file name")
+    from train.export.student import check_export_target
+
+    check_export_target(run_dir, out, "--onnx", "an ONNX graph", "student.onnx", _ours, ExportError)
 
 
 def _mark(path: str) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from extract.s3prl_distiller import distiller_config, inexpressible, to_distiller
 from store.oneline import UserError
-from train.export.student import load_student, staged
+from train.export.student import check_export_target, load_student, staged
 
 MARK = "distilcache_export"  # a key of every checkpoint written here: only those may be overwritten
 
@@ -40,17 +40,11 @@ def export_s3prl(run_dir: str, out: str) -> dict:
 def check_target(run_dir: str, out: str) -> None:
     """Never overwrite what is not ours: a directory, anything inside the run's student/, a file this command did not
     write."""
-    target = os.path.realpath(out)
-    student = os.path.realpath(os.path.join(run_dir, "student"))
-    if os.path.isdir(target):
-        raise S3prlExportError(f"--s3prl {out}: is a directory; give a file name, e.g. {os.path.join(out, 'student.ckpt')}")
-    if target == student or target.startswith(student + os.sep):
-        raise S3prlExportError(f"--s3prl {out}: is inside the run's student/ (the exported student); give a path outside it")
-    if os.path.exists(target):
-        try:
-            ours = MARK in torch.load(target, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - any file at all may be there
-            ours = False
-        if not ours:
-            raise S3prlExportError(f"--s3prl {out}: exists and is not a checkpoint written by export-student; nothing was "
-                                   "overwritten: give a new file name")
+    check_export_target(run_dir, out, "--s3prl", "a checkpoint", "student.ckpt", _ours, S3prlExportError)
+
+
+def _ours(path: str) -> bool:
+    try:
+        return MARK in torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any file at all may be there
+        return False

@@ -162,3 +162,17 @@ def _rows(metrics_file: str) -> list[dict]:
             if isinstance(row, dict):
                 rows.append(row)
     return rows
+
+
+def check_export_target(run_dir: str, out: str, option: str, what: str, example: str, ours: Callable[[str], bool], error) -> None:
+    """Never overwrite what is not ours: refuse (`error`, one line) a directory, anything inside the run's student/, and an
+    existing file `ours` does not recognise as `what` this command wrote."""
+    target = os.path.realpath(out)
+    student = os.path.realpath(os.path.join(run_dir, "student"))
+    if os.path.isdir(target):
+        raise error(f"{option} {out}: is a directory; give a file name, e.g. {os.path.join(out, example)}")
+    if target == student or target.startswith(student + os.sep):
+        raise error(f"{option} {out}: is inside the run's student/ (the exported student); give a path outside it")
+    if os.path.exists(target) and not ours(target):
+        raise error(f"{option} {out}: exists and is not {what} written by export-student; nothing was overwritten: give a new "
+                    "file name")
