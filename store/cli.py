@@ -16,7 +16,7 @@ from store.hdf5 import export_hdf5, import_hdf5
 from store.modes import TARGET_MODES
 from store.oneline import OneLineGroup, cli_errors, one_line_errors, parse_layers
 from store.reader import default_cache_dir, open_cache
-from store.registry import check_removable, derived_from, describe, human_bytes, list_caches, remove_cache
+from store.registry import check_removable, derived_from, describe, list_caches, remove_cache, size_said
 from store.spec import FORMAT_VERSION
 from store.verify import repair_commands, verify_cache
 
@@ -62,13 +62,7 @@ def ls_line(c, by_fp: dict | None = None) -> str:
     else:
         state = f"partial ({pending['parts']} part(s) pending)" if pending["parts"] else "complete"
     hours = c.total_samples / c.spec["preprocessing"]["sample_rate"] / 3600
-    unsized = len(c.parts) - c.parts_with_bytes  # parts written before markers recorded their bytes
-    if not unsized:
-        size = human_bytes(c.bytes)
-    elif not c.parts_with_bytes:
-        size = "size ? (info --du)"
-    else:
-        size = f"{human_bytes(c.bytes)} + {unsized} unsized part(s) (info --du)"
+    size = size_said(c)
     derived = c.spec.get("derived_from", {}).get("fingerprint")
     if derived and stale(c, by_fp or {}):
         derived += " (stale: the source grew since; convert again to cover it)"

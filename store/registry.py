@@ -160,3 +160,13 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def size_said(c) -> str:
+    """A cache's bytes on disk as its markers say them (no file walk), honest about parts written before markers did."""
+    unsized = len(c.parts) - c.parts_with_bytes
+    if not unsized:
+        return human_bytes(c.bytes)
+    if not c.parts_with_bytes:
+        return "size ? (info --du)"
+    return f"{human_bytes(c.bytes)} + {unsized} unsized part(s) (info --du)"

@@ -7,8 +7,9 @@ import os
 
 import click
 
+from store.modes import TARGET_MODES
 from store.oneline import OneLineCommand, cli_errors, parse_layers
-from train.config import load_config
+from train.config import LOSSES, load_config
 from train.design import PRESETS
 from train.loop import train
 
@@ -16,7 +17,7 @@ from train.loop import train
 @click.command("train-student", cls=OneLineCommand, context_settings={"show_default": True})
 @click.option("--cache", is_flag=False, flag_value="", default=None,
               help="cache path or fingerprint; with no value, find the cache of --teacher/--layers. Omit to run the teacher online")
-@click.option("--storage", type=click.Choice(["float16", "bfloat16", "float32", "int8", "int4", "pq", "rvq16", "rvq8"]), default=None,
+@click.option("--storage", type=click.Choice(list(TARGET_MODES)), default=None,
               help="with --cache and no value: take the cache stored this way (several caches of one teacher: float16 and its "
               "int8/pq/rvq copies); with --corpus and --layers, chooses without a fingerprint")
 @click.option("--out", required=True, help="run dir: checkpoints, metrics.jsonl, loss.png, eval.json, student/")
@@ -47,7 +48,7 @@ from train.loop import train
 @click.option("--student-ffn", type=int, default=None, help="feed-forward size [default: the preset's]")
 @click.option("--match", default=None, help="layer-to-layer objective: STUDENT:TEACHER pairs, e.g. 1:4,2:8,3:12 "
               "[default: DistilHuBERT's heads on the last layer]")
-@click.option("--loss", type=click.Choice(["l1-cos", "codebook-ce"]), default=None,
+@click.option("--loss", type=click.Choice(LOSSES), default=None,
               help="l1-cos: DistilHuBERT's L1 + cosine on the vectors; codebook-ce: cross-entropy over each codebook of a "
               "cache stored as codes (rvq8, rvq16, pq), as icefall trains on its 8-byte targets [default: l1-cos]")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None, help="[default: auto]")

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("l1-cos", "codebook-ce")
-
 
 class CodePredictor(nn.Module):
     """[B, N, T, D] head outputs -> [B, N, T, M, 256] logits, one Linear per target layer; `expected` maps logits

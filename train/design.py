@@ -40,6 +40,12 @@ class Design:
     def objective(self) -> str:
         return "layer-to-layer" if self.match else "heads"
 
+    def flags(self) -> dict:
+        """The design as TrainConfig's keys, resolved (0 and "" replaced by what is built): what config.json records and
+        what --resume compares."""
+        return {"student_layers": self.layers, "student_width": self.width, "student_heads": self.heads,
+                "student_ffn": self.ffn, "match": ",".join(f"{s}:{t}" for s, t in self.match)}
+
     def to_dict(self) -> dict:
         return {**asdict(self), "match": [list(m) for m in self.match], "objective": self.objective}
 

@@ -25,17 +25,10 @@ from train.sources import Sources, load_sources
 from train.targets import TargetSource, make_source
 
 
-def design_values(design) -> dict:
-    """The design as TrainConfig's keys, resolved (0 and "" replaced by what was built): what config.json records and
-    what --resume compares."""
-    return {"student_layers": design.layers, "student_width": design.width, "student_heads": design.heads,
-            "student_ffn": design.ffn, "match": ",".join(f"{s}:{t}" for s, t in design.match)}
-
-
 def run_identity(cfg: TrainConfig, src, layers: list[int], design) -> dict:
     """Everything that decides what is trained: a resumed run must match it (checkpoint.RESUMABLE_CHANGES may differ)."""
     keep = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
-    keep.update(design_values(design))  # resolved: a rerun from the run's config.json (which says 768, not 0) resumes
+    keep.update(design.flags())  # resolved: a rerun from the run's config.json (which says 768, not 0) resumes
     if keep["loss"] == "l1-cos":  # checkpoints from before --loss existed trained with it and resume
         del keep["loss"]
     ids = "\n".join(src.train.ids).encode()
@@ -53,7 +46,7 @@ def saved_identity(saved: dict, teacher_config: dict) -> dict:
                                 saved["student_ffn"], saved["match"], teacher_config)
     except (KeyError, TypeError, ValueError, UserError):
         return saved  # not comparable as a design: resume_differences names what differs
-    return {**saved, **design_values(design)}
+    return {**saved, **design.flags()}
 
 
 @dataclass

@@ -64,9 +64,7 @@ def resolved(cfg: TrainConfig, src, layers: list[int], design, device: str, prec
     (not "auto")."""
     teacher = cfg.teacher or (src.teacher.name if src.teacher is not None else None)
     return dataclasses.replace(cfg, cache=src.cache.path if src.cache is not None else None, layers=tuple(layers), teacher=teacher,
-                               student_layers=design.layers, student_width=design.width, student_heads=design.heads,
-                               student_ffn=design.ffn, match=",".join(f"{s}:{t}" for s, t in design.match), device=device,
-                               precision=precision)
+                               device=device, precision=precision, **design.flags())
 
 
 def run_record(cfg: TrainConfig, src, layers: list[int], design) -> dict:

@@ -84,12 +84,12 @@ def _listed(caches: list[Cache]) -> str:
 
 
 def describe_candidate(c: Cache) -> str:
-    from store.registry import human_bytes
+    from store.registry import size_said
 
     corpora = ", ".join(c.corpora()) or "no utterances"
     derived = c.spec.get("derived_from", {}).get("fingerprint")
     return (f"{c.spec['storage_dtype']} targets, {c.audio_mode} audio, layers {','.join(map(str, c.layers))}, {_segments(c)}, "
-            f"corpus {corpora}, {len(c)} utterances, {human_bytes(c.bytes)}" + (f", derived from {derived}" if derived else ""))
+            f"corpus {corpora}, {len(c)} utterances, {size_said(c)}" + (f", derived from {derived}" if derived else ""))
 
 
 def _exactness(cache: Cache) -> tuple:
