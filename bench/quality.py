@@ -18,8 +18,11 @@
    differ in timbre, which log-mel carries). Every upstream is compared with the float16 student clip by clip
    (train.probe.paired: paired bootstrap; "as good as" = the difference's 95% interval within ±0.02 PER).
 
-Every stage is kept under --out and reused by the next run; the table goes to OUT/quality.md and OUT/quality.json,
-and its goals are judged, with their numbers, at the end.
+Every stage is kept under --out and reused by the next run. The probes go task by task, phones first for every upstream
+in the order the goals need them (the float16 student, the damaged control, the step-0 copy, log-mel, the truncated
+teacher, then the modes from the fewest bytes up), and OUT/quality.md and OUT/quality.json are rewritten after each
+probe: a run stopped part-way still reports the goals its probes decide, with their numbers, and names what is not
+measured yet.
 """
 
 from __future__ import annotations
@@ -105,10 +108,11 @@ def record_made(made_path: str, made: dict, mode: str, fn) -> dict:
     return {"path": cache, "seconds": made[mode]}
 
 
-def distillation_caches(teacher: str, corpus: str, cache_dir: str) -> dict[str, dict]:
-    """The float16 cache of layers 2, 4, 6 and its conversions, each timed when made (kept in cache_dir/made.json: a
-    second run finds them made and must not report its no-op as their cost)."""
+def distillation_cache(mode: str, teacher: str, corpus: str, cache_dir: str) -> dict:
+    """The float16 cache of layers 2, 4, 6, or its conversion to `mode`, timed when made (kept in cache_dir/made.json: a
+    second run finds it made and must not report its no-op as its cost)."""
     from extract import ExtractConfig, extract_features
+    from extract.forecast import row_bytes
     from store import open_cache
     from store.convert import convert_cache
 
@@ -116,21 +120,22 @@ def distillation_caches(teacher: str, corpus: str, cache_dir: str) -> dict[str, 
     made_path = os.path.join(cache_dir, "made.json")
     made = json.load(open(made_path)) if os.path.exists(made_path) else {}
     cfg = ExtractConfig(teacher, corpus, layers=(2, 4, 6), cache_dir=cache_dir, progress=False)
-    caches = {"float16": record_made(made_path, made, "float16", lambda: extract_features(cfg).path)}
-    source = caches["float16"]["path"]
-    for mode in MODES[1:]:
-        caches[mode] = record_made(made_path, made, mode, lambda m=mode: convert_cache(source, m, cache_dir=cache_dir).path)
-    for mode, c in caches.items():
-        cache = open_cache(c["path"])
-        c["bytes"] = cache.bytes  # targets and float32 audio, as written
-        c["target_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for part in cache.part_dirs.values()
-                                for d, _, files in os.walk(os.path.join(c["path"], "parts", part)) for f in files
-                                if os.path.relpath(d, os.path.join(c["path"], "parts", part)).startswith("layer_"))
-        c["target_bytes_per_frame"] = round(c["target_bytes"] / max(cache.total_frames, 1), 1)
-        c["fidelity"] = {k: round(v["rel_l2_mean"], 4) for k, v in ((cache.provenance.get("fidelity") or {}).get("layers") or {}).items()}
-        say(f"cache {mode}: {c['target_bytes'] / 1e6:.1f} MB of targets ({c['bytes'] / 1e6:.1f} MB with audio), made in "
-            f"{c['seconds'] if c['seconds'] is not None else 'an unknown time (an earlier run)'} s")
-    return caches
+    if mode == "float16":
+        c = record_made(made_path, made, "float16", lambda: extract_features(cfg).path)
+    else:
+        source = distillation_cache("float16", teacher, corpus, cache_dir)["path"]
+        c = record_made(made_path, made, mode, lambda: convert_cache(source, mode, cache_dir=cache_dir).path)
+    cache = open_cache(c["path"])
+    c["bytes"] = cache.bytes  # targets and float32 audio, as written
+    c["target_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for part in cache.part_dirs.values()
+                            for d, _, files in os.walk(os.path.join(c["path"], "parts", part)) for f in files
+                            if os.path.relpath(d, os.path.join(c["path"], "parts", part)).startswith("layer_"))
+    c["target_bytes_per_frame"] = round(c["target_bytes"] / max(cache.total_frames, 1), 1)
+    c["fidelity"] = {k: round(v["rel_l2_mean"], 4) for k, v in ((cache.provenance.get("fidelity") or {}).get("layers") or {}).items()}
+    c["row_bytes"] = row_bytes(mode, cache.spec["dim"])
+    say(f"cache {mode}: {c['target_bytes'] / 1e6:.1f} MB of targets ({c['bytes'] / 1e6:.1f} MB with audio), made in "
+        f"{c['seconds'] if c['seconds'] is not None else 'an unknown time (an earlier run)'} s")
+    return c
 
 
 def student(cache: str, out: str, steps: int, init: str = "teacher", loss: str = "l1-cos") -> str:
@@ -159,27 +164,24 @@ def upstream_speed(model_dir: str) -> float:
         return best_of(lambda: model(wave)) * 100  # per audio second, in ms
 
 
-def probe_all(name: str, cache: str, probe_corpus: str, out: str, size: dict, seeds: int, features: str = "cache",
-              layers: tuple[int, ...] = ()) -> dict:
-    """Every task's probe of one upstream over `seeds` seeds (kept under out/<name>/<task>, reused)."""
+def probe_one(name: str, task: str, cache: str, probe_corpus: str, out: str, size: dict, seeds: int,
+              features: str = "cache", layers: tuple[int, ...] = ()) -> dict:
+    """One task's probe of one upstream over `seeds` seeds (kept under out/<name>/<task>, reused)."""
     from train.probe.features import ProbeConfig, probe_features
 
-    found = {}
-    for task, (kind, labels, tokens, _) in TASKS.items():
-        where = os.path.join(out, name.replace(" ", "_").replace("(", "").replace(")", ""), task.replace(" ", "_"))
-        if os.path.exists(os.path.join(where, "result.json")):
-            with open(os.path.join(where, "result.json")) as f:
-                found[task] = json.load(f)
-            continue
-        epochs = size["ctc_epochs" if kind == "ctc" else "classify_epochs"]
-        cfg = ProbeConfig(cache=cache, task=kind, labels=os.path.join(probe_corpus, labels), out=where, features=features,
-                          tokens=tokens, layers=layers, epochs=epochs, patience=size["patience"], seed=0, seeds=seeds)
-        found[task], seconds = timed(probe_features, cfg)
-        r = found[task]
-        say(f"probe {name} / {task}: {r['metric']} {r['value']:.3f} (seeds {r['value_range'][0]:.3f}-{r['value_range'][1]:.3f}, "
-            f"epochs {[x['best_epoch'] for x in r['seeds']]}{', STILL IMPROVING AT THE CAP' if r['still_improving_at_cap'] else ''}) "
-            f"in {seconds:.0f} s")
-    return found
+    kind, labels, tokens, _ = TASKS[task]
+    where = os.path.join(out, name.replace(" ", "_").replace("(", "").replace(")", ""), task.replace(" ", "_"))
+    if os.path.exists(os.path.join(where, "result.json")):
+        with open(os.path.join(where, "result.json")) as f:
+            return json.load(f)
+    epochs = size["ctc_epochs" if kind == "ctc" else "classify_epochs"]
+    cfg = ProbeConfig(cache=cache, task=kind, labels=os.path.join(probe_corpus, labels), out=where, features=features,
+                      tokens=tokens, layers=layers, epochs=epochs, patience=size["patience"], seed=0, seeds=seeds)
+    r, seconds = timed(probe_features, cfg)
+    say(f"probe {name} / {task}: {r['metric']} {r['value']:.3f} (seeds {r['value_range'][0]:.3f}-{r['value_range'][1]:.3f}, "
+        f"epochs {[x['best_epoch'] for x in r['seeds']]}{', STILL IMPROVING AT THE CAP' if r['still_improving_at_cap'] else ''}) "
+        f"in {seconds:.0f} s")
+    return r
 
 
 def cell(r: dict) -> str:
@@ -188,48 +190,68 @@ def cell(r: dict) -> str:
 
 
 def paired_with_reference(rows: dict) -> dict:
-    """name -> task -> the paired difference (name - float16 student) and its verdict, on the primary tasks."""
+    """name -> task -> the paired difference (name - float16 student) and its verdict, on the primary tasks both have
+    probed so far (the report is written after every probe: a partial run still says what it measured)."""
     from train.probe.paired import margin_for, paired_difference, per_clip, verdict
 
     out: dict[str, dict] = {}
+    ref = rows.get(REFERENCE, {}).get("probes", {})
     for name, r in rows.items():
-        if name == REFERENCE:
-            continue
         for task in PRIMARY:
-            ref, this = rows[REFERENCE]["probes"][task], r["probes"][task]
-            d = paired_difference(per_clip(ref), per_clip(this))
+            if name == REFERENCE or task not in ref or task not in r["probes"]:
+                continue
+            this = r["probes"][task]
+            d = paired_difference(per_clip(ref[task]), per_clip(this))
             m = margin_for(this["metric"])
             out.setdefault(name, {})[task] = {**d, "margin": m, "verdict": verdict(this["metric"], d, m)}
     return out
 
 
-def goals(rows: dict, caches: dict, paired: dict) -> list[str]:
-    """Issue 38's goals, judged on the paired numbers (a missed goal is said with its number)."""
+def as_good(d: dict) -> bool:
+    """Equivalent within the margin (the paired interval inside ±margin, even if it excludes 0), or better."""
+    lo, hi = d["ci95"]
+    return -d["margin"] <= lo and hi <= d["margin"] or d["verdict"].startswith("better")
+
+
+def goals(caches: dict, paired: dict) -> list[str]:
+    """Issue 38's goals, judged on the paired numbers (a missed goal is said with its number; one not measured yet, so)."""
     lines = []
 
-    def diff(name: str, task: str = "phones") -> str:
-        d = paired[name][task]
+    def diff(name: str) -> str:
+        d = paired[name]["phones"]
         return f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
 
+    def measured(name: str) -> bool:
+        return "phones" in paired.get(name, {})
+
     damaged, truncated = "distilled (damaged targets)", "teacher truncated to the student's depth"
-    separated = paired[damaged]["phones"]["ci95"][0] > 0
-    lines.append(f"positive control (targets shuffled across utterances) vs the float16 student on phones: PER {diff(damaged)}: "
-                 + ("MET, the bench separates them" if separated else "NOT MET: the bench cannot separate a damaged target"))
+    said = "positive control (targets shuffled across utterances) vs the float16 student on phones: "
+    if measured(damaged):
+        lines.append(said + f"PER {diff(damaged)}: " + ("MET, the bench separates them" if paired[damaged]["phones"]["ci95"][0] > 0
+                                                       else "NOT MET: the bench cannot separate a damaged target"))
+    else:
+        lines.append(said + "not measured yet")
     for control in ("teacher-initialised student at step 0", "log-mel"):
-        d = paired[control]["phones"]
-        lines.append(f"float16 student beats {control} on phones: the control's PER is {diff(control)} higher: "
-                     f"{'MET' if d['ci95'][0] > 0 else 'NOT MET'}")
-    lo, hi = paired[truncated]["phones"]["ci95"]
-    said = "the student is better" if lo > 0 else "the student is worse" if hi < 0 else "equal within the interval"
-    lines.append(f"truncated teacher (layers up to the student's depth) vs the float16 student on phones: PER {diff(truncated)} ({said})")
+        said = f"float16 student beats {control} on phones: "
+        lines.append(said + (f"the control's PER is {diff(control)} higher: "
+                             f"{'MET' if paired[control]['phones']['ci95'][0] > 0 else 'NOT MET'}" if measured(control)
+                             else "not measured yet"))
+    said = "truncated teacher (layers up to the student's depth) vs the float16 student on phones: "
+    if measured(truncated):
+        lo, hi = paired[truncated]["phones"]["ci95"]
+        how = "the student is better" if lo > 0 else "the student is worse" if hi < 0 else "equal within the interval"
+        lines.append(said + f"PER {diff(truncated)} ({how})")
+    else:
+        lines.append(said + "not measured yet")
     trained = [(m, f"distilled ({m})") for m in MODES[1:]] + [(m, f"distilled ({m}, codebook-ce)") for m in CODED]
-    equivalent = [(m, name) for m, name in trained if name in paired
-                  and paired[name]["phones"]["verdict"].startswith(("as good as", "better"))]
+    equivalent = [(m, name) for m, name in trained if measured(name) and as_good(paired[name]["phones"])]
     smallest = min(equivalent, key=lambda e: caches[e[0]]["target_bytes"]) if equivalent else None
+    unmeasured = [name for _, name in trained if not measured(name)]
     lines.append("smallest storage as good as float16 on phones (paired interval within ±0.02 PER, or better): "
                  + (f"{smallest[1]}, {caches[smallest[0]]['row_bytes']} B a frame a layer "
                     f"({'MET' if caches[smallest[0]]['row_bytes'] <= 16 else 'NOT MET'}: goal <= 16 B)" if smallest
-                    else "none (NOT MET)"))
+                    else "none (NOT MET)")
+                 + (f"; not measured yet: {', '.join(unmeasured)}" if unmeasured else ""))
     return lines
 
 
@@ -241,24 +263,37 @@ def librispeech_sizes() -> dict[str, float]:
     return {m: round(b / 1e9, 1) for m, b in sizes(frames, 0, 3, 768)["targets"].items() if m in MODES}
 
 
-def upstreams_of(out: str, teacher: str, caches: dict, steps: int) -> dict[str, str]:
-    """name -> model dir of every upstream probed (students trained here, or found made)."""
+def plan(out: str, teacher: str, cache, steps: int) -> dict[str, tuple]:
+    """name -> (make: () -> the upstream's model dir, probe options), in the order the goals need them: the float16
+    student, the positive control, the step-0 copy, log-mel and the (truncated) teacher first, then the modes from the
+    smallest bytes up, then the random-init controls. `cache(mode)` makes or finds a distillation cache."""
     from bench.damage import shuffled_cache
     from train.probe.demo import random_student
 
     runs = os.path.join(out, "runs")
-    found = {"teacher": teacher}
-    for mode in MODES:
-        found[f"distilled ({mode})"] = student(caches[mode]["path"], os.path.join(runs, mode), steps)
-    for mode in CODED:  # the codes as targets: cross-entropy over each codebook (icefall's objective), same steps
-        found[f"distilled ({mode}, codebook-ce)"] = student(caches[mode]["path"], os.path.join(runs, f"{mode}-ce"), steps,
-                                                           loss="codebook-ce")
-    damaged = shuffled_cache(caches["float16"]["path"])
-    found["distilled (damaged targets)"] = student(damaged.path, os.path.join(runs, "damaged"), steps)
-    found["teacher-initialised student at step 0"] = student(caches["float16"]["path"], os.path.join(runs, "step-0"), 0)
-    found["distilled from random init (float16)"] = student(caches["float16"]["path"], os.path.join(runs, "float16-random-init"),
-                                                            steps, init="random")
-    found["random-init student"] = random_student(os.path.join(runs, "float16"), os.path.join(out, "random-student"))
+
+    def distilled(mode: str, sub: str = "", n: int = steps, **kw):
+        return lambda: student(cache(mode)["path"], os.path.join(runs, sub or mode), n, **kw)
+
+    def student_depth() -> tuple[int, ...]:  # the student's hidden states: 0..its depth
+        with open(os.path.join(distilled("float16")(), "config.json")) as f:
+            return tuple(range(json.load(f)["num_hidden_layers"] + 1))
+
+    found: dict[str, tuple] = {
+        REFERENCE: (distilled("float16"), {}),
+        "distilled (damaged targets)": (lambda: student(shuffled_cache(cache("float16")["path"]).path,
+                                                        os.path.join(runs, "damaged"), steps), {}),
+        "teacher-initialised student at step 0": (distilled("float16", "step-0", 0), {}),
+        "log-mel": (lambda: teacher, {"features": "logmel"}),
+        "teacher truncated to the student's depth": (lambda: teacher, {"layers": student_depth}),
+        "teacher": (lambda: teacher, {})}
+    for mode in ("rvq8", "rvq16", "pq", "int4", "int8"):
+        found[f"distilled ({mode})"] = (distilled(mode), {})
+        if mode in CODED:  # the codes as targets: cross-entropy over each codebook (icefall's objective), same steps
+            found[f"distilled ({mode}, codebook-ce)"] = (distilled(mode, f"{mode}-ce", loss="codebook-ce"), {})
+    found["distilled from random init (float16)"] = (distilled("float16", "float16-random-init", init="random"), {})
+    found["random-init student"] = (lambda: random_student(os.path.dirname(distilled("float16")()),
+                                                           os.path.join(out, "random-student")), {})
     return found
 
 
@@ -272,7 +307,6 @@ def main() -> None:
     import torch
 
     from extract import ExtractConfig, extract_features
-    from extract.forecast import row_bytes
     from store import open_cache
     from train.pretraining.pretrain import PretrainConfig, pretrain
     from train.probe.features import upstream_parameters
@@ -286,33 +320,43 @@ def main() -> None:
     teacher = os.path.join(out, "teacher")
     record = pretrain(PretrainConfig(pre, teacher, steps=size["pretrain_steps"]))
     say(f"teacher: {record['seconds']:.0f} s of pretraining; held-out masked cluster accuracy {record['masked_accuracy_held_out']}")
-    caches = distillation_caches(teacher, pre, os.path.join(out, "caches"))
-    for mode, c in caches.items():
-        c["row_bytes"] = row_bytes(mode, open_cache(c["path"]).spec["dim"])
+    caches: dict[str, dict] = {}
+
+    def cache(mode: str) -> dict:
+        if mode not in caches:
+            caches[mode] = distillation_cache(mode, teacher, pre, os.path.join(out, "caches"))
+        return caches[mode]
+
     rows: dict[str, dict] = {}
     probe_caches, probes = os.path.join(out, "probe-caches"), os.path.join(out, "probes")
-    for name, model_dir in upstreams_of(out, teacher, caches, steps).items():
-        s = extract_features(ExtractConfig(model_dir, probe, layers="all", cache_dir=probe_caches, progress=False))
-        rows[name] = {"cache": s.path, "parameters": upstream_parameters(open_cache(s.path).spec),
-                      "ms_per_audio_second": round(upstream_speed(model_dir), 2),
-                      "probes": probe_all(name, s.path, probe, probes, size, args.seeds)}
-    depth = open_cache(rows[REFERENCE]["cache"]).layers  # the student's hidden states: 0..its depth
-    teacher_cache = rows["teacher"]["cache"]
-    rows["teacher truncated to the student's depth"] = {
-        "cache": teacher_cache, "parameters": None, "ms_per_audio_second": None,
-        "probes": probe_all("teacher truncated", teacher_cache, probe, probes, size, args.seeds, layers=tuple(depth))}
-    rows["log-mel"] = {"cache": teacher_cache, "parameters": 0, "ms_per_audio_second": None,
-                       "probes": probe_all("log-mel", teacher_cache, probe, probes, size, args.seeds, features="logmel")}
-    paired = paired_with_reference(rows)
-    report = render(rows, caches, paired, record, args.seeds)
-    with open(os.path.join(out, "quality.md"), "w") as f:
-        f.write(report + "\n")
-    with open(os.path.join(out, "quality.json"), "w") as f:
-        json.dump({"rows": rows, "caches": caches, "paired": paired, "goals": goals(rows, caches, paired),
-                   "librispeech_960_target_gb": librispeech_sizes(), "teacher": {k: v for k, v in record.items() if k != "log"}},
-                  f, indent=1)
-    print(report)
+    # task by task, the deciding one first, every upstream's probe of it before the next task: the report written after
+    # each probe holds the goals as soon as their upstreams are probed on phones, however far a run gets
+    for task in TASKS:
+        for name, (make, options) in plan(out, teacher, cache, steps).items():
+            if name not in rows:
+                model_dir = make()
+                s = extract_features(ExtractConfig(model_dir, probe, layers="all", cache_dir=probe_caches, progress=False))
+                whole = not options  # log-mel and the truncated teacher have no parameters or speed of their own
+                rows[name] = {"cache": s.path, "probes": {},
+                              "parameters": upstream_parameters(open_cache(s.path).spec) if whole else
+                              0 if options.get("features") == "logmel" else None,
+                              "ms_per_audio_second": round(upstream_speed(model_dir), 2) if whole else None}
+            opts = {k: v() if callable(v) else v for k, v in options.items()}
+            rows[name]["probes"][task] = probe_one(name, task, rows[name]["cache"], probe, probes, size, args.seeds, **opts)
+            write_report(out, rows, caches, record, args.seeds)
+    print(open(os.path.join(out, "quality.md")).read())
     say(f"done in {time.time() - t0:.0f} s; {os.path.join(out, 'quality.md')}")
+
+
+def write_report(out: str, rows: dict, caches: dict, record: dict, seeds: int) -> None:
+    from store.fs import write_bytes, write_json_atomic
+
+    paired = paired_with_reference(rows)
+    write_bytes(os.path.join(out, "quality.md"), (render(rows, caches, paired, record, seeds) + "\n").encode(), durable=False)
+    write_json_atomic(os.path.join(out, "quality.json"),
+                      {"rows": rows, "caches": caches, "paired": paired, "goals": goals(caches, paired),
+                       "librispeech_960_target_gb": librispeech_sizes(),
+                       "teacher": {k: v for k, v in record.items() if k != "log"}})
 
 
 def render(rows: dict, caches: dict, paired: dict, record: dict, seeds: int) -> str:
@@ -322,12 +366,13 @@ def render(rows: dict, caches: dict, paired: dict, record: dict, seeds: int) -> 
     for name, r in rows.items():
         speed = "-" if r["ms_per_audio_second"] is None else f"{r['ms_per_audio_second']:.1f}"
         params = "-" if r["parameters"] is None else f"{r['parameters']:,}"
-        table.append(f"| {name} | {params} | {speed} | " + " | ".join(cell(r["probes"][t]) for t in TASKS) + " |")
+        table.append(f"| {name} | {params} | {speed} | " + " | ".join(cell(r["probes"][t]) if t in r["probes"] else "-"
+                                                                     for t in TASKS) + " |")
     versus = ["", "Paired with the float16 student, clip by clip (difference, 95% interval, verdict):", "",
               "| upstream | " + " | ".join(PRIMARY) + " |", "|---" * (1 + len(PRIMARY)) + "|"]
     for name, by_task in paired.items():
         versus.append(f"| {name} | " + " | ".join(f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] {d['verdict']}"
-                                                 for d in by_task.values()) + " |")
+                                                 if (d := by_task.get(t)) else "-" for t in PRIMARY) + " |")
     gb = librispeech_sizes()
     storage = ["", "| targets | B a frame a layer | target bytes on disk (here) | LibriSpeech-960, layers 4,8,12 | made in "
                "| rel L2 (layer 2/4/6) |", "|---|---|---|---|---|---|"]
@@ -336,7 +381,7 @@ def render(rows: dict, caches: dict, paired: dict, record: dict, seeds: int) -> 
         made = f"teacher run {took} s" if mode == "float16" else f"convert {took} s"
         storage.append(f"| {mode} | {c['row_bytes']} | {c['target_bytes'] / 1e6:.1f} MB | {gb[mode]} GB | {made} | "
                        f"{' / '.join(str(v) for v in c['fidelity'].values()) or '-'} |")
-    judged = goals(rows, caches, paired)
+    judged = goals(caches, paired)
     return "\n".join([*table, *versus, *storage, "", *(f"- {line}" for line in judged),
                       f"\n(teacher: {json.dumps(record['masked_accuracy_held_out'])} held-out masked cluster accuracy; "
                       f"{record['hours']} h of speech, {record['seconds']:.0f} s of pretraining)"])

@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 from bench.quality import record_made
@@ -59,3 +60,38 @@ def test_the_positive_control_pairs_every_utterance_with_another_ones_targets(sm
         assert np.array_equal(damaged.read(u, 2), want) and np.array_equal(damaged.read_audio(u), cache.read_audio(u))
     again = shuffled_cache(cache.path, str(tmp_path / "k"))
     assert again.path == damaged.path and again.part_dirs == damaged.part_dirs  # made once
+
+
+def _probe(errors: list[int], metric: str = "PER") -> dict:
+    ids = [f"u{i}" for i in range(len(errors))]
+    value = sum(errors) / (10 * len(errors))
+    return {"metric": metric, "value": value, "ci95": [value, value],
+            "per_clip": {"ids": ids, "counts": errors, "totals": [10] * len(errors)}}
+
+
+def test_the_report_of_a_partial_run_says_what_is_not_measured_yet(tmp_path):
+    """The report is written after every probe: with only the float16 student and the damaged control on phones, the
+    goals it can judge are judged with their numbers, the others say "not measured yet" (no KeyError, no silence)."""
+    from bench.quality import REFERENCE, write_report
+
+    rng = np.random.default_rng(0)
+    good = rng.integers(0, 3, 200).tolist()
+    rows = {REFERENCE: {"cache": "", "parameters": 1, "ms_per_audio_second": 1.0, "probes": {"phones": _probe(good)}},
+            "distilled (damaged targets)": {"cache": "", "parameters": 1, "ms_per_audio_second": 1.0,
+                                            "probes": {"phones": _probe([e + 3 for e in good])}}}
+    record = {"masked_accuracy_held_out": {"after": 0.2}, "hours": 1.0, "seconds": 10.0}
+    write_report(str(tmp_path), rows, {}, record, 3)
+    goals = json.load(open(tmp_path / "quality.json"))["goals"]
+    assert goals[0].startswith("positive control") and "+0.300" in goals[0] and goals[0].endswith("MET, the bench separates them")
+    assert all("not measured yet" in g for g in goals[1:])
+    table = open(tmp_path / "quality.md").read()
+    v = rows["distilled (damaged targets)"]["probes"]["phones"]["value"]
+    assert f"| distilled (damaged targets) | 1 | 1.0 | {v:.3f} [{v:.3f}, {v:.3f}] | - | - | - |" in table
+
+
+def test_a_mode_slightly_worse_but_within_the_margin_counts_as_good():
+    from bench.quality import as_good
+
+    assert as_good({"ci95": [0.002, 0.015], "margin": 0.02, "verdict": "worse (and within ±0.02)"})
+    assert not as_good({"ci95": [0.002, 0.025], "margin": 0.02, "verdict": "worse"})
+    assert as_good({"ci95": [-0.05, -0.03], "margin": 0.02, "verdict": "better"})
