@@ -7,6 +7,7 @@ the teacher waits on neither.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +23,7 @@ from extract.teacher import Teacher
 from store import Layout, PartWriter
 from store.modes import STORABLE_MAX, TARGET_MODES
 from store.reader import read_meta, read_stats
-from store.source_files import file_sha256_at, source_record, unchanged_since
+from store.source_files import Clock, file_sha256_at, fs_clock, source_record, unchanged_since
 
 LOOKAHEAD = 3  # batches decoded ahead of the teacher
 GPU_BATCH_SECONDS = 200.0  # padded audio per batch on a GPU
@@ -36,15 +37,16 @@ def auto_batch_seconds(value: float | None, teacher: Teacher) -> float:
     return GPU_BATCH_SECONDS if teacher.device.type == "cuda" else 0.0
 
 
-def decode_item(teacher: Teacher, item: PlanItem) -> tuple[np.ndarray, dict] | str:
+def decode_item(teacher: Teacher, item: PlanItem, clock: Clock = time.time_ns) -> tuple[np.ndarray, dict] | str:
     """(wave, source record), or the reason the utterance cannot be used.
 
     The file is hashed for the commit marker (a changed file is noticed later; once per process for the segments
     of one recording), its window decoded alone, and the file must be the same one (inode, size, mtime, ctime)
-    after decoding as when hashed: the hash is of what the teacher heard."""
+    after decoding as when hashed: the hash is of what the teacher heard. `clock`: when the hash began, for the record
+    (the cache's file system's: store.source_files.fs_clock)."""
     path, window = item.path, item.window
     try:
-        st, digest, taken = file_sha256_at(path)
+        st, digest, taken = file_sha256_at(path, clock)
         info = sf.info(path)  # recorded: a re-run recognises the file from its stat and reads no header (extract.corpus.scan)
         wave = load_audio(path, teacher.sample_rate, window["start"], window["samples"], window["channel"])
         if not unchanged_since(path, st):
@@ -80,13 +82,14 @@ def extract_part(cache: str, part: dict, teacher: Teacher, spec: dict, layout: L
     batches = plan_batches([it.samples for it in items], int(auto_batch_seconds(batch_seconds, teacher) * teacher.sample_rate))
     skipped: list[dict] = []
     paths = {it.uid: it.path for it in items}
+    clock = fs_clock(cache)
     with ThreadPoolExecutor(decode_threads) as decoders, ThreadPoolExecutor(1) as write_thread:
         ahead: deque[list[Future]] = deque()
         writes: deque[Future] = deque()
         try:
             for b in range(len(batches)):
                 while len(ahead) < LOOKAHEAD and b + len(ahead) < len(batches):
-                    ahead.append([decoders.submit(decode_item, teacher, items[i]) for i in batches[b + len(ahead)]])
+                    ahead.append([decoders.submit(decode_item, teacher, items[i], clock) for i in batches[b + len(ahead)]])
                 decoded = [f.result() for f in ahead.popleft()]
                 good = []
                 for i, res in zip(batches[b], decoded, strict=True):

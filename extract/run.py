@@ -27,12 +27,12 @@ from extract.segments import segment
 from extract.teacher import load_teacher
 from store import Cache, Layout, create_cache, default_cache_dir, fs
 from store.audio_modes import AUDIO_MODES
-from store.index import consolidate, uncommit
+from store.index import consolidate, refresh_sources, uncommit
 from store.layout import CODECS, part_path
 from store.lock import exclusive
 from store.modes import TARGET_MODES, stats_digest
 from store.progress import silenced, tracked
-from store.source_files import header_key, lying_headers, source_changed
+from store.source_files import check_source, fs_clock, header_key, lying_headers
 from store.spec import fingerprint, validate_spec
 from store.verify import damaged_parts
 
@@ -287,10 +287,14 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
     changed: dict[str, list[str]] = {}
     seen = known.unchanged if known else lambda _record: False
     todo = sorted(uid for uid, r in sources.items() if uid in in_corpus and not seen(r))
+    fresh: dict[str, dict[str, dict]] = {}  # part -> uid -> the record of a file re-hashed and found unchanged
+    clock = fs_clock(cache.path)
     for uid in tracked(todo, len(todo), "checking changed source files", "file"):  # a file shared by segments is hashed once
-        why = source_changed(sources[uid])
+        why, record = check_source(sources[uid], clock)
         if why:
             changed.setdefault(cache.part_of(uid), []).append(why)
+        elif record:
+            fresh.setdefault(cache.part_of(uid), {})[uid] = record
     lying = sorted(uid for uid, r in sources.items() if full and uid in in_corpus and r and cache.part_of(uid) not in changed)
     lies = lying_headers(tracked((sources[u] for u in lying), len(lying), "checking recorded headers", "file"))  # --repair
     for uid in lying:  # a record edited in place is redone too: its part is re-extracted, which writes a true record
@@ -302,6 +306,8 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
             print(f"{cache.path}: {len(found)} part(s) {label}, re-extracting them (first: {first})", file=sys.stderr)
     for part in sorted(set(damaged) | set(changed)):
         uncommit(cache.path, part, cache.part_dirs.get(part))
+    if fresh := {p: f for p, f in fresh.items() if p not in damaged and p not in changed}:
+        refresh_sources(cache.path, fresh)  # re-hashed once, not on every run: the next one trusts their stat
     return bool(damaged or changed)
 
 

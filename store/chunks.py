@@ -78,10 +78,38 @@ def _decoder(codecs: list[dict]):
     return None
 
 
-class ShardedRows:
-    """Reads rows [start, stop) of one array, touching only the inner chunks that hold them."""
+def expected_meta(expected: tuple, rows: int, codec: str) -> dict:
+    """The zarr.json fields ShardedRows reads, as the writer writes them for this spec, layout and row count (what
+    meta_problem compares a stored zarr.json with): an object store's reader builds its arrays from them and spends no
+    request per array on its zarr.json."""
+    dtype, tail, chunk_rows, shard_rows = expected
+    return {"data_type": str(np.dtype(dtype)), "shape": [rows, *tail],
+            "chunk_grid": {"configuration": {"chunk_shape": [shard_rows, *tail]}},
+            "codecs": [{"name": "sharding_indexed", "configuration": {
+                "chunk_shape": [chunk_rows, *tail], "codecs": [{"name": n} for n in CHAINS[codec]], "index_location": "end"}}]}
 
-    def __init__(self, array_dir: str, meta: dict):
+
+def chunk_sizes(blob: bytes, per_shard: int) -> np.ndarray:
+    """The bytes of each inner chunk (0: missing) of a shard encode_shard made, from its index: what a commit marker
+    keeps (store.writer) so that a reader of an object store needs no request for a shard's index."""
+    index = np.frombuffer(blob[-(16 * per_shard + 4) : -4], dtype="<u8").reshape(per_shard, 2)
+    return np.where(index[:, 0] == _MISSING, 0, index[:, 1]).astype("<u4")
+
+
+def index_from_sizes(sizes: np.ndarray) -> np.ndarray:
+    """A shard's index (offset, bytes per chunk) from its chunk sizes: encode_shard stores chunks back to back in order,
+    the missing ones (size 0) only at the end. A wrong size reads wrong bytes, which fail their chunk's crc32c: loud."""
+    offsets = np.concatenate([[0], np.cumsum(sizes[:-1], dtype=np.uint64)]).astype(np.uint64)
+    index = np.stack([offsets, sizes.astype(np.uint64)], 1)
+    index[sizes == 0] = _MISSING
+    return index
+
+
+class ShardedRows:
+    """Reads rows [start, stop) of one array, touching only the inner chunks that hold them. `sizes`: every shard's chunk
+    sizes in order (chunk_sizes, from the part's commit marker), else each shard's index is read from its tail."""
+
+    def __init__(self, array_dir: str, meta: dict, sizes: np.ndarray | None = None):
         self.dir = array_dir
         self.shape = tuple(meta["shape"])
         shard = meta["codecs"][0]
@@ -96,6 +124,8 @@ class ShardedRows:
         if self.decode is None:
             raise ValueError("codec chain not handled by the direct reader")
         self._index: dict[int, np.ndarray] = {}
+        shards = -(-self.shape[0] // self.shard_rows)
+        self._sizes = sizes if sizes is not None and len(sizes) == shards * self.per_shard else None
 
     def _shard_file(self, s: int) -> str:
         return shard_file(self.dir, s, len(self.shape))
@@ -103,6 +133,8 @@ class ShardedRows:
     def _shard_index(self, s: int, f=None) -> np.ndarray:
         """Shard `s`'s chunk index (offset, bytes per chunk), read once: from the open file `f`, else by one ranged read
         of the shard's tail."""
+        if s not in self._index and self._sizes is not None:
+            self._index[s] = index_from_sizes(self._sizes[s * self.per_shard : (s + 1) * self.per_shard])
         if s not in self._index:
             n = 16 * self.per_shard + 4
             if f is not None:
@@ -121,7 +153,12 @@ class ShardedRows:
             raise CorruptDataError(
                 f"{self.dir}: chunk at rows {first}-{first + self.chunk_rows} failed its crc32c checksum; run feature-cache verify"
             )
-        return np.frombuffer(self.decode(raw[:-4]), dtype=self.dtype).reshape(self.chunk_shape)
+        try:
+            return np.frombuffer(self.decode(raw[:-4]), dtype=self.dtype).reshape(self.chunk_shape)
+        except ValueError:  # bytes of another shape than the layout's: never reshaped into wrong values
+            first = s * self.shard_rows + c * self.chunk_rows
+            raise CorruptDataError(f"{self.dir}: chunk at rows {first}-{first + self.chunk_rows} does not decode to the layout's "
+                                   f"{self.chunk_shape} {self.dtype}; run feature-cache verify") from None
 
     def _chunk(self, f, s: int, c: int) -> np.ndarray:
         offset, nbytes = self._shard_index(s, f)[c]

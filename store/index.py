@@ -61,6 +61,9 @@ def marker_problem(part: str, marker) -> str | None:
     if "digests" in marker and not (isinstance(marker["digests"], dict) and all(
             isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in marker["digests"].items())):
         return "its digests record is malformed"
+    if "shards" in marker and not (isinstance(marker["shards"], dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in marker["shards"].items())):
+        return "its shards record is malformed"
     if "error" in marker and (why := error_sums_problem(marker["error"])):
         return f"its error record is malformed ({why})"
     return None
@@ -105,6 +108,9 @@ def consolidate(cache: str) -> int:
     for part, marker in read_markers(cache, todo).items():
         if isinstance(marker, dict):
             index[part] = {k: marker[k] for k in READER_FIELDS + OPTIONAL_FIELDS if k in marker}
+            kept = sources.get(part)
+            if isinstance(kept, dict) and kept.get("dir") == marker["dir"] and kept.get("ids") == marker["ids"]:
+                continue  # refreshed records of this very attempt (refresh_sources): newer than the marker's
             sources[part] = {"dir": marker["dir"], "ids": marker["ids"], "sources": marker.get("sources") or [None] * len(marker["ids"]),
                              "skipped": marker["skipped"]}
     index = dict(sorted(index.items()))  # the same parts give the same bytes, whatever order they were committed in
@@ -112,6 +118,27 @@ def consolidate(cache: str) -> int:
     write_json_atomic(sources_path(cache), {"parts": sources})
     write_json_atomic(index_path(cache), {"parts": index})
     return len(index)
+
+
+def refresh_sources(cache: str, fresh: dict[str, dict[str, dict]]) -> None:
+    """Keep the records of files re-hashed and found unchanged (part -> uid -> record: their stat now, a later
+    `taken_ns`) in sources.json, so that the next check trusts their stat instead of hashing them again. The markers keep
+    the extraction's records; sources.json, read before them, holds the newer stat of the same bytes (lost with it: then
+    the file is re-hashed once more). A part it does not cover yet is added from its marker. Under the cache's lock."""
+    entries = read_index(cache, "sources")
+    for part, by_uid in fresh.items():
+        entry = entries.get(part)
+        if entry is None:
+            marker = read_marker(cache, part)
+            if not isinstance(marker, dict):
+                continue
+            entry = {"dir": marker["dir"], "ids": marker["ids"], "sources": marker.get("sources") or [None] * len(marker["ids"]),
+                     "skipped": marker["skipped"]}
+        if not isinstance(entry.get("ids"), list) or not isinstance(entry.get("sources"), list):
+            continue  # damaged: consolidate() rebuilds it from the marker
+        entry["sources"] = [by_uid.get(u, r) for u, r in zip(entry["ids"], entry["sources"], strict=False)]
+        entries[part] = entry
+    write_json_atomic(sources_path(cache), {"parts": entries})
 
 
 def uncommit(cache: str, part: str, part_dir: str | None) -> None:

@@ -87,7 +87,7 @@ def describe(cache: Cache) -> dict:
 
 #: Every name a cache directory may hold; rm deletes a directory only if it holds nothing else.
 CACHE_ENTRIES = {"zarr.json", "parts", "commits", "codebooks", "plan.json", "index.json", "sources.json", "checked.json",
-                 ".lock"}
+                 ".lock", ".clock"}
 
 
 def _is_cache_entry(name: str) -> bool:

@@ -1,6 +1,8 @@
 """A cache's source files: the record a commit marker keeps of each (stat, sha256, header, window), the hash taken once
-per process while a file is unchanged, and whether a file is still what was extracted (git's racy-clean rule). Used by
-extraction (what to skip, what to take back), verify --sources and the trainer reading `--audio none` caches."""
+per process while a file is unchanged, and whether a file is still what was extracted (git's racy-clean rule, timed by
+the file system's own clock, with the record refreshed after a re-hash finds the same bytes, as git refreshes its index:
+a file is re-hashed at most once). Used by extraction (what to skip, what to take back), verify --sources and the trainer
+reading `--audio none` caches."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+
+Clock = Callable[[], int]
 
 
 def _key(path: str, st: os.stat_result) -> tuple:
@@ -28,11 +33,15 @@ def file_sha256(path: str) -> tuple[os.stat_result, str]:
     return st, digest
 
 
-def file_sha256_at(path: str) -> tuple[os.stat_result, str, int]:
-    """file_sha256() and the time (ns) its hash began: what a source record keeps as `taken_ns` (see racy())."""
+def file_sha256_at(path: str, clock: Clock = time.time_ns, again: bool = False) -> tuple[os.stat_result, str, int]:
+    """file_sha256() and the time (ns, by `clock`: fs_clock()'s for a record) its hash began: what a source record keeps
+    as `taken_ns` (see racy()). `again`: read the file even if this process hashed it unchanged (a racily clean file's
+    memo is as racy as its record)."""
     st = os.stat(path)
     key = _key(path, st)
     with _memo_lock:
+        if again:
+            _digests.pop(key, None)
         if key in _digests:
             _digests.move_to_end(key)
             return (st, *_digests[key])
@@ -42,7 +51,7 @@ def file_sha256_at(path: str) -> tuple[os.stat_result, str, int]:
             with _memo_lock:
                 if key in _digests:
                     return (st, *_digests[key])
-            began = time.time_ns()
+            began = clock()
             h = hashlib.sha256()
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
@@ -57,6 +66,31 @@ def file_sha256_at(path: str) -> tuple[os.stat_result, str, int]:
         finally:  # a failed hash (unreadable, changed) must not leave its lock behind
             with _memo_lock:
                 _locks.pop(key, None)
+
+
+def fs_clock(directory: str) -> Clock:
+    """The file system's clock at `directory`: the mtime it gives a file this process writes there (`.clock`, one byte).
+
+    Why not time.time_ns(): the files' timestamps come from the file server's clock, and a server lagging this host by
+    more than RACY_NS makes a file rewritten in the tick it was read look long unchanged (racy() compares the two). A
+    write then a stat per hash, far cheaper than the hash; concurrent writers only move the stamp later by the time
+    between two writes, well inside RACY_NS. Where nothing can be written (an object store's cache: its sources are
+    the workers' local files), this host's clock."""
+    from store import fs
+
+    if fs.is_remote(directory):
+        return time.time_ns
+    name = os.path.join(directory, ".clock")
+
+    def now() -> int:
+        try:
+            with open(name, "wb") as f:
+                f.write(b"\n")
+            return os.stat(name).st_mtime_ns
+        except OSError:  # a read-only cache (verify): this host's clock
+            return time.time_ns()
+
+    return now
 
 
 def unchanged_since(path: str, st: os.stat_result) -> bool:
@@ -100,11 +134,14 @@ RACY_NS = 2_000_000_000
 
 
 def racy(record: dict) -> bool:
-    """git's racy-clean rule: a file whose mtime is not older than the moment its content was read (less one timestamp
-    tick) may have changed within that tick unseen, so its stat proves nothing and it is hashed again. Records from
-    before `taken_ns` was kept cannot tell and are trusted as before."""
-    taken, mtime = record.get("taken_ns"), record.get("mtime_ns")
-    return type(taken) is int and type(mtime) is int and mtime >= taken - RACY_NS
+    """git's racy-clean rule: a file written not earlier than the moment its content was read, less one timestamp tick,
+    may have been written again within that tick unseen, so its stat proves nothing and it is hashed again. "Written"
+    is the earlier of mtime and ctime: a future mtime (`touch -d`, a skewed writer) with a ctime long past is not racy,
+    since any later change moves the ctime, which no user can set, past the record's (else such a file would be
+    re-hashed on every run, for ever). Records from before `taken_ns` was kept cannot tell and are trusted as before."""
+    taken = record.get("taken_ns")
+    stamps = [t for t in (record.get("mtime_ns"), record.get("ctime_ns")) if type(t) is int]
+    return type(taken) is int and bool(stamps) and min(stamps) >= taken - RACY_NS
 
 
 def same_stat(st: os.stat_result, record: dict) -> bool:
@@ -114,23 +151,29 @@ def same_stat(st: os.stat_result, record: dict) -> bool:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == stat_key(record) and not racy(record)
 
 
-def source_changed(record: dict | None) -> str | None:
-    """Why the file behind `record` is no longer what was extracted, or None. A source is its content (sha256); the
-    stat only spares the hash when nothing about the file moved (same_stat)."""
+def check_source(record: dict | None, clock: Clock = time.time_ns) -> tuple[str | None, dict | None]:
+    """(why the file changed or None, the record refreshed or None). A file whose stat did not prove it unchanged is
+    hashed; when its bytes are the recorded ones, the refreshed record (its stat now, `taken_ns` by `clock`, the file
+    system's: fs_clock()) is what the caller keeps, so that the next check trusts the stat: a file is re-hashed once,
+    not on every run (git refreshes its index the same way)."""
     if not record:
-        return None
+        return None, None
     path = record["path"]
     try:
         st = os.stat(path)
     except OSError:
-        return f"{path}: source file is gone"
+        return f"{path}: source file is gone", None
     if same_stat(st, record):
-        return None
+        return None, None
     try:
-        digest = file_sha256(path)[1]
+        st, digest, taken = file_sha256_at(path, clock, again=True)
     except OSError:
-        return f"{path}: source file cannot be read"
-    return None if digest == record["sha256"] else f"{path}: source file changed since it was extracted"
+        return f"{path}: source file cannot be read", None
+    if digest != record["sha256"]:
+        return f"{path}: source file changed since it was extracted", None
+    fresh = {**record, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino,
+             "taken_ns": int(taken)}
+    return None, fresh
 
 
 def header_key(record: dict) -> str:
@@ -155,7 +198,7 @@ def header_lies(record: dict) -> str | None:
     try:
         info = sf.info(record["path"])
     except (RuntimeError, OSError):
-        return None  # an unreadable file is source_changed's to report
+        return None  # an unreadable file is check_source's to report
     found = [int(info.samplerate), int(info.frames), int(info.channels)]
     if header != found:
         return (f"{record['path']}: the cache's record of its header ({header}) is not the file's ({found}): the record was "

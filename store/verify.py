@@ -8,21 +8,24 @@ deleted shard file passed. Here a missing shard or chunk is damage, parts are ch
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from store import fs
 from store.audio_modes import FLAC_DIR
-from store.chunks import _MISSING, ShardedRows, meta_problem, shard_file
+from store.chunks import _MISSING, ShardedRows, index_from_sizes, meta_problem, shard_file
 from store.errors import CorruptDataError
-from store.index import read_index, read_marker, read_markers
+from store.index import read_index, read_marker, read_markers, refresh_sources
 from store.layout import checked_path, part_path, read_json, write_json_atomic
+from store.lock import LockedError, exclusive
 from store.reader import Cache
-from store.source_files import lying_headers, source_changed
+from store.source_files import check_source, fs_clock, lying_headers
 
 
 class RowDigest:
@@ -97,6 +100,8 @@ def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
             and isinstance(marker.get("sha256"), list) and len(marker["sha256"]) == len(uids)
         digest = RowDigest(list(np.cumsum([cache.num_samples(u) for u in uids])) if exact_audio else None) if full else None
         found = check_array(array_dir, expected, samples if key == "audio" else frames, cache.layout.codec, full, digest)
+        if not found and isinstance(marker, dict) and key in (marker.get("shards") or {}):
+            found = shards_record_problems(array_dir, expected, samples if key == "audio" else frames, marker["shards"][key])
         problems += found
         if found or digest is None:
             continue
@@ -111,6 +116,27 @@ def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
     if cache.audio_mode == "flac":
         problems += check_flac(cache, part, full, recorded.get(FLAC_DIR))
     return problems
+
+
+def shards_record_problems(array_dir: str, expected: tuple, rows: int, text: str) -> list[str]:
+    """Whether the commit marker's record of each shard's chunk sizes (what an object store's reader uses instead of the
+    shards' own indexes: store.reader.Cache._remote_rows) agrees with those indexes."""
+    _, tail, chunk_rows, shard_rows = expected
+    per, shards = shard_rows // chunk_rows, -(-rows // shard_rows)
+    fix = "re-run extract-features with --repair to redo the part"
+    try:
+        sizes = np.frombuffer(base64.b64decode(text, validate=True), dtype="<u4")
+    except (ValueError, TypeError):
+        return [f"{array_dir}: the commit marker's record of its chunk sizes is unreadable; {fix}"]
+    if len(sizes) != shards * per:
+        return [f"{array_dir}: the commit marker records chunk sizes of {len(sizes) // max(per, 1)} shard(s), it has {shards}; {fix}"]
+    for s in range(shards):
+        raw = fs.read_range(shard_file(array_dir, s, 1 + len(tail)), -(16 * per + 4))
+        if len(raw) == 16 * per + 4 and not np.array_equal(np.frombuffer(raw[:-4], dtype="<u8").reshape(per, 2),
+                                                           index_from_sizes(sizes[s * per : (s + 1) * per])):
+            return [f"{array_dir}: shard {s}'s chunk index is not the one its commit marker records (a reader of an object "
+                    f"store would read wrong bytes, failing their crc32c); {fix}"]
+    return []
 
 
 def check_flac(cache: Cache, part: str, full: bool, recorded: str | None = None) -> list[str]:
@@ -284,18 +310,33 @@ def check_parts(cache: Cache, full: bool, workers: int | None = None, progress=N
         return _recheck_moved(cache, results, full)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     size = max(1, min(8, len(parts) // (4 * workers)))  # a few batches per worker: the slow ones even out
     batches = [parts[i : i + size] for i in range(0, len(parts), size)]
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (zarr, torch)
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_open_in_worker, initargs=(cache.path,))
+    done: set[str] = set()
     try:
         futures = {pool.submit(_check_in_worker, b, full): b for b in batches}
         for future in as_completed(futures):
             results.update(zip(futures[future], future.result(), strict=True))
+            done.update(futures[future])
             if progress:
                 for part in futures[future]:
                     progress(part)
+    except BrokenProcessPool:  # a worker killed (the OOM killer, a signal): the rest is checked here, said, not lost
+        codes = {p.exitcode for p in (pool._processes or {}).values() if p.exitcode}
+        codes = sorted(codes - {-15} or codes) or ["unknown"]  # -15: the pool's own end of the others, once one died
+        end_workers(pool)
+        rest = [p for p in parts if p not in done]
+        print(f"{cache.path}: a verify worker process died (exit code {', '.join(map(str, codes))}; a negative one is the signal "
+              f"that ended it); checking the other {len(rest)} part(s) in this process", file=sys.stderr)
+        for part in rest:
+            results[part] = _check_committed(cache, part, full)
+            if progress:
+                progress(part)
+        return _recheck_moved(cache, results, full)
     except BaseException:  # Ctrl-C, an error: the workers go too, not left holding the index and our output pipes
         end_workers(pool)
         raise
@@ -340,8 +381,30 @@ def repair_commands(cache: Cache) -> list[str]:
 def changed_sources(cache: Cache) -> list[str]:
     """Source files that changed, and records whose header disagrees with their (unchanged) file's: a re-run plans windows
     from those headers (extract.corpus.scan checks them there too)."""
-    checked = [(r, source_changed(r)) for r in cache.sources().values()]
-    gone = {r["path"] for r, why in checked if why}
-    return [why for _, why in checked if why] + list(lying_headers(r for r, _ in checked if r and r["path"] not in gone).values())
+    clock = fs_clock(cache.path)
+    checked = [(uid, r, *check_source(r, clock)) for uid, r in cache.sources().items()]
+    fresh: dict[str, dict[str, dict]] = {}
+    for uid, _, _, record in checked:
+        if record:
+            fresh.setdefault(cache.part_of(uid), {})[uid] = record
+    keep_refreshed(cache, fresh)
+    gone = {r["path"] for _, r, why, _ in checked if why}
+    lies = lying_headers(r for _, r, _, _ in checked if r and r["path"] not in gone)
+    return [why for _, _, why, _ in checked if why] + list(lies.values())
+
+
+def keep_refreshed(cache: Cache, fresh: dict[str, dict[str, dict]]) -> None:
+    """Keep the records of files verify re-hashed and found unchanged (a file is re-hashed once, not on every verify),
+    when it can take the cache's lock: a running extraction rewrites sources.json itself (and refreshes them there); a
+    read-only or remote cache keeps them as they are. A part retaken since it was checked is left out."""
+    if not fresh or fs.is_remote(cache.path):
+        return
+    dirs = dict(cache.part_dirs)
+    try:
+        with exclusive(cache.path):
+            cache.refresh_if_changed()
+            refresh_sources(cache.path, {p: f for p, f in fresh.items() if dirs.get(p) and cache.part_dirs.get(p) == dirs[p]})
+    except (LockedError, OSError):
+        return
 
 

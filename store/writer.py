@@ -11,6 +11,7 @@ is written exactly once (rows are buffered to shard size), so no shard is ever r
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import os
@@ -22,7 +23,7 @@ import zarr.errors
 
 from store import fs
 from store.audio_modes import FLAC_DIR, encode_audio, flac_bytes
-from store.chunks import encode_shard, encoder, shard_file
+from store.chunks import chunk_sizes, encode_shard, encoder, shard_file
 from store.errors import NotACacheError, SpecMismatchError, StorageRangeError, WriteError
 from store.fidelity import merge_error_sums, residual_error_sums
 from store.layout import Layout, attempt_dir, commit_path, compressors, layer_key, part_path, read_json
@@ -156,6 +157,7 @@ class PartWriter:
         self._lease = _take_lease(self._path)
         group = zarr.open_group(self._path, mode="a")  # a fresh directory (its token is new): only the lease is in it
         self._arrays, self._buffers, self._rows, self._encoders, self._dtypes = {}, {}, {}, {}, {}
+        self._sizes: dict[str, list[np.ndarray]] = {}  # array key -> each shard's chunk sizes (the marker's "shards")
         arrays = part_arrays(self.layers, self.dim, self.storage_dtype, self.audio, self.layout)
         for key, (dtype, tail, chunk, shard) in arrays.items():
             self._make(group, key, tail, np.dtype(dtype), chunk, shard)
@@ -171,6 +173,7 @@ class PartWriter:
         self._buffers[key], self._rows[key] = [], 0
         self._dtypes[key] = dtype
         self._digests[key] = hashlib.sha256()
+        self._sizes[key] = []
 
     def add(self, uid: str, feats: dict[int, np.ndarray], audio: np.ndarray | None, source: dict | None = None,
             samples: int | None = None) -> None:
@@ -235,6 +238,7 @@ class PartWriter:
                 blob = encode_shard(data[first : min(n, first + shard)], chunk, shard // chunk, self._encoders[key])
                 fs.write_bytes(name, blob)  # durable (file and directory entry) before the commit marker names it
                 self.bytes += len(blob)
+                self._sizes[key].append(chunk_sizes(blob, shard // chunk))
             self._rows[key] += n
             self._buffers[key] = [data[n:]] if n < len(data) else []
 
@@ -251,6 +255,10 @@ class PartWriter:
             marker["corpus"] = self.corpus
         marker["bytes"] = self.bytes
         marker["digests"] = {k: h.hexdigest() for k, h in sorted(self._digests.items())}
+        # every shard's chunk sizes: an object store's reader takes them with the marker, one request per part, instead
+        # of one per array and shard for its index (kept out of index.json: only a remote reader reads them)
+        marker["shards"] = {k: base64.b64encode(np.concatenate(v).tobytes() if v else b"").decode()
+                            for k, v in sorted(self._sizes.items())}
         if self.error:
             marker["error"] = {str(k): v for k, v in sorted(self.error.items())}
         if not self._guard(self._publish, marker):

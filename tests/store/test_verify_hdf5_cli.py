@@ -196,3 +196,71 @@ def test_import_and_convert_read_a_hostile_plan_json_as_extraction_does(small_ca
     os.remove(os.path.join(target, "commits", sorted(os.listdir(os.path.join(target, "commits")))[0]))  # something to import
     assert import_hdf5(out, str(tmp_path / "again")).utterance_ids == cache.utterance_ids
     assert isinstance(open_cache(target).skipped, list)
+
+
+def _spawned_children() -> list[int]:
+    """This process's multiprocessing workers (spawned: `... spawn_main ...` in their command line)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                spawned = b"spawn_main" in f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and spawned:
+            found.append(int(pid))
+    return found
+
+
+def test_a_verify_worker_killed_breaks_nothing_the_rest_is_checked_and_said(tmp_path, capfd):
+    """issue 34: `verify --workers 2` died with BrokenProcessPool (a worker terminated abruptly) and checked nothing more.
+    A worker killed (the OOM killer's SIGKILL) now costs its own checks only: the rest are checked in this process, said in
+    one line, and damage is still found."""
+    import signal
+    import threading
+
+    from store import Cache
+    from store.verify import check_parts
+
+    path = _many_parts(tmp_path, 12)
+    os.remove(shard_of(path, "p000007"))
+    stop, earlier = threading.Event(), set(_spawned_children())  # another test's pool, still ending, is not this one
+
+    def kill_the_first_worker():
+        while not stop.is_set():
+            if children := [c for c in _spawned_children() if c not in earlier]:
+                os.kill(children[0], signal.SIGKILL)
+                return
+            stop.wait(0.01)
+
+    killer = threading.Thread(target=kill_the_first_worker)
+    killer.start()
+    try:
+        problems = check_parts(Cache(path), full=True, workers=2)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(problems) == 1 and "p000007" in problems[0]
+    err = capfd.readouterr().err
+    assert "a verify worker process died (exit code -9" in err and "in this process" in err
+
+
+def test_verify_checks_the_markers_record_of_chunk_sizes(tmp_path):
+    """An object store's reader takes each shard's index from the commit marker's `shards` record: verify compares it with
+    the shards' own indexes, so a record edited by hand is damage found, not a remote read gone wrong later."""
+    import base64
+    import json
+
+    path = _many_parts(tmp_path, 2)
+    assert verify_cache(path) == []
+    name = os.path.join(path, "commits", "p000001.json")
+    marker = json.load(open(name))
+    sizes = np.frombuffer(base64.b64decode(marker["shards"]["layer_1"]), "<u4").copy()
+    assert sizes[:2].all()
+    sizes[[0, 1]] = sizes[[1, 0]] + np.array([1, 0], "<u4")
+    marker["shards"]["layer_1"] = base64.b64encode(sizes.tobytes()).decode()
+    json.dump(marker, open(name, "w"))
+    problems = verify_cache(path)
+    assert len(problems) == 1 and "layer_1: shard 0's chunk index is not the one its commit marker records" in problems[0]
