@@ -20,7 +20,7 @@
 
 Every stage is kept under --out and reused by the next run. The probes go task by task, phones first for every upstream
 in the order the goals need them (the float16 student, the damaged control, the step-0 copy, log-mel, the truncated
-teacher, then the modes from the fewest bytes up), and OUT/quality.md and OUT/quality.json are rewritten after each
+teacher, then rvq16 and rvq8 by both objectives, pq, int4, int8), and OUT/quality.md and OUT/quality.json are rewritten after each
 probe: a run stopped part-way still reports the goals its probes decide, with their numbers, and names what is not
 measured yet.
 """
@@ -250,7 +250,7 @@ def goals(caches: dict, paired: dict) -> list[str]:
     lines.append("smallest storage as good as float16 on phones (paired interval within ±0.02 PER, or better): "
                  + (f"{smallest[1]}, {caches[smallest[0]]['row_bytes']} B a frame a layer "
                     f"({'MET' if caches[smallest[0]]['row_bytes'] <= 16 else 'NOT MET'}: goal <= 16 B)" if smallest
-                    else "none (NOT MET)")
+                    else "none so far" if unmeasured else "none (NOT MET)")
                  + (f"; not measured yet: {', '.join(unmeasured)}" if unmeasured else ""))
     return lines
 
@@ -265,8 +265,8 @@ def librispeech_sizes() -> dict[str, float]:
 
 def plan(out: str, teacher: str, cache, steps: int) -> dict[str, tuple]:
     """name -> (make: () -> the upstream's model dir, probe options), in the order the goals need them: the float16
-    student, the positive control, the step-0 copy, log-mel and the (truncated) teacher first, then the modes from the
-    smallest bytes up, then the random-init controls. `cache(mode)` makes or finds a distillation cache."""
+    student, the positive control, the step-0 copy, log-mel and the (truncated) teacher first, then the codebook modes
+    (16 B, then 8 B a frame), pq, int4, int8, then the random-init controls. `cache(mode)` makes or finds a distillation cache."""
     from bench.damage import shuffled_cache
     from train.probe.demo import random_student
 
@@ -287,7 +287,7 @@ def plan(out: str, teacher: str, cache, steps: int) -> dict[str, tuple]:
         "log-mel": (lambda: teacher, {"features": "logmel"}),
         "teacher truncated to the student's depth": (lambda: teacher, {"layers": student_depth}),
         "teacher": (lambda: teacher, {})}
-    for mode in ("rvq8", "rvq16", "pq", "int4", "int8"):
+    for mode in ("rvq16", "rvq8", "pq", "int4", "int8"):  # the goal's 16 B first; rvq8 (8 B) takes ~1 h to convert here
         found[f"distilled ({mode})"] = (distilled(mode), {})
         if mode in CODED:  # the codes as targets: cross-entropy over each codebook (icefall's objective), same steps
             found[f"distilled ({mode}, codebook-ce)"] = (distilled(mode, f"{mode}-ce", loss="codebook-ce"), {})
