@@ -158,9 +158,11 @@ class Cache:
 
     def _locate(self, uid: str) -> Location:
         try:
-            return self._where[uid]
+            d, i = self._where[uid]
         except KeyError:
             raise MissingDataError(f"{self.path}: utterance '{uid}' is not in this cache ({len(self)} utterances)") from None
+        frames, samples, first_frames, first_samples = self._rows_by_dir[d]
+        return Location(d, first_frames[i], frames[i], first_samples[i], samples[i])
 
     def ids_by_part(self) -> dict[str, list[str]]:
         """Every committed part's utterance ids, in the order the part holds them."""
@@ -312,7 +314,7 @@ class Cache:
             raise MissingDataError(f"{self.path}: keeps no audio (--audio none); read '{uid}' from its source file "
                                    "(cache.source(uid)), as train-student does")
         if self.audio_mode == "flac":
-            name = os.path.join(part_path(self.path, part), FLAC_DIR, f"{self._position[uid]}.flac")
+            name = os.path.join(part_path(self.path, part), FLAC_DIR, f"{self._where[uid][1]}.flac")
             try:
                 with fs.open_file(name, "rb") as f:
                     return decode_audio(read_flac(f, start, stop), "flac")

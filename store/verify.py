@@ -100,19 +100,18 @@ def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
             and isinstance(marker.get("sha256"), list) and len(marker["sha256"]) == len(uids)
         digest = RowDigest(list(np.cumsum([cache.num_samples(u) for u in uids])) if exact_audio else None) if full else None
         found = check_array(array_dir, expected, samples if key == "audio" else frames, cache.layout.codec, full, digest)
+        if not found and digest is not None:
+            if key in recorded and digest.whole.hexdigest() != recorded[key]:
+                found.append(f"{array_dir}: its rows are not the ones committed (digest differs from the commit marker's): "
+                             "rewritten or reordered after the commit")
+            if exact_audio:
+                wrong = [u for u, d, want in zip(uids, digest.parts, marker["sha256"], strict=False) if want and d != want]
+                if wrong:
+                    found.append(f"{array_dir}: the audio of {len(wrong)} utterance(s) is not what the teacher saw (first: "
+                                 f"'{wrong[0]}'); rewritten after the commit")
         if not found and isinstance(marker, dict) and key in (marker.get("shards") or {}):
             found = shards_record_problems(array_dir, expected, samples if key == "audio" else frames, marker["shards"][key])
         problems += found
-        if found or digest is None:
-            continue
-        if key in recorded and digest.whole.hexdigest() != recorded[key]:
-            problems.append(f"{array_dir}: its rows are not the ones committed (digest differs from the commit marker's): "
-                            "rewritten or reordered after the commit")
-        if exact_audio:
-            wrong = [u for u, d, want in zip(uids, digest.parts, marker["sha256"], strict=False) if want and d != want]
-            if wrong:
-                problems.append(f"{array_dir}: the audio of {len(wrong)} utterance(s) is not what the teacher saw (first: "
-                                f"'{wrong[0]}'); rewritten after the commit")
     if cache.audio_mode == "flac":
         problems += check_flac(cache, part, full, recorded.get(FLAC_DIR))
     return problems
@@ -148,7 +147,7 @@ def check_flac(cache: Cache, part: str, full: bool, recorded: str | None = None)
     flac_dir = os.path.join(part_path(cache.path, cache.part_dirs[part]), FLAC_DIR)
     digest = hashlib.sha256()
     for uid in cache.part_uids(part):
-        name = os.path.join(flac_dir, f"{cache._position[uid]}.flac")
+        name = os.path.join(flac_dir, f"{cache._where[uid][1]}.flac")
         if not fs.exists(name):
             problems.append(f"{name}: audio file of '{uid}' is missing")
         elif full:
