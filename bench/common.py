@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import time
 
 
@@ -82,10 +83,14 @@ class MotoLog:
     def __init__(self, f):
         self.f = f
 
-    def requests(self) -> int:
+    def requests(self, method: str | None = None) -> int:
+        """Requests answered (2xx, 4xx), of one method if given (moto colours some lines: their codes are skipped)."""
         self.f.flush()
         self.f.seek(0)
-        return sum(1 for line in self.f.read().splitlines() if '" 20' in line or '" 40' in line)
+        lines = [line for line in self.f.read().splitlines() if '" 20' in line or '" 40' in line]
+        if method is None:
+            return len(lines)
+        return sum(1 for line in lines if re.search(r'"(?:\x1b\[[0-9;]*m)*' + method + " ", line))
 
 
 @contextlib.contextmanager
