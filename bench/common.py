@@ -106,7 +106,7 @@ def moto_server():
         port = sock.getsockname()[1]
     log = open(os.path.join(tempfile.mkdtemp(), "moto.log"), "w+")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=log)
+                            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each request's line as it comes
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
                        "AWS_DEFAULT_REGION": "us-east-1"})
     try:

@@ -9,6 +9,8 @@
     <root>/<fingerprint>/sources.json           the same parts' source files (paths, sizes, mtimes, sha256)
     <root>/<fingerprint>/plan.json              the last extraction's plan (progress only; rebuilt from markers + corpus)
     <root>/<fingerprint>/checked.json           stamps of the parts whose structure the last extraction checked (speed only)
+    <root>/<fingerprint>/.clock                 one byte an extraction rewrites: its mtime is the file system's clock, what
+                                                a source record's `taken_ns` is (store.source_files.fs_clock)
 """
 
 from __future__ import annotations
