@@ -27,7 +27,7 @@ def _tree(path):
     out = {}
     for d, _, files in os.walk(path):
         for f in files:
-            if f not in (".lock", "plan.json", "checked.json"):  # checked.json: stats of this machine's files
+            if f not in (".lock", ".clock", "plan.json", "checked.json"):  # checked.json: stats of this machine's files; .clock: its clock
                 p = os.path.join(d, f)
                 data = _TAKEN.sub(b'"taken_ns":0', _ATTEMPT.sub(rb"\1", open(p, "rb").read()))
                 out[_ATTEMPT.sub(rb"\1", os.path.relpath(p, path).encode()).decode()] = data
