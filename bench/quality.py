@@ -265,8 +265,9 @@ def librispeech_sizes() -> dict[str, float]:
 
 def plan(out: str, teacher: str, cache, steps: int) -> dict[str, tuple]:
     """name -> (make: () -> the upstream's model dir, probe options), in the order the goals need them: the float16
-    student, the positive control, the step-0 copy, log-mel and the (truncated) teacher first, then the codebook modes
-    (16 B, then 8 B a frame), pq, int4, int8, then the random-init controls. `cache(mode)` makes or finds a distillation cache."""
+    student, the positive control, the step-0 copy, log-mel and the truncated teacher first, then the codebook modes
+    (16 B, the whole teacher, then 8 B a frame), pq, int4, int8, then the random-init controls. `cache(mode)` makes or
+    finds a distillation cache."""
     from bench.damage import shuffled_cache
     from train.probe.demo import random_student
 
@@ -285,12 +286,13 @@ def plan(out: str, teacher: str, cache, steps: int) -> dict[str, tuple]:
                                                         os.path.join(runs, "damaged"), steps), {}),
         "teacher-initialised student at step 0": (distilled("float16", "step-0", 0), {}),
         "log-mel": (lambda: teacher, {"features": "logmel"}),
-        "teacher truncated to the student's depth": (lambda: teacher, {"layers": student_depth}),
-        "teacher": (lambda: teacher, {})}
+        "teacher truncated to the student's depth": (lambda: teacher, {"layers": student_depth})}
     for mode in ("rvq16", "rvq8", "pq", "int4", "int8"):  # the goal's 16 B first; rvq8 (8 B) takes ~1 h to convert here
         found[f"distilled ({mode})"] = (distilled(mode), {})
         if mode in CODED:  # the codes as targets: cross-entropy over each codebook (icefall's objective), same steps
             found[f"distilled ({mode}, codebook-ce)"] = (distilled(mode, f"{mode}-ce", loss="codebook-ce"), {})
+        if mode == "rvq16":  # the whole teacher: context, no goal rests on it
+            found["teacher"] = (lambda: teacher, {})
     found["distilled from random init (float16)"] = (distilled("float16", "float16-random-init", init="random"), {})
     found["random-init student"] = (lambda: random_student(os.path.dirname(distilled("float16")()),
                                                            os.path.join(out, "random-student")), {})
