@@ -10,6 +10,7 @@ Written by hand: neither s3prl nor transformers converts between the two (s3prl 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import torch
@@ -145,6 +146,18 @@ def eval_conv_layers(text: str) -> list[tuple[int, int, int]]:
     return layers
 
 
+def remove_stale_conversions(directory: str) -> None:
+    """Half-written conversions of a killed run (`s3prl-<16 hex>.tmp-<pid>` of a process not alive here): only our own
+    names, never anything else in the directory."""
+    from store.fs import pid_alive
+
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        m = re.fullmatch(r"s3prl-[0-9a-f]{16}\.tmp-(\d{1,10})", name)
+        path = os.path.join(directory, name)
+        if m and not pid_alive(int(m.group(1))) and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def converted_teacher(ckpt: str, allow_pickle: bool = False) -> str:
     """The transformers directory of an s3prl distiller checkpoint, converted once (under the cache root, by the file's
     sha256) and reused: what --teacher takes when given a `.ckpt`."""
@@ -170,6 +183,7 @@ def converted_teacher(ckpt: str, allow_pickle: bool = False) -> str:
     if [k for k in missing if k != "masked_spec_embed"] or unexpected:
         raise ExtractError(f"--teacher {ckpt}: its weights do not fill a HubertModel (missing {missing[:2]}, unexpected "
                            f"{unexpected[:2]})")
+    remove_stale_conversions(os.path.dirname(out))
     tmp = f"{out}.tmp-{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)
     model.save_pretrained(tmp)

@@ -253,6 +253,11 @@ def remove_stale_temp_files(directory: str) -> None:
             remove_quietly(os.path.join(directory, name))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine holds `pid` (this one included): its temp files are not stale."""
+    return _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

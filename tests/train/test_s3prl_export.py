@@ -78,7 +78,13 @@ def test_a_teacher_given_as_an_s3prl_checkpoint_is_converted_once_with_the_same_
     monkeypatch.setenv("DISTILCACHE_HOME", str(tmp_path / "home"))
     out = tmp_path / "student.ckpt"
     assert CliRunner().invoke(export_cli, [str(run_dir), "--s3prl", str(out)]).exit_code == 0
+    killed = tmp_path / "home" / "converted" / f"s3prl-{'0' * 16}.tmp-{2**22 + 7}"  # a run killed mid-conversion (no such pid)
+    killed.mkdir(parents=True)
+    mine = tmp_path / "home" / "converted" / "my-notes.tmp-1"  # not our name: kept
+    mine.mkdir()
     teacher = load_teacher(str(out))
+    assert not killed.exists() and mine.exists()
+    mine.rmdir()
     again = load_teacher(str(out))
     assert teacher.name == again.name and os.listdir(tmp_path / "home" / "converted") == [os.path.basename(teacher.name)]
     converted = HubertModel.from_pretrained(teacher.name).eval()
