@@ -288,9 +288,8 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
     seen = known.unchanged if known else lambda _record: False
     todo = sorted(uid for uid, r in sources.items() if uid in in_corpus and not seen(r))
     fresh: dict[str, dict[str, dict]] = {}  # part -> uid -> the record of a file re-hashed and found unchanged
-    clock = fs_clock(cache.path)
     for uid in tracked(todo, len(todo), "checking changed source files", "file"):  # a file shared by segments is hashed once
-        why, record = check_source(sources[uid], clock)
+        why, record = check_source(sources[uid], fs_clock(cache.path))
         if why:
             changed.setdefault(cache.part_of(uid), []).append(why)
         elif record:

@@ -9,6 +9,7 @@ store.layout writes and leaves everything else (and all writing, and `verify`) t
 
 from __future__ import annotations
 
+import base64
 import os
 
 import google_crc32c
@@ -237,3 +238,24 @@ def encode_shard(rows: np.ndarray, chunk_rows: int, per_shard: int, encode) -> b
         index[c] = (offset, len(payload))
         offset += len(payload)
     return b"".join(pieces) + _with_crc(index.tobytes())
+
+
+def shards_record_problems(array_dir: str, expected: tuple, rows: int, text: str) -> list[str]:
+    """Whether the commit marker's record of each shard's chunk sizes (what an object store's reader uses instead of the
+    shards' own indexes: store.reader.Cache._remote_rows) agrees with those indexes."""
+    _, tail, chunk_rows, shard_rows = expected
+    per, shards = shard_rows // chunk_rows, -(-rows // shard_rows)
+    fix = "re-run extract-features with --repair to redo the part"
+    try:
+        sizes = np.frombuffer(base64.b64decode(text, validate=True), dtype="<u4")
+    except (ValueError, TypeError):
+        return [f"{array_dir}: the commit marker's record of its chunk sizes is unreadable; {fix}"]
+    if len(sizes) != shards * per:
+        return [f"{array_dir}: the commit marker records chunk sizes of {len(sizes) // max(per, 1)} shard(s), it has {shards}; {fix}"]
+    for s in range(shards):
+        raw = fs.read_range(shard_file(array_dir, s, 1 + len(tail)), -(16 * per + 4))
+        if len(raw) == 16 * per + 4 and not np.array_equal(np.frombuffer(raw[:-4], dtype="<u8").reshape(per, 2),
+                                                           index_from_sizes(sizes[s * per : (s + 1) * per])):
+            return [f"{array_dir}: shard {s}'s chunk index is not the one its commit marker records (a reader of an object "
+                    f"store would read wrong bytes, failing their crc32c); {fix}"]
+    return []

@@ -6,7 +6,6 @@ Cache can be handed to DataLoader workers (pickled or forked) and each opens its
 
 from __future__ import annotations
 
-import base64
 import functools
 import os
 import threading
@@ -17,18 +16,17 @@ import zarr
 
 from store import fs
 from store.audio_modes import FLAC_DIR, decode_audio, read_flac
-from store.chunks import ShardedRows, expected_meta, meta_problem
+from store.chunks import ShardedRows, meta_problem
 from store.committed import Location, committed_parts
 from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
-from store.index import list_markers, marker_problem, read_index, read_marker, read_markers
+from store.index import list_markers, marker_problem, read_index, read_markers
 from store.layout import Layout, commit_path, index_path, layer_key, part_path, plan_path, read_json
 from store.modes import TARGET_MODES, part_arrays, stats_from_json
+from store.remote_rows import remote_rows
 from store.spec import FORMAT_VERSION
 
 _HANDLES_LOCK = threading.Lock()
-_SHARDS_LOCK = threading.Lock()
 MAX_OPEN_ARRAYS = 64  # per process: ~16 parts' layers and audio
-MAX_SHARD_BYTES = 64 << 20  # per process: the chunk sizes of every shard of the parts read lately (Cache._part_shards)
 
 
 def check_format(path: str, version) -> None:
@@ -139,7 +137,7 @@ class Cache:
         self._part_of_dir = {d: p for p, d in self.part_dirs.items()}
         self.utterance_ids: list[str] = sorted(self._where)
         self._handles: OrderedDict = OrderedDict()
-        self._shards: OrderedDict = OrderedDict()  # part dir -> its arrays' chunk sizes (remote: _part_shards)
+        self._shards: OrderedDict = OrderedDict()  # part dir -> its arrays' chunk sizes (store.remote_rows.part_shards)
         self._shard_bytes = 0
         self._pid = os.getpid()
         self._sources: dict[str, dict] | None = None
@@ -191,7 +189,7 @@ class Cache:
             if handle is not None:
                 self._handles.move_to_end((part_dir, key))
         if handle is None and fs.is_remote(self.path):
-            handle = self._remote_rows(part_dir, key)
+            handle = remote_rows(self, part_dir, key)
         if handle is None:
             array_dir = os.path.join(part_path(self.path, part_dir), key)
             try:
@@ -212,56 +210,6 @@ class Cache:
             while len(self._handles) > MAX_OPEN_ARRAYS:
                 self._handles.popitem(last=False)
         return handle
-
-    def _remote_rows(self, part_dir: str, key: str) -> ShardedRows:
-        """An array of an object store's cache with no request of its own: its metadata is the spec's and layout's
-        (chunks.expected_meta; the values are decoded by these either way, and verify compares the stored zarr.json with
-        them), its shards' indexes are in the part's commit marker (one GET per part, kept in a bounded LRU). A crop then
-        costs one ranged GET per array (two where it straddles shards), no HEAD."""
-        part = self._part_of_dir.get(part_dir)
-        expected = self._expected_arrays().get(key)
-        if part is None or expected is None:
-            raise CorruptDataError(f"{part_path(self.path, part_dir)}/{key}: not an array of this cache's committed parts")
-        frames, samples = self.part_rows[part]
-        meta = expected_meta(expected, samples if key == "audio" else frames, self.layout.codec)
-        return ShardedRows(os.path.join(part_path(self.path, part_dir), key), meta, self._part_shards(part, part_dir).get(key))
-
-    def _part_shards(self, part: str, part_dir: str) -> dict[str, np.ndarray]:
-        """A part's chunk sizes per array, from its commit marker ({} for a marker without them: an older part, whose
-        shard indexes are then read from each shard's tail). At most MAX_SHARD_BYTES per process: ~8 KB a LibriSpeech
-        part (3 layers and audio, 8 shards of 64 chunks each), all 5,746 parts in ~50 MB."""
-        with _SHARDS_LOCK:  # held while the marker is fetched: a crop's arrays, asked at once, fetch it once
-            found = self._shards.get(part_dir)
-            if found is not None:
-                self._shards.move_to_end(part_dir)
-                return found
-            marker = read_marker(self.path, part)
-            found = {}
-            if isinstance(marker, dict) and marker["dir"] == part_dir:
-                for k, text in (marker.get("shards") or {}).items():
-                    try:
-                        found[k] = np.frombuffer(base64.b64decode(text, validate=True), dtype="<u4")
-                    except (ValueError, TypeError):  # damaged: that array's shard indexes are read from the shards
-                        continue
-            self._shards[part_dir] = found
-            self._shard_bytes += sum(v.nbytes for v in found.values())
-            while self._shard_bytes > MAX_SHARD_BYTES and len(self._shards) > 1:
-                self._shard_bytes -= sum(v.nbytes for v in self._shards.popitem(last=False)[1].values())
-        return found
-        marker = read_marker(self.path, part)
-        found = {}
-        if isinstance(marker, dict) and marker["dir"] == part_dir:
-            for k, text in (marker.get("shards") or {}).items():
-                try:
-                    found[k] = np.frombuffer(base64.b64decode(text, validate=True), dtype="<u4")
-                except (ValueError, TypeError):  # damaged: that array's shard indexes are read from the shards
-                    continue
-        with _HANDLES_LOCK:
-            self._shards[part_dir] = found
-            self._shard_bytes += sum(v.nbytes for v in found.values())
-            while self._shard_bytes > MAX_SHARD_BYTES and len(self._shards) > 1:
-                self._shard_bytes -= sum(v.nbytes for v in self._shards.popitem(last=False)[1].values())
-        return found
 
     def _expected_arrays(self) -> dict:
         if not hasattr(self, "_arrays_expected"):

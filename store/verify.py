@@ -8,7 +8,6 @@ deleted shard file passed. Here a missing shard or chunk is damage, parts are ch
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import os
@@ -19,7 +18,7 @@ import numpy as np
 
 from store import fs
 from store.audio_modes import FLAC_DIR
-from store.chunks import _MISSING, ShardedRows, index_from_sizes, meta_problem, shard_file
+from store.chunks import _MISSING, ShardedRows, meta_problem, shard_file, shards_record_problems
 from store.errors import CorruptDataError
 from store.index import read_index, read_marker, read_markers, refresh_sources
 from store.layout import checked_path, part_path, read_json, write_json_atomic
@@ -115,27 +114,6 @@ def check_part(cache: Cache, part: str, full: bool = True) -> list[str]:
     if cache.audio_mode == "flac":
         problems += check_flac(cache, part, full, recorded.get(FLAC_DIR))
     return problems
-
-
-def shards_record_problems(array_dir: str, expected: tuple, rows: int, text: str) -> list[str]:
-    """Whether the commit marker's record of each shard's chunk sizes (what an object store's reader uses instead of the
-    shards' own indexes: store.reader.Cache._remote_rows) agrees with those indexes."""
-    _, tail, chunk_rows, shard_rows = expected
-    per, shards = shard_rows // chunk_rows, -(-rows // shard_rows)
-    fix = "re-run extract-features with --repair to redo the part"
-    try:
-        sizes = np.frombuffer(base64.b64decode(text, validate=True), dtype="<u4")
-    except (ValueError, TypeError):
-        return [f"{array_dir}: the commit marker's record of its chunk sizes is unreadable; {fix}"]
-    if len(sizes) != shards * per:
-        return [f"{array_dir}: the commit marker records chunk sizes of {len(sizes) // max(per, 1)} shard(s), it has {shards}; {fix}"]
-    for s in range(shards):
-        raw = fs.read_range(shard_file(array_dir, s, 1 + len(tail)), -(16 * per + 4))
-        if len(raw) == 16 * per + 4 and not np.array_equal(np.frombuffer(raw[:-4], dtype="<u8").reshape(per, 2),
-                                                           index_from_sizes(sizes[s * per : (s + 1) * per])):
-            return [f"{array_dir}: shard {s}'s chunk index is not the one its commit marker records (a reader of an object "
-                    f"store would read wrong bytes, failing their crc32c); {fix}"]
-    return []
 
 
 def check_flac(cache: Cache, part: str, full: bool, recorded: str | None = None) -> list[str]:
