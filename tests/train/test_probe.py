@@ -334,3 +334,12 @@ def test_probe_features_shows_its_epochs_unless_quiet(tones, tmp_path, monkeypat
     quiet = CliRunner().invoke(probe_cli, [*args, "--out", str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0 and "dev_error=" not in quiet.stderr and "epoch/s" not in quiet.stderr
     assert json.load(open(tmp_path / "a" / "result.json"))["value"] == json.load(open(tmp_path / "b" / "result.json"))["value"]
+
+
+def test_still_improving_means_the_cap_not_the_patience_ended_it():
+    """A best epoch of 199 of 200 (the bench's damaged control) was not said: only the very last epoch was."""
+    from train.probe.heads import still_improving
+
+    assert still_improving(200, 200, 200, 20) and still_improving(200, 199, 200, 20) and still_improving(200, 181, 200, 20)
+    assert not still_improving(200, 180, 200, 20)  # 20 epochs without a better one: the patience would have ended it
+    assert not still_improving(71, 51, 200, 20)  # ended by its patience, far from the cap

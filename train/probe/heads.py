@@ -50,6 +50,12 @@ def layer_normed(x: np.ndarray) -> torch.Tensor:
 # ---- the two tasks -------------------------------------------------------------------------------------------
 
 
+def still_improving(epochs_run: int, best_epoch: int, cap: int, patience: int) -> bool:
+    """Whether the cap, not the patience, ended a probe: its best epoch is among the last `patience` (a best epoch of 199
+    of 200 is no finished probe either)."""
+    return epochs_run == cap and epochs_run - best_epoch < patience
+
+
 def _bootstrap(errors: np.ndarray, totals: np.ndarray, n: int, seed: int) -> list[float]:
     """95% interval of sum(errors)/sum(totals) over test utterances resampled with replacement."""
     rng = np.random.default_rng(seed)
@@ -99,10 +105,10 @@ def _train_loop(model: nn.Module, cfg: ProbeConfig, n: int, loss_of, dev_score, 
                 break
     model.load_state_dict(best_state)
     model.eval()
-    at_cap = best_epoch == cfg.epochs
+    at_cap = still_improving(epoch, best_epoch, cfg.epochs, cfg.patience)
     if at_cap:
-        print(f"probe seed {seed}: still improving at the cap (--epochs {cfg.epochs} chose its last epoch): the probe is "
-              "not done; raise --epochs", file=sys.stderr)
+        print(f"probe seed {seed}: still improving at the cap (--epochs {cfg.epochs} stopped it {epoch - best_epoch} epoch(s) "
+              f"after its best, before --patience {cfg.patience} did): the probe is not done; raise --epochs", file=sys.stderr)
     return {"best_epoch": best_epoch, "epochs_run": epoch, "still_improving_at_cap": at_cap}
 
 
