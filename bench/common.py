@@ -95,7 +95,8 @@ class MotoLog:
 
 @contextlib.contextmanager
 def moto_server():
-    """A moto S3 server on loopback for the length of the block, with AWS_* set to reach it; yields its MotoLog."""
+    """A moto S3 server on loopback for the length of the block, with AWS_* set to reach it (as they were after it);
+    yields its MotoLog. Tests use it too (tests/store/test_s3_requests.py)."""
     import socket
     import subprocess
     import sys
@@ -107,8 +108,10 @@ def moto_server():
     log = open(os.path.join(tempfile.mkdtemp(), "moto.log"), "w+")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each request's line as it comes
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    reach = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+             "AWS_DEFAULT_REGION": "us-east-1"}
+    before = {k: os.environ.get(k) for k in reach}
+    os.environ.update(reach)
     try:
         for _ in range(100):
             try:
@@ -119,3 +122,9 @@ def moto_server():
         yield MotoLog(log)
     finally:
         proc.kill()
+        log.close()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -49,7 +49,8 @@ SHAPES = {"long": dict(parts=2, per_part=20, seconds=15, dim=DIM),  # 2 parts of
           "librispeech": dict(parts=24, per_part=49, seconds=12, dim=4)}  # LibriSpeech's proportions, narrow rows
 
 
-def build(root: str, parts: int = 2, per_part: int = 20, seconds: int = 15, dim: int = DIM) -> str:
+def build(root: str, parts: int = 2, per_part: int = 20, seconds: int = 15, dim: int = DIM, layout=None) -> str:
+    """A cache of `parts` parts of `per_part` utterances of `seconds` s, random rows (the default layout unless given)."""
     from store import Layout, PartWriter, create_cache
     from store.index import consolidate
     from store.layout import part_name
@@ -59,7 +60,7 @@ def build(root: str, parts: int = 2, per_part: int = 20, seconds: int = 15, dim:
             "layers": list(LAYERS), "dim": dim, "compute_dtype": "float32", "storage_dtype": "float16",
             "preprocessing": {"sample_rate": RATE, "mono": "mean", "resampler": "soxr-HQ", "normalize": False},
             "frame": {"window": 400, "hop": 320}}
-    layout = Layout()
+    layout = layout or Layout()
     path = create_cache(root, spec, {"teacher": "s3-bench"}, layout)
     rng = np.random.default_rng(0)
     for p in range(parts):
