@@ -32,7 +32,7 @@ from store.layout import CODECS, part_path
 from store.lock import exclusive
 from store.modes import TARGET_MODES, stats_digest
 from store.progress import silenced, tracked
-from store.source_files import check_source, fs_clock, header_key, lying_headers
+from store.source_files import check_sources, fs_clock, header_key, lying_headers
 from store.spec import fingerprint, validate_spec
 from store.verify import damaged_parts
 
@@ -284,16 +284,13 @@ def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check
     bad_paths = {b.file or b.path for b in bad or []}
     in_corpus = {u.uid for u in utts} | {b.uid for b in bad or [] if b.uid} \
         | {uid for uid, r in sources.items() if r and r.get("path") in bad_paths}
-    changed: dict[str, list[str]] = {}
     seen = known.unchanged if known else lambda _record: False
     todo = sorted(uid for uid, r in sources.items() if uid in in_corpus and not seen(r))
-    fresh: dict[str, dict[str, dict]] = {}  # part -> uid -> the record of a file re-hashed and found unchanged
-    for uid in tracked(todo, len(todo), "checking changed source files", "file"):  # a file shared by segments is hashed once
-        why, record = check_source(sources[uid], fs_clock(cache.path))
-        if why:
-            changed.setdefault(cache.part_of(uid), []).append(why)
-        elif record:
-            fresh.setdefault(cache.part_of(uid), {})[uid] = record
+    whys, fresh = check_sources(((u, sources[u]) for u in tracked(todo, len(todo), "checking changed source files", "file")),
+                                fs_clock(cache.path), cache.part_of)  # a file shared by segments is hashed once
+    changed: dict[str, list[str]] = {}
+    for uid, why in whys.items():
+        changed.setdefault(cache.part_of(uid), []).append(why)
     lying = sorted(uid for uid, r in sources.items() if full and uid in in_corpus and r and cache.part_of(uid) not in changed)
     lies = lying_headers(tracked((sources[u] for u in lying), len(lying), "checking recorded headers", "file"))  # --repair
     for uid in lying:  # a record edited in place is redone too: its part is re-extracted, which writes a true record

@@ -242,7 +242,7 @@ def encode_shard(rows: np.ndarray, chunk_rows: int, per_shard: int, encode) -> b
 
 def shards_record_problems(array_dir: str, expected: tuple, rows: int, text: str) -> list[str]:
     """Whether the commit marker's record of each shard's chunk sizes (what an object store's reader uses instead of the
-    shards' own indexes: store.reader.Cache._remote_rows) agrees with those indexes."""
+    shards' own indexes: store.remote_rows) agrees with those indexes."""
     _, tail, chunk_rows, shard_rows = expected
     per, shards = shard_rows // chunk_rows, -(-rows // shard_rows)
     fix = "re-run extract-features with --repair to redo the part"

@@ -249,16 +249,12 @@ def remove_stale_temp_files(directory: str) -> None:
         return
     for name in listdir(directory):
         m = _TMP.fullmatch(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             remove_quietly(os.path.join(directory, name))
 
 
 def pid_alive(pid: int) -> bool:
     """Whether a process of this machine holds `pid` (this one included): its temp files are not stale."""
-    return _alive(pid)
-
-
-def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

@@ -108,6 +108,12 @@ def read_index(cache: str, name: str = "index") -> dict[str, dict]:
     return data.get("parts", {}) if isinstance(data, dict) and isinstance(data.get("parts"), dict) else {}
 
 
+def sources_entry(marker: dict) -> dict:
+    """A part's entry in sources.json, from its (checked) marker."""
+    return {"dir": marker["dir"], "ids": marker["ids"], "sources": marker.get("sources") or [None] * len(marker["ids"]),
+            "skipped": marker["skipped"]}
+
+
 def consolidate(cache: str) -> int:
     """Rewrite index.json and sources.json to cover every readable marker; returns the number of parts covered."""
     names = list_markers(cache)
@@ -120,8 +126,7 @@ def consolidate(cache: str) -> int:
             kept = sources.get(part)
             if isinstance(kept, dict) and kept.get("dir") == marker["dir"] and kept.get("ids") == marker["ids"]:
                 continue  # refreshed records of this very attempt (refresh_sources): newer than the marker's
-            sources[part] = {"dir": marker["dir"], "ids": marker["ids"], "sources": marker.get("sources") or [None] * len(marker["ids"]),
-                             "skipped": marker["skipped"]}
+            sources[part] = sources_entry(marker)
     index = dict(sorted(index.items()))  # the same parts give the same bytes, whatever order they were committed in
     sources = {p: sources[p] for p in index if p in sources}
     write_json_atomic(sources_path(cache), {"parts": sources})
@@ -141,8 +146,7 @@ def refresh_sources(cache: str, fresh: dict[str, dict[str, dict]]) -> None:
             marker = read_marker(cache, part)
             if not isinstance(marker, dict):
                 continue
-            entry = {"dir": marker["dir"], "ids": marker["ids"], "sources": marker.get("sources") or [None] * len(marker["ids"]),
-                     "skipped": marker["skipped"]}
+            entry = sources_entry(marker)
         if not isinstance(entry.get("ids"), list) or not isinstance(entry.get("sources"), list):
             continue  # damaged: consolidate() rebuilds it from the marker
         entry["sources"] = [by_uid.get(u, r) for u, r in zip(entry["ids"], entry["sources"], strict=False)]

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 Clock = Callable[[], int]
 
@@ -33,15 +33,15 @@ def file_sha256(path: str) -> tuple[os.stat_result, str]:
     return st, digest
 
 
-def file_sha256_at(path: str, clock: Clock = time.time_ns, again: bool = False) -> tuple[os.stat_result, str, int]:
+def file_sha256_at(path: str, clock: Clock = time.time_ns, since: int | None = None) -> tuple[os.stat_result, str, int]:
     """file_sha256() and the time (ns, by `clock`: fs_clock()'s for a record) its hash began: what a source record keeps
-    as `taken_ns` (see racy()). `again`: read the file even if this process hashed it unchanged (a racily clean file's
-    memo is as racy as its record)."""
+    as `taken_ns` (see racy()). `since`: a memo of a hash begun before it is not used, the file is read again (a racily
+    clean file's memo is as racy as its record); one begun since is (the segments of one recording, checked in a pass)."""
     st = os.stat(path)
     key = _key(path, st)
     with _memo_lock:
-        if again:
-            _digests.pop(key, None)
+        if since is not None and key in _digests and _digests[key][1] < since:
+            _digests.pop(key)
         if key in _digests:
             _digests.move_to_end(key)
             return (st, *_digests[key])
@@ -151,11 +151,29 @@ def same_stat(st: os.stat_result, record: dict) -> bool:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == stat_key(record) and not racy(record)
 
 
-def check_source(record: dict | None, clock: Clock = time.time_ns) -> tuple[str | None, dict | None]:
+def check_sources(records: Iterable[tuple[str, dict]], clock: Clock,
+                  part_of: Callable[[str], str]) -> tuple[dict[str, str], dict[str, dict[str, dict]]]:
+    """check_source of many (uid, record) in one pass: uid -> why its file changed, and part -> uid -> the refreshed
+    record of each file re-hashed and found unchanged (what store.index.refresh_sources keeps). A file behind several
+    records (the segments of one recording) is hashed once in the pass."""
+    since = clock()
+    changed: dict[str, str] = {}
+    fresh: dict[str, dict[str, dict]] = {}
+    for uid, record in records:
+        why, new = check_source(record, clock, since)
+        if why:
+            changed[uid] = why
+        elif new:
+            fresh.setdefault(part_of(uid), {})[uid] = new
+    return changed, fresh
+
+
+def check_source(record: dict | None, clock: Clock = time.time_ns, since: int | None = None) -> tuple[str | None, dict | None]:
     """(why the file changed or None, the record refreshed or None). A file whose stat did not prove it unchanged is
-    hashed; when its bytes are the recorded ones, the refreshed record (its stat now, `taken_ns` by `clock`, the file
-    system's: fs_clock()) is what the caller keeps, so that the next check trusts the stat: a file is re-hashed once,
-    not on every run (git refreshes its index the same way)."""
+    hashed (really read: a hash this process began before `since`, by default now, is not trusted); when its bytes are
+    the recorded ones, the refreshed record (its stat now, `taken_ns` by `clock`, the file system's: fs_clock()) is what
+    the caller keeps, so that the next check trusts the stat: a file is re-hashed once, not on every run (git refreshes
+    its index the same way)."""
     if not record:
         return None, None
     path = record["path"]
@@ -166,7 +184,7 @@ def check_source(record: dict | None, clock: Clock = time.time_ns) -> tuple[str 
     if same_stat(st, record):
         return None, None
     try:
-        st, digest, taken = file_sha256_at(path, clock, again=True)
+        st, digest, taken = file_sha256_at(path, clock, clock() if since is None else since)
     except OSError:
         return f"{path}: source file cannot be read", None
     if digest != record["sha256"]:

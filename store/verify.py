@@ -24,7 +24,7 @@ from store.index import read_index, read_marker, read_markers, refresh_sources
 from store.layout import checked_path, part_path, read_json, write_json_atomic
 from store.lock import LockedError, exclusive
 from store.reader import Cache
-from store.source_files import check_source, fs_clock, lying_headers
+from store.source_files import check_sources, fs_clock, lying_headers
 
 
 class RowDigest:
@@ -358,16 +358,11 @@ def repair_commands(cache: Cache) -> list[str]:
 def changed_sources(cache: Cache) -> list[str]:
     """Source files that changed, and records whose header disagrees with their (unchanged) file's: a re-run plans windows
     from those headers (extract.corpus.scan checks them there too)."""
-    clock = fs_clock(cache.path)
-    checked = [(uid, r, *check_source(r, clock)) for uid, r in cache.sources().items()]
-    fresh: dict[str, dict[str, dict]] = {}
-    for uid, _, _, record in checked:
-        if record:
-            fresh.setdefault(cache.part_of(uid), {})[uid] = record
+    records = cache.sources()
+    whys, fresh = check_sources(records.items(), fs_clock(cache.path), cache.part_of)
     keep_refreshed(cache, fresh)
-    gone = {r["path"] for _, r, why, _ in checked if why}
-    lies = lying_headers(r for _, r, _, _ in checked if r and r["path"] not in gone)
-    return [why for _, _, why, _ in checked if why] + list(lies.values())
+    gone = {records[uid]["path"] for uid in whys}
+    return list(whys.values()) + list(lying_headers(r for r in records.values() if r["path"] not in gone).values())
 
 
 def keep_refreshed(cache: Cache, fresh: dict[str, dict[str, dict]]) -> None:

@@ -102,3 +102,24 @@ def test_racy_is_judged_by_the_file_systems_clock_not_this_hosts(tmp_path, tiny_
     records = list(Cache(cache).sources().values())
     assert records and all(0 <= r["taken_ns"] - r["ctime_ns"] < 30 * 10**9 for r in records)  # seconds, by the same clock
     assert os.path.exists(os.path.join(cache, ".clock"))  # the stamp the run wrote beside its records
+
+
+def test_the_records_of_one_file_are_hashed_once_in_a_pass_and_never_from_an_older_memo(tmp_path):
+    """The segments of one recording share its file: a pass over their racy records reads the file once (not once per
+    segment), and not zero times either: this process's memo of the hash taken at extraction is as racy as the record."""
+    from store.source_files import check_sources, file_sha256_at, source_record
+    from tests.conftest import write_wav
+
+    path = str(tmp_path / "talk.wav")
+    write_wav(path, 1.0)
+    st, digest, _ = file_sha256_at(path)  # extraction's hash, kept in this process's memo
+    record = source_record(path, st, digest, taken_ns=st.st_ctime_ns)  # read in the tick it was written: racy
+    assert racy(record)
+    reads = []
+
+    def clock() -> int:  # called once for the pass, then once per hash that really reads the file
+        reads.append(1)
+        return time.time_ns()
+
+    changed, fresh = check_sources([("talk@0-8000", record), ("talk@8000-16000", dict(record))], clock, lambda uid: "p0")
+    assert changed == {} and sorted(fresh["p0"]) == ["talk@0-8000", "talk@8000-16000"] and len(reads) == 2
