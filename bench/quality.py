@@ -20,9 +20,9 @@
 
 Every stage is kept under --out and reused by the next run. The probes go task by task, phones first for every upstream
 in the order the goals need them (the float16 student, the damaged control, the step-0 copy, log-mel, the truncated
-teacher, then rvq16 and rvq8 by both objectives, pq, int4, int8), and OUT/quality.md and OUT/quality.json are rewritten after each
-probe: a run stopped part-way still reports the goals its probes decide, with their numbers, and names what is not
-measured yet.
+teacher, then rvq16 by both objectives, the whole teacher, rvq8 by both, pq, int4, int8), and OUT/quality.md and
+OUT/quality.json are rewritten after each probe: a run stopped part-way still reports the goals its probes decide, with
+their numbers, and names what is not measured yet.
 """
 
 from __future__ import annotations
@@ -108,9 +108,9 @@ def record_made(made_path: str, made: dict, mode: str, fn) -> dict:
     return {"path": cache, "seconds": made[mode]}
 
 
-def distillation_cache(mode: str, teacher: str, corpus: str, cache_dir: str) -> dict:
-    """The float16 cache of layers 2, 4, 6, or its conversion to `mode`, timed when made (kept in cache_dir/made.json: a
-    second run finds it made and must not report its no-op as its cost)."""
+def distillation_cache(mode: str, teacher: str, corpus: str, cache_dir: str, source: str = "") -> dict:
+    """The float16 cache of layers 2, 4, 6, or its conversion to `mode` from `source` (the float16 cache's path), timed
+    when made (kept in cache_dir/made.json: a second run finds it made and must not report its no-op as its cost)."""
     from extract import ExtractConfig, extract_features
     from extract.forecast import row_bytes
     from store import open_cache
@@ -123,7 +123,6 @@ def distillation_cache(mode: str, teacher: str, corpus: str, cache_dir: str) -> 
     if mode == "float16":
         c = record_made(made_path, made, "float16", lambda: extract_features(cfg).path)
     else:
-        source = distillation_cache("float16", teacher, corpus, cache_dir)["path"]
         c = record_made(made_path, made, mode, lambda: convert_cache(source, mode, cache_dir=cache_dir).path)
     cache = open_cache(c["path"])
     c["bytes"] = cache.bytes  # targets and float32 audio, as written
@@ -224,25 +223,21 @@ def goals(caches: dict, paired: dict) -> list[str]:
     def measured(name: str) -> bool:
         return "phones" in paired.get(name, {})
 
-    damaged, truncated = "distilled (damaged targets)", "teacher truncated to the student's depth"
-    said = "positive control (targets shuffled across utterances) vs the float16 student on phones: "
-    if measured(damaged):
-        lines.append(said + f"PER {diff(damaged)}: " + ("MET, the bench separates them" if paired[damaged]["phones"]["ci95"][0] > 0
-                                                       else "NOT MET: the bench cannot separate a damaged target"))
-    else:
-        lines.append(said + "not measured yet")
+    def judged(name: str, said: str, verdict) -> str:  # verdict(lo, hi) of the paired interval: the goal's words
+        if "phones" not in paired.get(name, {}):
+            return said + "not measured yet"
+        return said + f"PER {diff(name)}: " + verdict(*paired[name]["phones"]["ci95"])
+
+    lines.append(judged("distilled (damaged targets)",
+                        "positive control (targets shuffled across utterances) vs the float16 student on phones: ",
+                        lambda lo, _: "MET, the bench separates them" if lo > 0 else "NOT MET: the bench cannot separate a damaged target"))
     for control in ("teacher-initialised student at step 0", "log-mel"):
-        said = f"float16 student beats {control} on phones: "
-        lines.append(said + (f"the control's PER is {diff(control)} higher: "
-                             f"{'MET' if paired[control]['phones']['ci95'][0] > 0 else 'NOT MET'}" if measured(control)
-                             else "not measured yet"))
-    said = "truncated teacher (layers up to the student's depth) vs the float16 student on phones: "
-    if measured(truncated):
-        lo, hi = paired[truncated]["phones"]["ci95"]
-        how = "the student is better" if lo > 0 else "the student is worse" if hi < 0 else "equal within the interval"
-        lines.append(said + f"PER {diff(truncated)} ({how})")
-    else:
-        lines.append(said + "not measured yet")
+        lines.append(judged(control, f"float16 student beats {control} on phones (the control's PER minus the student's): ",
+                            lambda lo, _: "MET" if lo > 0 else "NOT MET"))
+    lines.append(judged("teacher truncated to the student's depth",
+                        "truncated teacher (layers up to the student's depth) vs the float16 student on phones: ",
+                        lambda lo, hi: "the student is better" if lo > 0 else "the student is worse" if hi < 0
+                        else "equal within the interval"))
     trained = [(m, f"distilled ({m})") for m in MODES[1:]] + [(m, f"distilled ({m}, codebook-ce)") for m in CODED]
     equivalent = [(m, name) for m, name in trained if measured(name) and as_good(paired[name]["phones"])]
     smallest = min(equivalent, key=lambda e: caches[e[0]]["target_bytes"]) if equivalent else None
@@ -326,7 +321,8 @@ def main() -> None:
 
     def cache(mode: str) -> dict:
         if mode not in caches:
-            caches[mode] = distillation_cache(mode, teacher, pre, os.path.join(out, "caches"))
+            source = "" if mode == "float16" else cache("float16")["path"]
+            caches[mode] = distillation_cache(mode, teacher, pre, os.path.join(out, "caches"), source)
         return caches[mode]
 
     rows: dict[str, dict] = {}
