@@ -303,9 +303,9 @@ def check_parts(cache: Cache, full: bool, workers: int | None = None, progress=N
                 for part in futures[future]:
                     progress(part)
     except BrokenProcessPool:  # a worker killed (the OOM killer, a signal): the rest is checked here, said, not lost
-        codes = {p.exitcode for p in (pool._processes or {}).values() if p.exitcode}
+        # exit codes read once the workers are reaped: read while the pool's thread reaps them, the dead one can show none
+        codes = {p.exitcode for p in end_workers(pool) if p.exitcode}
         codes = sorted(codes - {-15} or codes) or ["unknown"]  # -15: the pool's own end of the others, once one died
-        end_workers(pool)
         rest = [p for p in parts if p not in done]
         print(f"{cache.path}: a verify worker process died (exit code {', '.join(map(str, codes))}; a negative one is the signal "
               f"that ended it); checking the other {len(rest)} part(s) in this process", file=sys.stderr)
@@ -321,14 +321,19 @@ def check_parts(cache: Cache, full: bool, workers: int | None = None, progress=N
     return _recheck_moved(cache, results, full)
 
 
-def end_workers(pool) -> None:
-    """Terminate a process pool's workers and wait for them: shutdown() alone waits for the checks they are running."""
+def end_workers(pool) -> list:
+    """Terminate a process pool's workers and wait for them: shutdown() alone waits for the checks they are running.
+    Returns the worker processes, reaped."""
     procs = list((pool._processes or {}).values())  # private, but the pool has no public way to stop a running task
+    manager = getattr(pool, "_executor_manager_thread", None)  # reaps the workers too, racing ours on waitpid
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         proc.terminate()
     for proc in procs:
         proc.join(5)
+    if manager is not None:
+        manager.join(5)
+    return procs
 
 
 def repair_commands(cache: Cache) -> list[str]:
