@@ -72,9 +72,9 @@ def writer_against_forward() -> None:
                 "compute_dtype": "bfloat16", "audio": "none",
                 "storage_dtype": mode, "frame": {"window": 400, "hop": 320},
                 "preprocessing": {"sample_rate": 16000, "mono": "mean", "resampler": "soxr-HQ", "normalize": False}}
-        from store.spec import FORMAT_VERSION
+        from store.spec import TARGETS_VERSION
 
-        spec["format_version"] = FORMAT_VERSION
+        spec["format_version"] = TARGETS_VERSION
         if stats:
             from store.modes import stats_digest
 

@@ -54,9 +54,9 @@ def build(root: str, parts: int = 2, per_part: int = 20, seconds: int = 15, dim:
     from store import Layout, PartWriter, create_cache
     from store.index import consolidate
     from store.layout import part_name
-    from store.spec import FORMAT_VERSION
+    from store.spec import TARGETS_VERSION
 
-    spec = {"format_version": FORMAT_VERSION, "teacher": {"digest": "sha256:s3-bench", "config": {"hidden_size": dim}},
+    spec = {"format_version": TARGETS_VERSION, "teacher": {"digest": "sha256:s3-bench", "config": {"hidden_size": dim}},
             "layers": list(LAYERS), "dim": dim, "compute_dtype": "float32", "storage_dtype": "float16",
             "preprocessing": {"sample_rate": RATE, "mono": "mean", "resampler": "soxr-HQ", "normalize": False},
             "frame": {"window": 400, "hop": 320}}

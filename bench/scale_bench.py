@@ -53,9 +53,9 @@ def build(root: str, utterances: int) -> str:
             "compute_dtype": "float32", "storage_dtype": "float16",
             "preprocessing": {"sample_rate": 16000, "mono": "mean", "resampler": "soxr-HQ", "normalize": False},
             "frame": {"window": 400, "hop": 320}}
-    from store.spec import FORMAT_VERSION
+    from store.spec import TARGETS_VERSION
 
-    spec["format_version"] = FORMAT_VERSION
+    spec["format_version"] = TARGETS_VERSION
     layout = Layout()
     path = create_cache(root, spec, {"teacher": "scale-bench"}, layout)
     import numpy as np

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from bench.common import hubert_base_teacher, machine, table
-from store import FORMAT_VERSION, Layout, PartWriter, create_cache, open_cache
+from store import TARGETS_VERSION, Layout, PartWriter, create_cache, open_cache
 from train.pretraining.speech_corpus import voiced_corpus
 
 CROP = 780  # frames in a 250,000-sample crop
@@ -38,7 +38,7 @@ def activations(tmp: str, seconds: float = 120.0) -> np.ndarray:
 
 def build(root: str, codec: str, feats: np.ndarray, frames: int, utt_frames: int = 600) -> tuple[str, float]:
     """A 3-layer cache of `frames` frames tiled from `feats`; returns (path, seconds spent writing)."""
-    spec = {"format_version": FORMAT_VERSION, "teacher": {"digest": "bench", "config": {}}, "layers": [4, 8, 12], "dim": 768,
+    spec = {"format_version": TARGETS_VERSION, "teacher": {"digest": "bench", "config": {}}, "layers": [4, 8, 12], "dim": 768,
             "compute_dtype": "float32", "storage_dtype": "float16", "preprocessing": {"sample_rate": 16000, "codec": codec},
             "frame": {"window": 400, "hop": 320}}
     layout = Layout(codec=codec)

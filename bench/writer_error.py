@@ -49,9 +49,9 @@ def main() -> None:
     results: dict[str, list[float]] = {w: [] for w in ways}
     stats = {m: {k: TARGET_MODES[m].fit([f[k] for f in feats]) for k in layers} for m in ("int8", "int4", "pq")}
     try:
-        from store.spec import FORMAT_VERSION
+        from store.spec import TARGETS_VERSION
 
-        spec["format_version"] = FORMAT_VERSION
+        spec["format_version"] = TARGETS_VERSION
         for r in range(args.rounds):
             for label, (mode, how) in ways.items():
                 extra = {"storage_stats": stats_digest(stats[mode])} if mode in stats else {}

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
+import numpy as np
 import soundfile as sf
 
 from extract.audio import resampled_length
 from extract.corpora import BadFile, Entry, read_corpus, to_samples
 from extract.errors import ExtractError
 from store.progress import tracked
-from store.source_files import same_stat, stat_key
+from store.source_table import NONE, SourceTable
 
 __all__ = ["BadFile", "KnownFiles", "MIN_SAMPLES", "PlanItem", "Utterance", "scan"]
 
@@ -71,40 +73,49 @@ class Header(NamedTuple):
     channels: int
 
 
-def recorded_header(record: dict | None) -> Header | None:
-    """The header a commit marker recorded with its source file (untrusted: None unless it is three sane counts)."""
-    h = record.get("header") if isinstance(record, dict) else None
-    if not (type(h) is list and len(h) == 3 and type(h[0]) is int and type(h[1]) is int and type(h[2]) is int):
-        return None
-    return Header(*h) if 0 < h[0] <= 10**6 and 0 <= h[1] and 0 < h[2] <= 4096 else None
-
-
 class KnownFiles:
-    """A cache's records of its source files, by path (store.source_files.source_record). The scan takes an unchanged file's
-    header from its record (one stat, no open: a LibriSpeech-sized re-run opens no known file) and remembers the stat
-    it saw, so that the check for changed sources (extract.run.retake) need not stat the file again."""
+    """A cache's records of its source files (a store.source_table.SourceTable, or uid -> record). The scan takes an
+    unchanged file's header from its record (one stat, no open: a LibriSpeech-sized re-run opens no known file), comparing
+    every file's stat with the records' columns at once, and remembers which records it saw unchanged, so that the check
+    for changed sources (extract.retake) need not stat those files again."""
 
-    def __init__(self, records: dict[str, dict] | None = None):
-        self.records = {r["path"]: r for r in (records or {}).values() if isinstance(r.get("path"), str)}
-        self._seen: dict[str, dict] = {}  # path -> the record whose stat matched the file's
+    def __init__(self, records: Mapping[str, dict] | None = None):
+        if not isinstance(records, SourceTable):
+            records = SourceTable.from_entries({"": {"dir": "", "ids": list(records or {}), "sources": list((records or {}).values())}})
+        self.table = records
+        self._seen = np.zeros(records.rows(), bool)  # rows whose file's stat now is the recorded one (not racy)
+        paths, self._first, self._of_row = np.unique(records.cols["path"], return_index=True, return_inverse=True)
+        self._unique = {p: i for i, p in enumerate(np.char.decode(paths).tolist()) if p}
 
-    def header(self, path: str) -> Header | None:
-        record = self.records.get(path)
-        if record is None or (header := recorded_header(record)) is None:
-            return None
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        if not same_stat(st, record):
-            return None
-        self._seen[path] = record
-        return header
+    def headers(self, paths: list[str]) -> dict[str, Header]:
+        """path -> header of every file of `paths` a record holds unchanged, with a sane header (three counts in range)."""
+        h = self.table.cols["header"]
+        asked = [(p, i) for p in paths if (i := self._unique.get(p)) is not None]
+        first = self._first[np.fromiter((i for _, i in asked), np.int64, len(asked))]
+        sane = (h[first, 0] > 0) & (h[first, 0] <= 10**6) & (h[first, 1] >= 0) & (h[first, 2] > 0) & (h[first, 2] <= 4096)
+        # the unique path index has a row for "" too (records without a path): never looked at, never unchanged
+        observed = np.full((len(self._unique) + 1, 4), NONE, np.int64)
+        looked = [(p, i) for (p, i), ok in zip(asked, sane.tolist(), strict=True) if ok]  # else retake stats it (no header)
+        for p, i in looked:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            observed[i] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if len(self._of_row):
+            self._seen = self.table.unchanged_rows(observed[self._of_row])
+        rows = first[sane]
+        good = self._seen[rows]
+        return dict(zip([p for (p, _), g in zip(looked, good.tolist(), strict=True) if g], map(Header._make, h[rows[good]].tolist()),
+                        strict=True))
 
-    def unchanged(self, record: dict) -> bool:
-        """Whether this record's file was seen unchanged by the scan (the very stat the record holds)."""
-        seen = self._seen.get(record.get("path"))
-        return seen is not None and (seen is record or stat_key(seen) == stat_key(record))
+    def seen(self, table: SourceTable) -> np.ndarray:
+        """The rows of `table` seen unchanged by headers(): by row for the same table, else (the cache was refreshed in
+        between) by uid and recorded stat."""
+        if table is self.table:
+            return self._seen
+        seen = {self.table.uid(r): tuple(self.table.cols["stat"][r]) for r in np.flatnonzero(self._seen)}
+        return np.array([seen.get(table.uid(r)) == tuple(table.cols["stat"][r]) for r in range(table.rows())], bool)
 
 
 TAIL = 4096  # samples decoded at a new file's end before any teacher work: a truncated file whose header is whole is caught
@@ -175,8 +186,7 @@ def scan(corpus: str, rate: int, min_samples: int = MIN_SAMPLES, max_seconds: fl
     if not entries and not bad:
         raise ExtractError(f"--corpus {corpus}: no audio files found (formats: {', '.join(sorted(sf.available_formats()))})")
     paths = sorted({e.path for e in entries})
-    known = known or KnownFiles()
-    infos = {p: h for p in paths if (h := known.header(p)) is not None}  # one stat each, no thread hand-off
+    infos = (known or KnownFiles()).headers(paths)  # one stat each, no thread hand-off
     todo = [p for p in paths if p not in infos]
     if check_known:
         todo = paths

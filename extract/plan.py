@@ -16,6 +16,7 @@ from extract.errors import ExtractError
 from store import Cache, fs, part_name
 from store.layout import is_attempt_name, plan_path, write_json_atomic
 from store.source_files import file_sha256, same_stat
+from store.source_table import SourceTable
 
 
 def _unchanged(record: dict) -> bool:
@@ -48,14 +49,17 @@ def _same_content(u: Utterance, record: dict) -> bool:
 
 
 def plan_parts(cache: Cache, utts: list[Utterance], bad: list[BadFile], rate: int, part_seconds: float,
-               sources: dict[str, dict], corpus: str | None = None) -> list[dict]:
+               sources: SourceTable, corpus: str | None = None) -> list[dict]:
     """Parts for every utterance not committed yet; refuse a committed id that now points at another file.
 
-    `sources`: uid -> the committed record of its file. Files skipped while decoding are retried only once
+    `sources`: the committed records of the files (by uid). Files skipped while decoding are retried only once
     they change (a NaN file fixed later is picked up)."""
+    rows = sources.rows_of([u.uid for u in utts])
+    plain = sources.at_path(rows, [u.path for u in utts])  # the same whole file: no record need become a dict
     clashes = [f"id '{u.uid}' is now {_where(u.path, u.window)}, but the cache holds it from {_where(r['path'], r)}"
-               for u in utts if (r := sources.get(u.uid)) and _where(r["path"], r) != _where(u.path, u.window)
-               and not _same_content(u, r)]
+               for u, row, same in zip(utts, rows.tolist(), plain.tolist(), strict=True)
+               if row >= 0 and not (same and _where(u.path, u.window) == u.path)
+               and _where((r := sources.record(row))["path"], r) != _where(u.path, u.window) and not _same_content(u, r)]
     if clashes:
         raise ExtractError(f"{clashes[0]} ({len(clashes)} such ids); use a separate --cache-dir for a second corpus with the same "
                            "ids, or `feature-cache rm` this cache to rebuild it")

@@ -21,20 +21,19 @@ from extract.forecast import check_space, first_line, forecast, seconds_per_audi
 from extract.pipeline import extract_part
 from extract.plan import orphan_attempts, plan_parts
 from extract.probe import probe_batching
+from extract.retake import retake
 from extract.segments import PLACEMENT as SEGMENT_PLACEMENT
 from extract.segments import check as check_segments
 from extract.segments import segment
 from extract.teacher import load_teacher
 from store import Cache, Layout, create_cache, default_cache_dir, fs
 from store.audio_modes import AUDIO_MODES
-from store.index import consolidate, refresh_sources, uncommit
+from store.index import consolidate
 from store.layout import CODECS, part_path
 from store.lock import exclusive
 from store.modes import TARGET_MODES, stats_digest
-from store.progress import silenced, tracked
-from store.source_files import check_sources, fs_clock, header_key, lying_headers
+from store.progress import silenced
 from store.spec import fingerprint, validate_spec
-from store.verify import damaged_parts
 
 MIN_SEGMENT_STEP = 0.02  # one frame of a 16 kHz, 320-hop teacher: a smaller step would repeat windows endlessly
 
@@ -243,7 +242,7 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
         sources = cache.sources()
         if retake(cache, utts, sources, full=cfg.repair, check=cfg.repair or not fs.is_remote(path), bad=bad, known=known):
             cache.refresh()
-            sources = {u: r for u, r in sources.items() if u in cache}
+            sources = cache.sources()
         unsourced = [u.uid for u in utts if u.uid in cache and u.uid not in sources]
         if unsourced:  # an import without source records: nothing to compare the files with, so say so
             print(f"{cache.path}: {len(unsourced)} cached utterance(s) of this corpus have no source-file record (imported "
@@ -271,40 +270,6 @@ def remove_orphans(cache: Cache) -> None:
             fs.rmtree(part_path(cache.path, d))
         fs.remove_stale_temp_files(cache.path)  # index.json / sources.json temp files of a run killed mid-consolidation
         fs.remove_stale_temp_files(os.path.join(cache.path, "commits"))  # a marker's, of a writer killed while committing
-
-
-def retake(cache: Cache, utts: list, sources: dict[str, dict], full: bool, check: bool, bad: list | None = None,
-           known: KnownFiles | None = None) -> bool:
-    """Uncommit parts that are damaged (missing files, metadata unlike the spec; with --repair also every crc32c)
-    or whose source files changed, saying so, so that this run re-extracts them. Returns whether it uncommitted any.
-    Files the scan saw unchanged (`known`) are not looked at again."""
-    damaged = damaged_parts(cache, full=full) if check else {p: [why] for p, why in cache.damaged.items()}
-    # a cached file of this corpus that is now bad input (rewritten into garbage) changed too: its stale targets go
-    # (by id: a Kaldi segment or a lhotse cut is named by its manifest entry, not its file; by file: a directory's bad files)
-    bad_paths = {b.file or b.path for b in bad or []}
-    in_corpus = {u.uid for u in utts} | {b.uid for b in bad or [] if b.uid} \
-        | {uid for uid, r in sources.items() if r and r.get("path") in bad_paths}
-    seen = known.unchanged if known else lambda _record: False
-    todo = sorted(uid for uid, r in sources.items() if uid in in_corpus and not seen(r))
-    whys, fresh = check_sources(((u, sources[u]) for u in tracked(todo, len(todo), "checking changed source files", "file")),
-                                fs_clock(cache.path), cache.part_of)  # a file shared by segments is hashed once
-    changed: dict[str, list[str]] = {}
-    for uid, why in whys.items():
-        changed.setdefault(cache.part_of(uid), []).append(why)
-    lying = sorted(uid for uid, r in sources.items() if full and uid in in_corpus and r and cache.part_of(uid) not in changed)
-    lies = lying_headers(tracked((sources[u] for u in lying), len(lying), "checking recorded headers", "file"))  # --repair
-    for uid in lying:  # a record edited in place is redone too: its part is re-extracted, which writes a true record
-        if why := lies.get(header_key(sources[uid])):
-            changed.setdefault(cache.part_of(uid), []).append(why)
-    for label, found in (("damaged", damaged), ("with changed source files", changed)):
-        if found:
-            first = next(iter(found.values()))[0]
-            print(f"{cache.path}: {len(found)} part(s) {label}, re-extracting them (first: {first})", file=sys.stderr)
-    for part in sorted(set(damaged) | set(changed)):
-        uncommit(cache.path, part, cache.part_dirs.get(part))
-    if fresh := {p: f for p, f in fresh.items() if p not in damaged and p not in changed}:
-        refresh_sources(cache.path, fresh)  # re-hashed once, not on every run: the next one trusts their stat
-    return bool(damaged or changed)
 
 
 def checked_batching(cfg: ExtractConfig, teacher, layers: list[int]) -> tuple[ExtractConfig, dict | None]:

@@ -24,7 +24,7 @@ from extract.errors import ExtractError
 from extract.exact import conv_lengths, install_masked_groupnorm, valid_lengths
 from extract.identity import forward_config, weights_digest
 from extract.layers import LAYER_DEFINITION, capture_layers, install_layer_hooks
-from store import FORMAT_VERSION
+from store.spec import TARGETS_VERSION
 
 
 def _cap_malloc_arenas(n: int = 2) -> None:
@@ -108,7 +108,7 @@ class Teacher:
 
     def spec(self, layers: list[int], storage_dtype: str, audio: str = "float32") -> dict:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": TARGETS_VERSION,
             "teacher": {"digest": self.digest, "class": type(self.model).__name__,
                         "config": forward_config(self.config.to_dict()), "layer_definition": LAYER_DEFINITION},
             "layers": self.check_layers(layers),

@@ -17,12 +17,13 @@ from store.fs import StoreAccessError
 from store.layout import Layout, part_name
 from store.reader import Cache, default_cache_dir, open_cache
 from store.registry import closest_refusal, describe, find_cache, list_caches, remove_cache
-from store.spec import FORMAT_VERSION, check_compatible, differences, fingerprint, validate_spec
+from store.spec import FORMAT_VERSION, TARGETS_VERSION, check_compatible, differences, fingerprint, validate_spec
 from store.verify import verify_cache
 from store.writer import PartWriter, audio_digest, create_cache
 
 __all__ = [
     "FORMAT_VERSION",
+    "TARGETS_VERSION",
     "Cache",
     "CacheError",
     "CacheNotFoundError",

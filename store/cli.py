@@ -218,3 +218,24 @@ def rm(path: str, cache_dir: str | None, yes: bool) -> None:
     if derived:
         click.echo(f"{len(derived)} cache(s) derived from it remain, each whole on its own (first: {derived[0]}); "
                    "feature-cache rm them too if they are not wanted", err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@cache_dir_option
+@one_line_errors
+def upgrade(paths: tuple[str, ...], cache_dir: str | None) -> None:
+    """Bring caches of an older format up to this one, in place (metadata only: targets untouched). Without PATH: every
+    cache under the cache root."""
+    from store.upgrade import upgrade_cache
+
+    root = cache_dir or default_cache_dir()
+    if not paths:
+        paths = tuple(os.path.join(root, n) for n in sorted(fs.listdir(root)) if not n.startswith(".")
+                      and fs.exists(os.path.join(root, n, "zarr.json"))) if fs.isdir(root) else ()
+        if not paths:
+            click.echo(f"no caches under {root}", err=True)
+    for path in paths:
+        if not fs.exists(path) and fs.exists(os.path.join(root, path)):
+            path = os.path.join(root, path)  # a fingerprint, as ls shows it
+        click.echo(upgrade_cache(path))

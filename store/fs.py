@@ -268,7 +268,11 @@ def pid_alive(pid: int) -> bool:
 
 def write_json_atomic(path: str, obj: object) -> None:
     """A reader sees the old file or the new one, never half of one; a failed or interrupted write leaves no temp file."""
-    data = json.dumps(obj, separators=(",", ":")).encode()
+    write_bytes_atomic(path, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """write_json_atomic of bytes already made."""
     if is_remote(path):
         write_bytes(path, data)  # one PUT: atomic on object stores
         return

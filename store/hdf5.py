@@ -24,7 +24,7 @@ from store.lock import exclusive
 from store.modes import STORABLE_MAX, TARGET_MODES, stats_from_json
 from store.progress import bar, tracked
 from store.reader import Cache, check_format, default_cache_dir, read_meta
-from store.spec import validate_spec
+from store.spec import TARGETS_VERSION, validate_spec
 from store.writer import PartWriter, create_cache
 
 
@@ -81,7 +81,8 @@ def _read_meta(f, src: str) -> dict:
         meta = json.loads(f.attrs["distilcache"])
         if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict) or not isinstance(meta.get("layout"), dict):
             raise TypeError("spec and layout must be objects")
-        check_format(src, meta["spec"].get("format_version"))  # one line for a file from a newer (or older) format
+        # one line for a file from a newer (or older) format
+        check_format(src, meta["spec"].get("format_version"), TARGETS_VERSION, "export")
         spec = validate_spec(meta["spec"])
         if not {"window", "hop"} <= set(spec.get("frame", {})):
             raise ValueError("spec has no frame window/hop")

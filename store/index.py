@@ -3,19 +3,21 @@
 Markers (commits/<part>.json) stay the truth; index.json covers a known set of parts (those
 committed when it was written) and a reader reads it plus only the markers it does not cover. At
 LibriSpeech scale that turns ~5,700 sequential GETs per open into a listing and one GET.
-sources.json keeps the same parts' source-file records (paths, sizes, mtimes, sha256) apart, since
-only extraction and `verify --sources` need them. Both are rewritten (atomically) only by the one
-process holding the cache's lock: extract-features, import, repair.
+sources.npz keeps the same parts' source-file records (paths, sizes, mtimes, sha256) apart, as columns
+(store.source_table), since only extraction and `verify --sources` need them. Both are rewritten (atomically) only by the
+one process holding the cache's lock: extract-features, import, repair, upgrade.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from store import fs
 from store.fidelity import error_sums_problem
 from store.layout import commit_path, index_path, is_attempt_name, part_path, read_json, sources_path, write_json_atomic
+from store.source_table import SourceTable, concat, strings, table_from_bytes
 
 READER_FIELDS = ("part", "dir", "ids", "frames", "samples", "skipped", "total_frames", "total_samples")
 OPTIONAL_FIELDS = ("recordings", "corpus", "audio_clipped", "error", "bytes")  # uid -> recording (segments only); the part's --corpus
@@ -98,9 +100,9 @@ def read_markers(cache: str, parts: list[str]) -> dict[str, dict | str]:
         return dict(zip(parts, pool.map(lambda p: read_marker(cache, p), parts), strict=True))
 
 
-def read_index(cache: str, name: str = "index") -> dict[str, dict]:
+def read_index(cache: str) -> dict[str, dict]:
     """The consolidated entries by part; {} when there is none or it is damaged (markers are the truth)."""
-    path = index_path(cache) if name == "index" else sources_path(cache)
+    path = index_path(cache)
     try:
         data = read_json(path) if fs.exists(path) else {}
     except (OSError, ValueError, UnicodeDecodeError):
@@ -108,60 +110,93 @@ def read_index(cache: str, name: str = "index") -> dict[str, dict]:
     return data.get("parts", {}) if isinstance(data, dict) and isinstance(data.get("parts"), dict) else {}
 
 
+def read_sources(cache: str) -> SourceTable:
+    """The consolidated source records (an empty table when there are none or they are damaged: markers are the truth)."""
+    path = sources_path(cache)
+    try:
+        table = table_from_bytes(fs.read_range(path, 0)) if fs.exists(path) else None
+    except OSError:
+        table = None
+    return table or SourceTable.from_entries({})
+
+
+def write_sources(cache: str, table: SourceTable) -> None:
+    fs.write_bytes_atomic(sources_path(cache), table.to_bytes())
+
+
 def sources_entry(marker: dict) -> dict:
-    """A part's entry in sources.json, from its (checked) marker."""
+    """A part's source entry, from its (checked) marker."""
     return {"dir": marker["dir"], "ids": marker["ids"], "sources": marker.get("sources") or [None] * len(marker["ids"]),
             "skipped": marker["skipped"]}
 
 
+def covering(table: SourceTable, entries: dict[str, dict], read: Callable[[list[str]], dict]) -> SourceTable:
+    """The records of these parts (checked markers or index entries: dir and ids), in their order: the table's rows of a
+    part when they are of the same attempt and ids (refreshed records are kept), else its marker's (`read` reads
+    markers), as for a part the table lacks."""
+    where = {p: i for i, p in enumerate(table.parts)}
+    same = [p for p, e in entries.items() if (i := where.get(p)) is not None and table.dirs[i] == e["dir"]
+            and len(table.part_rows(i)) == len(e["ids"])]
+    kept = table if same == table.parts else table.select([where[p] for p in same])  # all of it, as a re-run finds it
+    if same and (kept.cols["uid"] != strings([u for p in same for u in entries[p]["ids"]])).any():
+        same, kept = [], table.select([])  # a table edited by hand: every record from the markers
+    kept_parts = set(same)
+    rest = [p for p in entries if p not in kept_parts]
+    markers = {p: m for p, m in read(rest).items() if isinstance(m, dict)} if rest else {}
+    if not markers and same == list(entries):
+        return kept
+    merged = concat([kept, SourceTable.from_entries({p: sources_entry(m) for p, m in markers.items()})])
+    order = {p: i for i, p in enumerate(merged.parts)}
+    return merged.select([order[p] for p in entries if p in order])
+
+
 def consolidate(cache: str) -> int:
-    """Rewrite index.json and sources.json to cover every readable marker; returns the number of parts covered."""
+    """Rewrite index.json and sources.npz to cover every readable marker; returns the number of parts covered. Records
+    refreshed in sources.npz (refresh_sources) are kept for the attempt they belong to."""
     names = list_markers(cache)
-    index, sources = read_index(cache), read_index(cache, "sources")
+    index, table = read_index(cache), read_sources(cache)
     index = {p: e for p, e in index.items() if p in names}
-    todo = [p for p in names if p not in index or p not in sources]
+    todo = [p for p in names if p not in index or p not in set(table.parts)]
     for part, marker in read_markers(cache, todo).items():
         if isinstance(marker, dict):
             index[part] = {k: marker[k] for k in READER_FIELDS + OPTIONAL_FIELDS if k in marker}
-            kept = sources.get(part)
-            if isinstance(kept, dict) and kept.get("dir") == marker["dir"] and kept.get("ids") == marker["ids"]:
-                continue  # refreshed records of this very attempt (refresh_sources): newer than the marker's
-            sources[part] = sources_entry(marker)
     index = dict(sorted(index.items()))  # the same parts give the same bytes, whatever order they were committed in
-    sources = {p: sources[p] for p in index if p in sources}
-    write_json_atomic(sources_path(cache), {"parts": sources})
+    write_sources(cache, covering(table, index, lambda parts: read_markers(cache, parts)))
     write_json_atomic(index_path(cache), {"parts": index})
     return len(index)
 
 
 def refresh_sources(cache: str, fresh: dict[str, dict[str, dict]]) -> None:
     """Keep the records of files re-hashed and found unchanged (part -> uid -> record: their stat now, a later
-    `taken_ns`) in sources.json, so that the next check trusts their stat instead of hashing them again. The markers keep
-    the extraction's records; sources.json, read before them, holds the newer stat of the same bytes (lost with it: then
+    `taken_ns`) in sources.npz, so that the next check trusts their stat instead of hashing them again. The markers keep
+    the extraction's records; sources.npz, read before them, holds the newer stat of the same bytes (lost with it: then
     the file is re-hashed once more). A part it does not cover yet is added from its marker. Under the cache's lock."""
-    entries = read_index(cache, "sources")
+    table = read_sources(cache)
+    where = {p: i for i, p in enumerate(table.parts)}
+    entries = {}
     for part, by_uid in fresh.items():
-        entry = entries.get(part)
-        if entry is None:
-            marker = read_marker(cache, part)
-            if not isinstance(marker, dict):
-                continue
+        if part in where:
+            entry = table.entry(where[part])
+        elif isinstance(marker := read_marker(cache, part), dict):
             entry = sources_entry(marker)
-        if not isinstance(entry.get("ids"), list) or not isinstance(entry.get("sources"), list):
-            continue  # damaged: consolidate() rebuilds it from the marker
+        else:
+            continue
         entry["sources"] = [by_uid.get(u, r) for u, r in zip(entry["ids"], entry["sources"], strict=False)]
         entries[part] = entry
-    write_json_atomic(sources_path(cache), {"parts": entries})
+    others = [i for i, p in enumerate(table.parts) if p not in entries]
+    write_sources(cache, concat([table.select(others), SourceTable.from_entries(entries)]))
 
 
 def uncommit(cache: str, part: str, part_dir: str | None) -> None:
     """Take a part back (damaged, or its sources changed) so the next plan redoes it: index entry first, then
     the marker, then its files, so no reader is ever pointed at files that are gone."""
-    for name in ("index", "sources"):
-        entries = read_index(cache, name)
-        if part in entries:
-            entries.pop(part)
-            write_json_atomic(index_path(cache) if name == "index" else sources_path(cache), {"parts": entries})
+    entries = read_index(cache)
+    if part in entries:
+        entries.pop(part)
+        write_json_atomic(index_path(cache), {"parts": entries})
+    table = read_sources(cache)
+    if part in table.parts:
+        write_sources(cache, table.select([i for i, p in enumerate(table.parts) if p != part]))
     fs.remove_file(commit_path(cache, part))
     if part_dir:
         fs.rmtree(part_path(cache, part_dir))

@@ -6,7 +6,7 @@
         layer_<K>/  [frames, dim]   sharded, crc32c per inner chunk and per shard index
         audio/      [samples]       float32, exactly what went into the teacher
     <root>/<fingerprint>/index.json             consolidation of the markers of a known set of parts (speed only)
-    <root>/<fingerprint>/sources.json           the same parts' source files (paths, sizes, mtimes, sha256)
+    <root>/<fingerprint>/sources.npz            the same parts' source files (paths, stats, sha256), as columns
     <root>/<fingerprint>/plan.json              the last extraction's plan (progress only; rebuilt from markers + corpus)
     <root>/<fingerprint>/checked.json           stamps of the parts whose structure the last extraction checked (speed only)
     <root>/<fingerprint>/.clock                 one byte an extraction rewrites: its mtime is the file system's clock, what
@@ -85,6 +85,11 @@ def index_path(cache: str) -> str:
 
 
 def sources_path(cache: str) -> str:
+    return os.path.join(cache, "sources.npz")
+
+
+def legacy_sources_path(cache: str) -> str:
+    """Format 2's JSON records (store.upgrade reads them once)."""
     return os.path.join(cache, "sources.json")
 
 

@@ -19,25 +19,29 @@ from store.audio_modes import FLAC_DIR, decode_audio, read_flac
 from store.chunks import ShardedRows, meta_problem
 from store.committed import Location, committed_parts
 from store.errors import CacheNotFoundError, CorruptDataError, FormatVersionError, MissingDataError, NotACacheError
-from store.index import list_markers, marker_problem, read_index, read_markers
+from store.index import covering, list_markers, marker_problem, read_index, read_markers, read_sources
 from store.layout import Layout, commit_path, index_path, layer_key, part_path, plan_path, read_json
 from store.modes import TARGET_MODES, part_arrays, stats_from_json
 from store.remote_rows import remote_rows
-from store.spec import FORMAT_VERSION
+from store.source_table import SourceTable
+from store.spec import FORMAT_VERSION, UPGRADABLE
 
 _HANDLES_LOCK = threading.Lock()
 MAX_OPEN_ARRAYS = 64  # per process: ~16 parts' layers and audio
 
 
-def check_format(path: str, version) -> None:
-    """One line for a cache of another format: what it is and what to do."""
-    if version == FORMAT_VERSION:
+def check_format(path: str, version, current: int = FORMAT_VERSION, what: str = "cache") -> None:
+    """One line for a cache (or an export: `current` TARGETS_VERSION) of another format: what it is and what to do."""
+    if version == current:
         return
-    if isinstance(version, int) and version > FORMAT_VERSION:
-        raise FormatVersionError(f"{path}: cache format {version} is newer than this distilcache reads ({FORMAT_VERSION}); "
+    if isinstance(version, int) and version > current:
+        raise FormatVersionError(f"{path}: {what} format {version} is newer than this distilcache reads ({current}); "
                                  "upgrade distilcache")
-    raise FormatVersionError(f"{path}: cache format {version} was written by an older distilcache (this one reads "
-                             f"{FORMAT_VERSION}); re-run extract-features to build a format-{FORMAT_VERSION} cache, then remove "
+    if what == "cache" and version in UPGRADABLE:
+        raise FormatVersionError(f"{path}: cache format {version} is older than this distilcache reads ({current}); run "
+                                 f"`feature-cache upgrade {path}` (rewrites its metadata in place, seconds; targets untouched)")
+    raise FormatVersionError(f"{path}: {what} format {version} was written by an older distilcache (this one reads "
+                             f"{current}); re-run extract-features to build a format-{current} cache, then remove "
                              "this one with feature-cache rm")
 
 
@@ -117,7 +121,7 @@ class Cache:
 
     @property
     def consolidated(self) -> bool:
-        """Whether index.json (and sources.json, once read) cover exactly the committed parts: consolidate() would
+        """Whether index.json (and sources.npz, once read) cover exactly the committed parts: consolidate() would
         rewrite them unchanged."""
         return self._index_exact and self._sources_exact is not False
 
@@ -131,7 +135,7 @@ class Cache:
         stamp = self._stamp(names, index_key, direct)
         markers.update(read_markers(self.path, direct))  # a bad index entry: its marker decides
         self._index_exact = not direct and len(index) == len(markers)
-        self._sources_exact: bool | None = None  # known once sources() has read sources.json
+        self._sources_exact: bool | None = None  # known once sources() has read sources.npz
         self._seen = None if stamp is None else (stamp, direct)
         self.__dict__.update(vars(committed_parts(self.path, self.spec, self.provenance, markers)))
         self._part_of_dir = {d: p for p, d in self.part_dirs.items()}
@@ -140,7 +144,7 @@ class Cache:
         self._shards: OrderedDict = OrderedDict()  # part dir -> its arrays' chunk sizes (store.remote_rows.part_shards)
         self._shard_bytes = 0
         self._pid = os.getpid()
-        self._sources: dict[str, dict] | None = None
+        self._sources: SourceTable | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -271,16 +275,16 @@ class Cache:
                                        "part") from None
         return decode_audio(self._read(part, "audio", s0 + start, s0 + stop), self.audio_mode)
 
-    def sources(self) -> dict[str, dict]:
+    def sources(self) -> SourceTable:
         """uid -> the record of the file it was extracted from ({path, size, mtime_ns, sha256}), for every committed
-        utterance that has one: the consolidated sources.json plus the markers it does not cover, read once."""
+        utterance that has one: the consolidated sources.npz plus the markers it does not cover, read once. A table
+        (store.source_table): its columns for what compares many records at once, a dict per record when asked."""
         if self._sources is None:
-            records = read_index(self.path, "sources")
-            todo = [p for p in self.parts if p not in records]
-            self._sources_exact = not todo and len(records) == len(self.parts) and not self.damaged
-            records.update({p: m for p, m in read_markers(self.path, todo).items() if isinstance(m, dict)})
-            self._sources = {u: r for p in self.parts for u, r in zip(records.get(p, {}).get("ids", []),
-                                                                      records.get(p, {}).get("sources") or [], strict=False) if r}
+            table = read_sources(self.path)
+            entries = {p: {"dir": d, "ids": self._ids_by_dir[d]} for p, d in self.part_dirs.items()}
+            self._sources_exact = table.parts == self.parts and table.dirs == [self.part_dirs[p] for p in self.parts] \
+                and not self.damaged
+            self._sources = covering(table, entries, lambda parts: read_markers(self.path, parts))
         return self._sources
 
     def source(self, uid: str) -> dict | None:

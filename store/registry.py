@@ -86,7 +86,7 @@ def describe(cache: Cache) -> dict:
 
 
 #: Every name a cache directory may hold; rm deletes a directory only if it holds nothing else.
-CACHE_ENTRIES = {"zarr.json", "parts", "commits", "codebooks", "plan.json", "index.json", "sources.json", "checked.json",
+CACHE_ENTRIES = {"zarr.json", "parts", "commits", "codebooks", "plan.json", "index.json", "sources.npz", "sources.json", "checked.json",
                  ".lock", ".clock"}
 
 

@@ -13,8 +13,14 @@ from typing import Any
 
 from store.errors import SpecMismatchError
 
-#: Bump whenever the bytes a cache holds for the same spec would change.
-FORMAT_VERSION = 2
+#: The cache's format on disk (zarr.json's `format_version`): bumped when the files a cache keeps beside its targets change
+#: shape. 3: source records as columns (sources.npz); `feature-cache upgrade` brings a format-2 cache up in place.
+FORMAT_VERSION = 3
+#: Bump whenever the bytes a cache holds for the same spec would change: the spec's `format_version`, hashed into the
+#: fingerprint, so a cache upgraded in place keeps its name and is still found by the same spec.
+TARGETS_VERSION = 2
+#: Older formats `feature-cache upgrade` rewrites in place (metadata only); older still need a new extraction.
+UPGRADABLE = (2,)
 DTYPES = ("float16", "bfloat16", "float32")
 #: Spec keys that describe where a cache came from but not what it holds; not hashed.
 UNHASHED = ("provenance",)

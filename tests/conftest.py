@@ -7,14 +7,14 @@ import zlib
 import numpy as np
 import pytest
 
-from store import FORMAT_VERSION, Layout, PartWriter, create_cache, open_cache
+from store import TARGETS_VERSION, Layout, PartWriter, create_cache, open_cache
 
 DIM = 16
 
 
 def make_spec(**overrides) -> dict:
     spec = {
-        "format_version": FORMAT_VERSION,
+        "format_version": TARGETS_VERSION,
         "teacher": {"digest": "sha256:abc", "config": {"model_type": "hubert", "hidden_size": DIM}},
         "layers": [1, 2, 3],
         "dim": DIM,

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -14,6 +15,7 @@ from extract import ExtractConfig, ExtractError, extract_features
 from extract.cli import main as extract_cli
 from store import open_cache, verify_cache
 from store.cli import main as cache_cli
+from store.index import read_sources, write_sources
 from tests.conftest import age_files, build_corpus, write_wav
 
 
@@ -53,19 +55,16 @@ def test_a_nul_byte_in_a_tsv_path_is_a_bad_entry(tmp_path, tiny_teacher):
 
 
 def _forge(cache_path: str, edit) -> None:
-    """Edit every source record's header in the markers and sources.json (a hand edit, a broken disk: the files stay)."""
+    """Edit every source record's header in the markers and sources.npz (a hand edit, a broken disk: the files stay)."""
     for name in os.listdir(os.path.join(cache_path, "commits")):
         path = os.path.join(cache_path, "commits", name)
         marker = json.load(open(path))
         for r in marker["sources"]:
             r["header"] = edit(r["header"])
         json.dump(marker, open(path, "w"))
-    path = os.path.join(cache_path, "sources.json")
-    data = json.load(open(path))
-    for part in data["parts"].values():
-        for r in part["sources"]:
-            r["header"] = edit(r["header"])
-    json.dump(data, open(path, "w"))
+    table = read_sources(cache_path)
+    table.cols["header"] = np.array([edit(list(h)) for h in table.cols["header"]], np.int64)
+    write_sources(cache_path, table)
 
 
 @pytest.mark.parametrize("forged", ["rate halved", "frames tripled"])
