@@ -133,7 +133,7 @@ def tiny_teacher(path: str) -> None:
     Wav2Vec2FeatureExtractor(do_normalize=False, sampling_rate=16000).save_pretrained(path)
 
 
-def build_corpus(root: str, utterances: int) -> str:
+def build_corpus(root: str, utterances: int, samples: int = FLAC_SAMPLES) -> str:
     """LibriSpeech's tree (speaker/chapter/speaker-chapter-utt.flac, ~113 files per chapter) of identical small FLACs."""
     import io
 
@@ -142,7 +142,7 @@ def build_corpus(root: str, utterances: int) -> str:
 
     corpus = os.path.join(root, "LibriSpeech", "train-960")
     buf = io.BytesIO()
-    sf.write(buf, np.zeros(FLAC_SAMPLES, np.int16), 16000, format="FLAC", subtype="PCM_16")
+    sf.write(buf, np.zeros(samples, np.int16), 16000, format="FLAC", subtype="PCM_16")
     data = buf.getvalue()
     for i in range(utterances):
         spk, chap = 100 + i // 1130, 1000 + i // 113

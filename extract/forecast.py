@@ -59,14 +59,14 @@ def _array_bound(rows: int, row_bytes: int, chunk: int, shard: int, ndim: int, b
 
 
 def _json_bound(uid: str, path: str) -> int:
-    """The most one utterance adds to a JSON file (marker, group attributes, index.json, sources.json, plan.json): its id
+    """The most one utterance adds to a JSON file (marker, group attributes, index.json, sources.npz, plan.json): its id
     (twice: ids, recordings), path, and a source record of fixed keys whose numbers have at most 20 digits."""
     return 1024 + 4 * len(uid.encode()) + 2 * len(path.encode())
 
 
 def disk_bound(parts: list[list], spec: dict, layout, frames, block: int, consolidated: int = 0) -> int:
     """A true upper bound of the disk an extraction of `parts` (lists of PlanItem) takes; `frames(samples)` the teacher's
-    frame count. `consolidated`: the bytes of the cache's index.json + sources.json now (a consolidation writes the new
+    frame count. `consolidated`: the bytes of the cache's index.json + sources.npz now (a consolidation writes the new
     ones beside them before the rename)."""
     from store.modes import part_arrays
 
@@ -84,7 +84,7 @@ def disk_bound(parts: list[list], spec: dict, layout, frames, block: int, consol
         meta += json_bytes
         total += 2 * block + 2 * (_ceil(json_bytes, block) + 1) * block  # attempt dir + lease; group zarr.json, marker
     stats = len(spec["layers"]) * (256 * spec["dim"] * 4 + 64 * spec["dim"]) if TARGET_MODES[spec["storage_dtype"]].needs_stats else 0
-    # index.json + sources.json (+ plan.json), each written beside its old copy first; checked.json and commits/ entries
+    # index.json + sources.npz (+ plan.json), each written beside its old copy first; checked.json and commits/ entries
     return total + stats + 2 * (consolidated + 3 * meta) + 6 * block + len(parts) * 256
 
 

@@ -268,7 +268,7 @@ def remove_orphans(cache: Cache) -> None:
     if not fs.is_remote(cache.path):
         for d in orphan_attempts(cache):
             fs.rmtree(part_path(cache.path, d))
-        fs.remove_stale_temp_files(cache.path)  # index.json / sources.json temp files of a run killed mid-consolidation
+        fs.remove_stale_temp_files(cache.path)  # index.json / sources.npz temp files of a run killed mid-consolidation
         fs.remove_stale_temp_files(os.path.join(cache.path, "commits"))  # a marker's, of a writer killed while committing
 
 

@@ -69,7 +69,7 @@ class SourceTable(Mapping):
 
     @classmethod
     def from_entries(cls, entries: dict[str, dict]) -> SourceTable:
-        """From sources.json-shaped entries: part -> {dir, ids, sources, skipped} (store.index.sources_entry)."""
+        """From format 2's sources.json-shaped entries: part -> {dir, ids, sources, skipped} (store.index.sources_entry)."""
         start, rows, uids = [0], [], []
         for e in entries.values():
             records = e.get("sources") if isinstance(e.get("sources"), list) else []
@@ -157,7 +157,7 @@ class SourceTable(Mapping):
         return r
 
     def entry(self, part: int) -> dict:
-        """A part's sources.json-shaped entry (store.index.sources_entry): what consolidate() keeps or replaces."""
+        """A part's entry, shaped as in format 2's sources.json (store.index.sources_entry): what consolidate() keeps or replaces."""
         rows = self.part_rows(part)
         return {"dir": self.dirs[part], "ids": [self.uid(i) for i in rows],
                 "sources": [self.record(i) if self.cols["flags"][i] & PRESENT else None for i in rows],

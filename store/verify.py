@@ -372,7 +372,7 @@ def changed_sources(cache: Cache) -> list[str]:
 
 def keep_refreshed(cache: Cache, fresh: dict[str, dict[str, dict]]) -> None:
     """Keep the records of files verify re-hashed and found unchanged (a file is re-hashed once, not on every verify),
-    when it can take the cache's lock: a running extraction rewrites sources.json itself (and refreshes them there); a
+    when it can take the cache's lock: a running extraction rewrites sources.npz itself (and refreshes them there); a
     read-only or remote cache keeps them as they are. A part retaken since it was checked is left out."""
     if not fresh or fs.is_remote(cache.path):
         return

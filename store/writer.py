@@ -249,7 +249,7 @@ class PartWriter:
         marker = {"part": self.part, "dir": self.dir, **self.index, "skipped": skipped or [], "audio_clipped": self.clipped,
                   "total_frames": self._rows[layer_key(self.layers[0])], "total_samples": sum(self.index["samples"])}
         recordings = {u: s["recording"] for u, s in zip(self.index["ids"], self.index["sources"], strict=True) if s and s.get("recording")}
-        if recordings:  # in the index too (the held-out split needs them; sources.json is not read by training)
+        if recordings:  # in the index too (the held-out split needs them; sources.npz is not read by training)
             marker["recordings"] = recordings
         if self.corpus:
             marker["corpus"] = self.corpus

@@ -108,7 +108,7 @@ def test_structure_stamps_still_notice_a_removed_shard_and_garbage_memos(tmp_pat
 
 def test_an_unchanged_index_is_not_rewritten_and_a_changed_one_is(tmp_path, tiny_teacher):
     corpus = build_corpus(str(tmp_path / "c"), n=3)
-    age_files(corpus)  # a racily clean record is refreshed (sources.json rewritten) once: tests/extract/test_rehash_once.py
+    age_files(corpus)  # a racily clean record is refreshed (sources.npz rewritten) once: tests/extract/test_rehash_once.py
     path = extract_features(_cfg(tiny_teacher, corpus, tmp_path)).path
     before = [os.stat(p).st_mtime_ns for p in (index_path(path), sources_path(path))]
     extract_features(_cfg(tiny_teacher, corpus, tmp_path))

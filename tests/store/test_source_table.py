@@ -110,3 +110,25 @@ def test_a_cache_whose_sources_npz_is_damaged_or_edited_reads_its_markers(tmp_pa
     assert dict(cache.sources()) == truth and not cache.consolidated  # the next extraction rewrites it
     consolidate(path)
     assert dict(read_sources(path)) == truth and json.loads(json.dumps(truth)) == truth
+
+
+def test_files_seen_unchanged_are_known_in_a_table_read_again(tmp_path):
+    """The scan sees files unchanged in one table; a cache refreshed before retake (a part committed meanwhile) has
+    another: what was seen is carried over by uid and recorded stat, never by row."""
+    from extract.corpus import KnownFiles
+
+    files = [tmp_path / f"f{i}.wav" for i in range(4)]
+    for i, f in enumerate(files):
+        f.write_bytes(b"x" * (i + 1))
+    records = []
+    for f in files:
+        st = os.stat(f)
+        records.append({"path": str(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                        "ino": st.st_ino, "sha256": "0" * 64, "header": [16000, st.st_size, 1], "taken_ns": st.st_ctime_ns + 10**10})
+    records[2]["size"] = 99  # changed since
+    table = SourceTable.from_entries({"p": {"dir": "p.0123456789ab", "ids": list("abcd"), "sources": records}})
+    known = KnownFiles(table)
+    assert set(known.headers([str(f) for f in files])) == {str(files[i]) for i in (0, 1, 3)}
+    assert known.seen(table).tolist() == [True, True, False, True]
+    again = concat([table.select([0]), SourceTable.from_entries({"q": {"dir": "q.0123456789ab", "ids": ["e"], "sources": [records[0]]}})])
+    assert known.seen(again).tolist() == [True, True, False, True, False]  # 'e' was never seen, though its file was
