@@ -3,6 +3,7 @@
     python -m bench.scale_bench                 # 281,241 utterances in 5,740 parts, locally
     python -m bench.scale_bench --scale 0.05 --s3   # also on a moto S3 server on loopback (a 5% cache)
     python -m bench.scale_bench --rerun --keep /tmp/scale-rerun --base /tmp/base   # extract-features with nothing to do
+    (at full size, with every source record real but a tiny payload: python -m bench.rerun_bench)
 
 --rerun builds a LibriSpeech-shaped corpus tree (281,241 FLAC files of 12.2 s of silence, 616 bytes each) and its cache:
 one part extracted for real by a tiny teacher (49 files, 600 s: ~1,900 chunks, as a real part has), copied into 5,740

@@ -12,7 +12,7 @@ import os
 
 from store import fs
 from store.errors import NotACacheError
-from store.fs import remove_quietly
+from store.fs import remove_file
 from store.index import covering, list_markers, read_markers, write_sources
 from store.layout import legacy_sources_path, read_json, write_json_atomic
 from store.lock import exclusive
@@ -50,7 +50,7 @@ def upgrade_cache(path: str) -> str:
             raise NotACacheError(f"{meta_file}: unreadable cache metadata ({type(e).__name__}); remove the cache with "
                                  "feature-cache rm") from None
         if version == FORMAT_VERSION:
-            remove_quietly(legacy_sources_path(path))  # an upgrade killed after its zarr.json was written
+            remove_file(legacy_sources_path(path))  # an upgrade killed after its zarr.json was written
             return f"{path}: already format {FORMAT_VERSION}"
         if version not in UPGRADABLE:
             check_format(path, version)  # newer, or too old to upgrade: its own one line
@@ -60,6 +60,6 @@ def upgrade_cache(path: str) -> str:
         write_sources(path, table)
         meta["format_version"] = FORMAT_VERSION
         write_json_atomic(meta_file, doc)
-        remove_quietly(legacy_sources_path(path))
+        remove_file(legacy_sources_path(path))
     return (f"{path}: upgraded from format {version} to {FORMAT_VERSION} ({len(markers)} part(s), {table.rows()} source "
             "records; targets untouched)")

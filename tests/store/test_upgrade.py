@@ -91,7 +91,7 @@ def test_upgrade_rewrites_metadata_only_and_every_target_is_identical(format_2):
 
 def test_an_upgrade_killed_at_any_step_leaves_a_cache_that_upgrades_again(format_2, monkeypatch):
     path, _, targets, records = format_2
-    for step in ("write_sources", "write_json_atomic", "remove_quietly"):
+    for step in ("write_sources", "write_json_atomic", "remove_file"):
         real = getattr(store.upgrade, step)
 
         def killed(*a, **k):
@@ -101,7 +101,7 @@ def test_an_upgrade_killed_at_any_step_leaves_a_cache_that_upgrades_again(format
         with pytest.raises(KeyboardInterrupt):
             store.upgrade.upgrade_cache(path)
         monkeypatch.setattr(store.upgrade, step, real)
-        if step != "remove_quietly":
+        if step != "remove_file":
             with pytest.raises(FormatVersionError, match="feature-cache upgrade"):
                 Cache(path)
         else:
@@ -121,3 +121,27 @@ def test_a_damaged_sources_json_is_not_believed_the_markers_are(format_2):
     got = dict(Cache(path).sources())  # the markers' records: the one refreshed in the damaged file is the marker's again
     assert got[refreshed]["taken_ns"] != 123 and {u: r for u, r in got.items() if u != refreshed} == \
         {u: r for u, r in records.items() if u != refreshed}
+
+
+def test_a_cache_on_an_object_store_is_upgraded_in_place(format_2):
+    """No lock and no rename there: each step is one PUT (or DELETE), in the same order."""
+    import s3fs
+
+    from bench.common import moto_server
+
+    path, _, targets, records = format_2
+    with moto_server():
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3 = s3fs.S3FileSystem()
+        s3.mkdir("upgrades")
+        url = f"s3://upgrades/caches/{os.path.basename(path)}"
+        s3.put(path, url, recursive=True)
+        with pytest.raises(FormatVersionError, match="feature-cache upgrade"):
+            Cache(url)
+        assert "upgraded from format 2 to 3" in store.upgrade.upgrade_cache(url)
+        s3.invalidate_cache()
+        assert not s3.exists(f"{url}/sources.json") and s3.exists(f"{url}/sources.npz")
+        cache = Cache(url)
+        assert dict(cache.sources()) == records
+        assert {u: [cache.read(u, k).tobytes() for k in (1, 3)] + [cache.read_audio(u).tobytes()] for u in cache.utterance_ids} == targets
+    s3fs.S3FileSystem.clear_instance_cache()
