@@ -13,19 +13,18 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from extract.compact import existing_stats, fit_with_teacher
+# The teacher, its forward pass and the statistics' fit (extract.teacher, .pipeline, .probe, .compact) are imported where
+# they are used: they import torch, seconds that a re-run with nothing to do never needs (extract.known_teacher).
 from extract.corpora import MAX_SECONDS, corpus_identity, note_held_out_folders
 from extract.corpus import KnownFiles, scan
 from extract.errors import ExtractError
 from extract.forecast import check_space, first_line, forecast, seconds_per_audio_second, todo_figures
-from extract.pipeline import extract_part
+from extract.known_teacher import KnownTeacher, check_same, remember, remembered, stamp
 from extract.plan import orphan_attempts, plan_parts
-from extract.probe import probe_batching
 from extract.retake import retake
 from extract.segments import PLACEMENT as SEGMENT_PLACEMENT
 from extract.segments import check as check_segments
 from extract.segments import segment
-from extract.teacher import load_teacher
 from store import Cache, Layout, create_cache, default_cache_dir, fs
 from store.audio_modes import AUDIO_MODES
 from store.index import consolidate
@@ -113,11 +112,34 @@ class Summary:
 
 
 def extract_features(cfg: ExtractConfig) -> Summary:
-    """Scan, plan and extract every pending part; returns the summary `--json` prints."""
-    teacher = load_teacher(cfg.teacher, cfg.revision, "cpu" if (cfg.workers or cfg.scheduler) else cfg.device,
-                           cfg.dtype, cfg.allow_pickle)
+    """Scan, plan and extract every pending part; returns the summary `--json` prints. A teacher remembered in the cache
+    root (extract.known_teacher) is loaded only once there is work for it."""
+    root = fs.resolve(cfg.cache_dir or default_cache_dir())
+    key = stamp(cfg.teacher, cfg.revision, cfg.allow_pickle)
+    return extract_with(cfg, remembered(root, key, cfg.teacher, cfg.dtype) or loaded(cfg, root, key))
+
+
+def loaded(cfg: ExtractConfig, root: str, key: dict | None, expected: KnownTeacher | None = None):
+    """The teacher, loaded for this run (on the CPU where workers load their own), and remembered for the next run's spec
+    when its files did not change while it was read. `expected`: what the record said of it, which chose the cache."""
+    from extract.teacher import load_teacher
+
+    began = time.time_ns()
+    teacher = load_teacher(cfg.teacher, cfg.revision, "cpu" if (cfg.workers or cfg.scheduler) else cfg.device, cfg.dtype,
+                           cfg.allow_pickle)
     warn_slow_dtype(teacher)
-    return extract_with(cfg, teacher)
+    if expected is not None:
+        check_same(expected, teacher.known(), cfg.teacher, root)
+    if key is not None and key == stamp(cfg.teacher, cfg.revision, cfg.allow_pickle):  # unchanged while it was read
+        teacher.unremembered = (key, began)
+    return teacher
+
+
+def keep_teacher(root: str, teacher) -> None:
+    """Remember a teacher this run loaded, once the run is past its refusals (a refused run leaves nothing behind)."""
+    if getattr(teacher, "unremembered", None):
+        remember(root, *teacher.unremembered, teacher.known())
+        teacher.unremembered = None
 
 
 def warn_slow_dtype(teacher) -> None:
@@ -167,6 +189,8 @@ def known_fingerprint(cache_root: str, spec: dict) -> tuple[str | None, tuple | 
     this spec already exists (its statistics are kept); float modes always."""
     if not TARGET_MODES[spec["storage_dtype"]].needs_stats:
         return fingerprint(validate_spec(spec)), None
+    from extract.compact import existing_stats
+
     existing = existing_stats(cache_root, spec) if fs.exists(cache_root) else None
     if not existing:
         return None, None
@@ -176,6 +200,8 @@ def known_fingerprint(cache_root: str, spec: dict) -> tuple[str | None, tuple | 
 def dry_run(cfg: ExtractConfig) -> dict:
     """`extract-features --dry-run`: the corpus, the cache it will use or create, its size in every storage mode, free
     disk, and an ETA from one timed forward; no extraction work, nothing written."""
+    from extract.teacher import load_teacher
+
     teacher = load_teacher(cfg.teacher, cfg.revision, "cpu" if (cfg.workers or cfg.scheduler) else cfg.device, cfg.dtype,
                            cfg.allow_pickle)
     warn_slow_dtype(teacher)
@@ -204,6 +230,13 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
     t0 = time.time()
     spec = spec_of(cfg, teacher)
     cache_root = fs.resolve(cfg.cache_dir or default_cache_dir())
+
+    def real():  # the teacher itself, once work needs it: a re-run with nothing to do never loads it
+        nonlocal teacher
+        if isinstance(teacher, KnownTeacher):
+            teacher = loaded(cfg, cache_root, stamp(cfg.teacher, cfg.revision, cfg.allow_pickle), teacher)
+        return teacher
+
     fp, existing = known_fingerprint(cache_root, spec)
     found = existing_cache(cache_root, fp)
     known = KnownFiles(found.sources() if found else None)
@@ -221,18 +254,22 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
         fs.makedirs(cache_root)
     except OSError as e:
         raise ExtractError(f"--cache-dir {cache_root}: cannot use it as a cache root ({e.strerror}); give a writable directory") from None
+    keep_teacher(cache_root, teacher)
     layout = new_layout(cfg, teacher)
     if found is not None and cfg.codec and found.layout.codec != cfg.codec:
         print(f"{found.path}: keeps its codec {found.layout.codec}; --codec {cfg.codec} applies to new caches only (one cache per "
               "spec: feature-cache rm it and extract again to change it)", file=sys.stderr)
     ahead = forecast(teacher, spec, utts, cache_root, cfg.part_seconds, fp, found.layout if found else layout, found)
     check_space(ahead, cache_root, cfg.storage_dtype, cfg.audio)  # refused before any teacher work if it cannot fit
-    cfg, probe = checked_batching(cfg, teacher, spec["layers"])
+    probe = None
+    if found is None or not isinstance(teacher, KnownTeacher):  # an existing cache's run probes once it has work
+        cfg, probe = checked_batching(cfg, real(), spec["layers"])
     corpus_input = corpus_identity(cfg.corpus, cfg.include)
     provenance = {"teacher": cfg.teacher, "revision": cfg.revision, "corpus": root, "corpus_input": corpus_input, "batching_probe": probe}
     stats = None
     if TARGET_MODES[cfg.storage_dtype].needs_stats:  # fit on a sample first (or keep the existing cache's), then one pass
-        stats, provenance["fidelity"] = existing or fit_with_teacher(teacher, utts, spec["layers"], cfg.storage_dtype)
+        from extract import compact
+        stats, provenance["fidelity"] = existing or compact.fit_with_teacher(real(), utts, spec["layers"], cfg.storage_dtype)
         spec["storage_stats"] = stats_digest(stats)
     path = create_cache(cache_root, spec, provenance, layout, stats)
     with exclusive(path):
@@ -249,6 +286,9 @@ def _extract_with(cfg: ExtractConfig, teacher) -> Summary:
                   f"without one; first: {unsourced[0]}): they are kept as they are, their files never checked for changes; "
                   "`feature-cache rm` the cache to re-extract them", file=sys.stderr)
         pending = plan_parts(cache, utts, bad, teacher.sample_rate, cfg.part_seconds, sources, corpus_input)
+        if pending and isinstance(teacher, KnownTeacher):
+            cfg, _ = checked_batching(cfg, real(), spec["layers"])
+            keep_teacher(cache_root, teacher)
         if pending:  # the first line of a run with work (after every refusal, so that a refusal stays one line)
             planned = todo_figures(teacher, spec, [p["items"] for p in pending], cache.layout, cache_root, cache)
             print(first_line({**ahead, **planned, "cache": path}), file=sys.stderr)  # the plan: retaken and retried parts too
@@ -278,6 +318,8 @@ def checked_batching(cfg: ExtractConfig, teacher, layers: list[int]) -> tuple[Ex
     may_batch = cfg.batch_seconds is None and (cfg.workers or cfg.scheduler or teacher.device.type == "cuda") or bool(cfg.batch_seconds)
     if not may_batch:
         return cfg, None
+    from extract.probe import probe_batching
+
     probe = probe_batching(teacher, layers)
     if not probe["exact"]:
         print(f"teacher {cfg.teacher}: padded batches are not exact for this architecture (probe: max abs diff "
@@ -336,10 +378,12 @@ class _Consolidator:
 
 
 def _run_local(cfg: ExtractConfig, path: str, pending: list[dict], teacher, spec: dict, layout: Layout) -> None:
+    from extract import pipeline
+
     progress, index = _Progress(pending, teacher.sample_rate, cfg.progress), _Consolidator(path)
     try:
         for part in pending:
-            extract_part(path, part, teacher, spec, layout, cfg.batch_seconds, cfg.on_error, progress)
+            pipeline.extract_part(path, part, teacher, spec, layout, cfg.batch_seconds, cfg.on_error, progress)
             index.part_done()
     finally:
         index.join()

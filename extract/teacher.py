@@ -23,8 +23,8 @@ from extract.audio import MONO, RESAMPLER, normalize
 from extract.errors import ExtractError
 from extract.exact import conv_lengths, install_masked_groupnorm, valid_lengths
 from extract.identity import forward_config, weights_digest
+from extract.known_teacher import KnownTeacher
 from extract.layers import LAYER_DEFINITION, capture_layers, install_layer_hooks
-from store.spec import TARGETS_VERSION
 
 
 def _cap_malloc_arenas(n: int = 2) -> None:
@@ -67,6 +67,8 @@ class Teacher:
     device: torch.device
     compute_dtype: str = "float32"
     digest: str = field(default="", repr=False)
+    # (stamp of its files, when it was read) while a run has not yet remembered it (extract.known_teacher.remember)
+    unremembered: tuple | None = field(default=None, repr=False)
 
     @property
     def config(self):
@@ -78,14 +80,11 @@ class Teacher:
 
     @property
     def hop(self) -> int:
-        return int(np.prod(self.config.conv_stride))
+        return self.known().hop
 
     @property
     def window(self) -> int:
-        r = 1
-        for k, s in zip(reversed(self.config.conv_kernel), reversed(self.config.conv_stride), strict=True):
-            r = (r - 1) * s + k
-        return r
+        return self.known().window
 
     def to(self, device: torch.device | str) -> Teacher:
         """Move to `device`, keeping fp32 exact there (TF32 off)."""
@@ -98,28 +97,20 @@ class Teacher:
         return max(0, int(conv_lengths(samples, self.config.conv_kernel, self.config.conv_stride)))
 
     def check_layers(self, layers: list[int]) -> list[int]:
-        bad = [k for k in layers if not 0 <= k <= self.num_layers]
-        if bad or not layers:
-            raise ExtractError(
-                f"--layers {','.join(map(str, layers))}: teacher {self.name} has layers 0..{self.num_layers} "
-                "(0 = input to layer 1, K = output of layer K)"
-            )
-        return sorted(set(layers))
+        return self.known().check_layers(layers)
+
+    def known(self) -> KnownTeacher:
+        """What the spec needs of this teacher, without it (extract.known_teacher remembers it for the next run)."""
+        c = self.config
+        identity = {"digest": self.digest, "class": type(self.model).__name__, "config": forward_config(c.to_dict()),
+                    "layer_definition": LAYER_DEFINITION}
+        preprocessing = {"sample_rate": self.sample_rate, "mono": MONO, "resampler": RESAMPLER, "normalize": self.do_normalize,
+                         "batching": "exact-masked-groupnorm-v1"}
+        return KnownTeacher(self.name, identity, int(c.num_hidden_layers), int(c.hidden_size), self.sample_rate, self.do_normalize,
+                            list(c.conv_kernel), list(c.conv_stride), preprocessing, self.compute_dtype)
 
     def spec(self, layers: list[int], storage_dtype: str, audio: str = "float32") -> dict:
-        return {
-            "format_version": TARGETS_VERSION,
-            "teacher": {"digest": self.digest, "class": type(self.model).__name__,
-                        "config": forward_config(self.config.to_dict()), "layer_definition": LAYER_DEFINITION},
-            "layers": self.check_layers(layers),
-            "dim": int(self.config.hidden_size),
-            "compute_dtype": self.compute_dtype,
-            "storage_dtype": storage_dtype,
-            "audio": audio,
-            "preprocessing": {"sample_rate": self.sample_rate, "mono": MONO, "resampler": RESAMPLER,
-                              "normalize": self.do_normalize, "batching": "exact-masked-groupnorm-v1"},
-            "frame": {"window": self.window, "hop": self.hop},
-        }
+        return self.known().spec(layers, storage_dtype, audio)
 
     @torch.inference_mode()
     def forward(self, waves: list[np.ndarray], layers: list[int], dtype: str | None = None) -> list[dict[int, np.ndarray]]:

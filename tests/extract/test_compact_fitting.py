@@ -46,10 +46,10 @@ def test_poisoned_statistics_of_an_older_cache_are_never_reused(tmp_path, tiny_t
             v["mean"][:] = np.nan
         return stats, measured
 
-    monkeypatch.setattr(extract.run, "fit_with_teacher", poisoned)
+    monkeypatch.setattr(extract.compact, "fit_with_teacher", poisoned)
     bad = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
     assert not np.isfinite(open_cache(bad.path).stats[1]["mean"]).all()
-    monkeypatch.setattr(extract.run, "fit_with_teacher", good)
+    monkeypatch.setattr(extract.compact, "fit_with_teacher", good)
     again = extract_features(_cfg(tiny_teacher, corpus, tmp_path / "k"))
     assert again.fingerprint != bad.fingerprint and again.teacher_work
     assert "statistics are not finite; fitting new ones" in capsys.readouterr().err
