@@ -22,7 +22,7 @@ from importlib import metadata
 
 from extract.errors import ExtractError
 from store import fs, source_files
-from store.spec import TARGETS_VERSION
+from store.spec import DTYPES, TARGETS_VERSION
 
 MEMO = ".teachers.json"
 KEEP = 32  # teachers remembered per cache root (the most recent)
@@ -74,6 +74,16 @@ class KnownTeacher:
         return {"format_version": TARGETS_VERSION, "teacher": copy.deepcopy(self.identity), "layers": self.check_layers(layers),
                 "dim": self.hidden_size, "compute_dtype": self.compute_dtype, "storage_dtype": storage_dtype, "audio": audio,
                 "preprocessing": copy.deepcopy(self.preprocessing), "frame": {"window": self.window, "hop": self.hop}}
+
+
+def check_options(device: str, dtype: str) -> None:
+    """--device and --dtype as extract.teacher checks them when it loads (without torch: the syntax only; whether CUDA is
+    there is asked when the teacher loads, i.e. when there is work)."""
+    if dtype not in DTYPES:
+        raise ExtractError(f"--dtype {dtype}: choose one of {', '.join(sorted(DTYPES))}")
+    kind, _, index = device.partition(":")
+    if device != "auto" and (kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit()))):
+        raise ExtractError(f"--device {device}: distilcache runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
 
 
 def stamp(name: str, revision: str | None, allow_pickle: bool) -> dict | None:

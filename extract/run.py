@@ -9,7 +9,6 @@ import dataclasses
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -19,9 +18,10 @@ from extract.corpora import MAX_SECONDS, corpus_identity, note_held_out_folders
 from extract.corpus import KnownFiles, scan
 from extract.errors import ExtractError
 from extract.forecast import check_space, first_line, forecast, seconds_per_audio_second, todo_figures
-from extract.known_teacher import KnownTeacher, check_same, remember, remembered, stamp
+from extract.known_teacher import KnownTeacher, check_options, check_same, remember, remembered, stamp
 from extract.plan import orphan_attempts, plan_parts
 from extract.retake import retake
+from extract.run_progress import Consolidator, RunProgress
 from extract.segments import PLACEMENT as SEGMENT_PLACEMENT
 from extract.segments import check as check_segments
 from extract.segments import segment
@@ -115,6 +115,7 @@ def extract_features(cfg: ExtractConfig) -> Summary:
     """Scan, plan and extract every pending part; returns the summary `--json` prints. A teacher remembered in the cache
     root (extract.known_teacher) is loaded only once there is work for it."""
     root = fs.resolve(cfg.cache_dir or default_cache_dir())
+    check_options(cfg.device, cfg.dtype)  # also where the teacher is never loaded: a bad option is one line either way
     key = stamp(cfg.teacher, cfg.revision, cfg.allow_pickle)
     return extract_with(cfg, remembered(root, key, cfg.teacher, cfg.dtype) or loaded(cfg, root, key))
 
@@ -328,59 +329,10 @@ def checked_batching(cfg: ExtractConfig, teacher, layers: list[int]) -> tuple[Ex
     return cfg, probe
 
 
-class _Progress:
-    """Utterances, audio hours, real-time factor and ETA on stderr (tqdm)."""
-
-    def __init__(self, pending: list[dict], rate: int, enabled: bool):
-        from tqdm import tqdm
-
-        total = sum(it.samples for p in pending for it in p["items"]) / rate
-        self.rate, self.t0, self.utts = rate, time.time(), 0
-        self.bar = tqdm(total=total, unit="s", desc="extracting", file=sys.stderr, disable=not enabled,
-                        bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]")
-
-    def __call__(self, n_utts: int, n_samples: int) -> None:
-        self.utts += n_utts
-        self.bar.update(min(n_samples / self.rate, self.bar.total - self.bar.n))  # float sums must not overshoot the total
-        rtf = self.bar.n / max(time.time() - self.t0, 1e-9)
-        self.bar.set_postfix_str(f"{self.utts} utts, {self.bar.n / 3600:.2f} h, {rtf:.1f}x real time", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-CONSOLIDATE_EVERY = 256  # parts: a run killed late leaves an index covering all but the last few hundred parts
-
-
-class _Consolidator:
-    """Consolidates the index every CONSOLIDATE_EVERY committed parts, in a thread beside the extraction: without it a
-    run killed before its end left every marker uncovered, and an open of an S3 cache cost one GET per part (5,754 at
-    LibriSpeech scale). Runs only under the cache's lock, one consolidation at a time; the run's own final one follows."""
-
-    def __init__(self, path: str):
-        self.path, self.done, self.thread = path, 0, None
-
-    def part_done(self) -> None:
-        self.done += 1
-        if self.done % CONSOLIDATE_EVERY == 0 and (self.thread is None or not self.thread.is_alive()):
-            self.thread = threading.Thread(target=self._consolidate, name="consolidate", daemon=True)
-            self.thread.start()
-
-    def _consolidate(self) -> None:
-        try:
-            consolidate(self.path)
-        except Exception as e:  # noqa: BLE001 - speed only: the markers stay the truth, the final consolidation follows
-            print(f"{self.path}: could not consolidate the index mid-run ({type(e).__name__}); the end of the run will", file=sys.stderr)
-
-    def join(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-
-
 def _run_local(cfg: ExtractConfig, path: str, pending: list[dict], teacher, spec: dict, layout: Layout) -> None:
     from extract import pipeline
 
-    progress, index = _Progress(pending, teacher.sample_rate, cfg.progress), _Consolidator(path)
+    progress, index = RunProgress(pending, teacher.sample_rate, cfg.progress), Consolidator(path)
     try:
         for part in pending:
             pipeline.extract_part(path, part, teacher, spec, layout, cfg.batch_seconds, cfg.on_error, progress)
@@ -393,7 +345,7 @@ def _run_local(cfg: ExtractConfig, path: str, pending: list[dict], teacher, spec
 def _run_dask(cfg: ExtractConfig, path: str, pending: list[dict], teacher, spec: dict, layout: Layout) -> None:
     from extract.cluster import run_parts
 
-    progress, index = _Progress(pending, teacher.sample_rate, cfg.progress), _Consolidator(path)
+    progress, index = RunProgress(pending, teacher.sample_rate, cfg.progress), Consolidator(path)
 
     def part_done(n_utts: int, n_samples: int) -> None:  # the client hears of each finished part once
         progress(n_utts, n_samples)

@@ -4,6 +4,7 @@ run with work checks it against the real teacher: wrong is loud, never a wrong c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -63,6 +64,9 @@ def test_a_rerun_with_nothing_to_do_never_loads_the_teacher_nor_imports_torch(tm
     run = subprocess.run([sys.executable, "-c", code, "--teacher", teacher, "--corpus", corpus, "--layers", "1,3", "--cache-dir",
                           str(tmp_path / "k"), "--part-seconds", "2", "--quiet"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+    for option in ({"device": "tpu"}, {"device": "cuda:x"}, {"dtype": "float8"}):  # bad options: one line, loaded or not
+        with pytest.raises(ExtractError, match=f"--{next(iter(option))} "):
+            extract_features(dataclasses.replace(_cfg(teacher, corpus, tmp_path), **option))
     write_wav(f"{corpus}/spk9/new.wav", 1.0, seed=9)  # work: the teacher is loaded, checked against the record, used
     grown = extract_features(_cfg(teacher, corpus, tmp_path))
     assert loads == [teacher, teacher] and grown.teacher_work and grown.utterances == 5 and grown.path == first.path

@@ -140,9 +140,10 @@ def test_a_run_killed_late_leaves_an_index_covering_most_parts(tmp_path, tiny_te
 
     import extract.pipeline
     import extract.run
+    import extract.run_progress
     from store.index import read_index
 
-    monkeypatch.setattr(extract.run, "CONSOLIDATE_EVERY", 2)
+    monkeypatch.setattr(extract.run_progress, "CONSOLIDATE_EVERY", 2)
     real, done = extract.pipeline.extract_part, []
 
     def dies_at_the_sixth(*a, **k):
