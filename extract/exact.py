@@ -20,15 +20,10 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from extract.known_teacher import conv_lengths  # torch-free, where a re-run without the teacher needs it too
+
 # id(MaskedGroupNorm) -> valid frames per batch item, for the forward running in this thread
 _VALID: ContextVar[dict[int, torch.Tensor]] = ContextVar("distilcache_valid_lengths", default={})  # noqa: B039 - never mutated
-
-
-def conv_lengths(n, kernels: list[int], strides: list[int]):
-    """Output length of a stack of unpadded convs (int or tensor), as transformers computes it."""
-    for k, s in zip(kernels, strides, strict=True):
-        n = (n - k) // s + 1
-    return n
 
 
 class MaskedGroupNorm(nn.GroupNorm):

@@ -28,6 +28,13 @@ MEMO = ".teachers.json"
 KEEP = 32  # teachers remembered per cache root (the most recent)
 
 
+def conv_lengths(n, kernels: list[int], strides: list[int]):
+    """Output length of a stack of unpadded convs (int or tensor), as transformers computes it."""
+    for k, s in zip(kernels, strides, strict=True):
+        n = (n - k) // s + 1
+    return n
+
+
 @dataclass
 class KnownTeacher:
     """What extraction needs of a teacher before any forward pass; extract.teacher.Teacher.known() makes one."""
@@ -58,9 +65,7 @@ class KnownTeacher:
         return r
 
     def num_frames(self, samples: int) -> int:
-        for k, s in zip(self.conv_kernel, self.conv_stride, strict=True):  # as transformers computes it (extract.exact)
-            samples = (samples - k) // s + 1
-        return max(0, int(samples))
+        return max(0, int(conv_lengths(samples, self.conv_kernel, self.conv_stride)))
 
     def check_layers(self, layers: list[int]) -> list[int]:
         bad = [k for k in layers if not 0 <= k <= self.num_layers]
@@ -121,7 +126,7 @@ def remembered(root: str, key: dict | None, name: str, compute_dtype: str) -> Kn
     for entry in _read(root):
         if not isinstance(entry, dict) or entry.get("key") != key or type(entry.get("taken_ns")) is not int:
             continue
-        if any(min(f[2], f[3]) >= entry["taken_ns"] - source_files.RACY_NS for f in key["files"]):
+        if any(source_files.racy({"mtime_ns": f[2], "ctime_ns": f[3], "taken_ns": entry["taken_ns"]}) for f in key["files"]):
             return None  # written in the tick it was read: it may have changed unseen since; load it
         try:
             return KnownTeacher(**{**entry["teacher"], "name": name, "compute_dtype": compute_dtype})

@@ -69,6 +69,7 @@ class Teacher:
     digest: str = field(default="", repr=False)
     # (stamp of its files, when it was read) while a run has not yet remembered it (extract.known_teacher.remember)
     unremembered: tuple | None = field(default=None, repr=False)
+    _known: KnownTeacher | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def config(self):
@@ -100,14 +101,18 @@ class Teacher:
         return self.known().check_layers(layers)
 
     def known(self) -> KnownTeacher:
-        """What the spec needs of this teacher, without it (extract.known_teacher remembers it for the next run)."""
+        """What the spec needs of this teacher, without it (extract.known_teacher remembers it for the next run). Built
+        once: hop and window are asked per utterance."""
+        if self._known is not None:
+            return self._known
         c = self.config
         identity = {"digest": self.digest, "class": type(self.model).__name__, "config": forward_config(c.to_dict()),
                     "layer_definition": LAYER_DEFINITION}
         preprocessing = {"sample_rate": self.sample_rate, "mono": MONO, "resampler": RESAMPLER, "normalize": self.do_normalize,
                          "batching": "exact-masked-groupnorm-v1"}
-        return KnownTeacher(self.name, identity, int(c.num_hidden_layers), int(c.hidden_size), self.sample_rate, self.do_normalize,
-                            list(c.conv_kernel), list(c.conv_stride), preprocessing, self.compute_dtype)
+        self._known = KnownTeacher(self.name, identity, int(c.num_hidden_layers), int(c.hidden_size), self.sample_rate,
+                                   self.do_normalize, list(c.conv_kernel), list(c.conv_stride), preprocessing, self.compute_dtype)
+        return self._known
 
     def spec(self, layers: list[int], storage_dtype: str, audio: str = "float32") -> dict:
         return self.known().spec(layers, storage_dtype, audio)

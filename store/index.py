@@ -156,7 +156,8 @@ def consolidate(cache: str) -> int:
     names = list_markers(cache)
     index, table = read_index(cache), read_sources(cache)
     index = {p: e for p, e in index.items() if p in names}
-    todo = [p for p in names if p not in index or p not in set(table.parts)]
+    have = set(table.parts)
+    todo = [p for p in names if p not in index or p not in have]
     for part, marker in read_markers(cache, todo).items():
         if isinstance(marker, dict):
             index[part] = {k: marker[k] for k in READER_FIELDS + OPTIONAL_FIELDS if k in marker}
@@ -184,7 +185,9 @@ def refresh_sources(cache: str, fresh: dict[str, dict[str, dict]]) -> None:
         entry["sources"] = [by_uid.get(u, r) for u, r in zip(entry["ids"], entry["sources"], strict=False)]
         entries[part] = entry
     others = [i for i, p in enumerate(table.parts) if p not in entries]
-    write_sources(cache, concat([table.select(others), SourceTable.from_entries(entries)]))
+    merged = concat([table.select(others), SourceTable.from_entries(entries)])
+    # in part order, as consolidate() writes it: a reordered table would read as not consolidated and be rewritten
+    write_sources(cache, merged.select(sorted(range(len(merged.parts)), key=merged.parts.__getitem__)))
 
 
 def uncommit(cache: str, part: str, part_dir: str | None) -> None:

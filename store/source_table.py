@@ -126,10 +126,6 @@ class SourceTable(Mapping):
     def part_rows(self, part: int) -> range:
         return range(int(self.cols["start"][part]), int(self.cols["start"][part + 1]))
 
-    def part_of_row(self) -> np.ndarray:
-        """The part (its position in self.parts) of every row."""
-        return np.repeat(np.arange(len(self.parts)), np.diff(self.cols["start"]))
-
     def record(self, row: int) -> dict:
         """The record of one row, as the marker held it."""
         c = self.cols
@@ -213,7 +209,7 @@ def table_from_bytes(data: bytes) -> SourceTable | None:
             cols = {k: npz[k] for k in ("table_version", "start", *_PER_PART, *_PER_ROW)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
-    if cols.pop("table_version").shape != () or not _well_formed(cols):
+    if cols.pop("table_version").tolist() != TABLE_VERSION or not _well_formed(cols):
         return None
     return SourceTable(cols)
 
@@ -226,5 +222,5 @@ def _well_formed(cols: dict[str, np.ndarray]) -> bool:
     n = int(start[-1])
     if any(cols[k].dtype.kind != kind or cols[k].shape != (parts,) for k, kind in _PER_PART.items()):
         return False
-    return all(cols[k].dtype.kind == np.dtype(t).kind and cols[k].dtype.itemsize == (np.dtype(t).itemsize if t != "S" else
-               cols[k].dtype.itemsize) and cols[k].shape == (n, *shape) for k, (t, shape) in _PER_ROW.items())
+    return all((cols[k].dtype.kind == "S" if t == "S" else cols[k].dtype == np.dtype(t)) and cols[k].shape == (n, *shape)
+               for k, (t, shape) in _PER_ROW.items())

@@ -109,6 +109,19 @@ def write_wav(path: str, seconds: float, rate: int = 16000, channels: int = 1, s
     sf.write(path, np.stack([data, 0.5 * data], 1) if channels == 2 else data, rate, subtype="PCM_16")
 
 
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Replace `module.name` by itself, recording each call's first argument (the file hashed, the teacher loaded)."""
+    calls: list = []
+    real = getattr(module, name)
+
+    def counted(first, *a, **k):
+        calls.append(first)
+        return real(first, *a, **k)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 def age_files(root: str, seconds: float = 3600) -> None:
     """Set every file's mtime `seconds` back: a corpus written just before its extraction is racily clean (store.source_files.racy)
     and hashed again on every run; a real corpus is older than that."""

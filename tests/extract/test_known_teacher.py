@@ -17,7 +17,7 @@ import store.source_files
 from extract import ExtractConfig, ExtractError, extract_features
 from extract.known_teacher import MEMO, KnownTeacher
 from store import verify_cache
-from tests.conftest import age_files, build_corpus, build_tiny_family, build_tiny_teacher, write_wav
+from tests.conftest import age_files, build_corpus, build_tiny_family, build_tiny_teacher, count_calls, write_wav
 
 
 @pytest.mark.parametrize("family", ["hubert", "wav2vec2-layer", "wavlm", "data2vec-audio"])
@@ -35,16 +35,8 @@ def test_the_remembered_spec_is_the_loaded_teachers(tmp_path, family):
 @pytest.fixture
 def loads(monkeypatch) -> list[str]:
     """The teachers loaded, one entry per load_teacher call."""
-    calls: list[str] = []
-    real = extract.teacher.load_teacher
-
-    def counted(name, *a, **k):
-        calls.append(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(extract.teacher, "load_teacher", counted)
     monkeypatch.setattr(store.source_files, "RACY_NS", 0)  # files written by this test a moment ago are not racy
-    return calls
+    return count_calls(monkeypatch, extract.teacher, "load_teacher")
 
 
 def _cfg(teacher, corpus, tmp_path) -> ExtractConfig:

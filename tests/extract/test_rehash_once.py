@@ -15,7 +15,7 @@ from extract import ExtractConfig, extract_features
 from store import Cache, verify_cache
 from store.layout import index_path, sources_path
 from store.source_files import racy
-from tests.conftest import build_corpus
+from tests.conftest import build_corpus, count_calls
 
 FAST_TICK = 300_000_000  # RACY_NS for these tests: a file is past its tick after 0.3 s, not 2 s
 
@@ -42,16 +42,8 @@ def _read_in_the_tick_they_were_written(cache: str) -> None:
 @pytest.fixture
 def hashed(monkeypatch) -> list[str]:
     """The files check_source hashes (extraction's retake and verify --sources), one entry per hash asked for."""
-    seen: list[str] = []
-    real = store.source_files.file_sha256_at
-
-    def counted(path, *a, **k):
-        seen.append(path)
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(store.source_files, "file_sha256_at", counted)
     monkeypatch.setattr(store.source_files, "RACY_NS", FAST_TICK)
-    return seen
+    return count_calls(monkeypatch, store.source_files, "file_sha256_at")
 
 
 def test_a_racily_clean_file_is_rehashed_once_then_trusted(tmp_path, tiny_teacher, hashed):
